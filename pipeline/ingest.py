@@ -1,0 +1,170 @@
+"""ingest: read a briefs file, validate each row, split valid briefs from rejects.
+
+Whole-brief faults reject the brief; per-locale faults (an unsupported
+language, a missing translation) reject that locale alone and the brief goes on
+with the locales that remain. Nothing is dropped silently: every input row ends
+up as a valid brief, a reject, or both (a brief with some locales rejected).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from pydantic import ValidationError
+
+from schemas.brief import REQUIRED_COLUMNS, CampaignBrief
+from schemas.locales import LocaleError, canonical_locale, language_for_locale, supported_locales_hint
+
+# One output row per valid brief (brief_json set) or per reject (reason set).
+INGEST_SCHEMA = pa.schema(
+    [
+        pa.field("row_index", pa.int64(), nullable=False),
+        pa.field("brief_id", pa.string()),
+        pa.field("brief_json", pa.string()),
+        pa.field("locale", pa.string()),
+        pa.field("reason", pa.string()),
+        pa.field("raw", pa.string()),
+    ]
+)
+REJECTS_SCHEMA = pa.schema([f for f in INGEST_SCHEMA if f.name != "brief_json"])
+ROW_INDEX = "row_index"
+
+
+class BriefsFileError(Exception):
+    """The briefs file as a whole cannot be used (missing, unreadable, wrong columns)."""
+
+
+def read_briefs_table(path: str | Path) -> pa.Table:
+    """Read a briefs Parquet file and number its rows (``row_index``, 0-based).
+
+    Raises BriefsFileError with one readable line for file-level faults.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise BriefsFileError(f"{path}: no such file (give the path of a briefs .parquet file)")
+    if path.is_dir():
+        raise BriefsFileError(f"{path}: is a directory, expected a briefs .parquet file")
+    try:
+        table = pq.read_table(path)
+    except (pa.ArrowException, OSError) as exc:
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise BriefsFileError(f"{path}: not a readable Parquet file ({first_line})") from None
+    present = [c for c in REQUIRED_COLUMNS if c in table.column_names]
+    if not present:
+        raise BriefsFileError(
+            f"{path}: none of the required columns {', '.join(REQUIRED_COLUMNS)} are present "
+            f"(found: {', '.join(table.column_names) or 'no columns'}); see the brief format in README.md"
+        )
+    if ROW_INDEX in table.column_names:
+        table = table.drop_columns([ROW_INDEX])
+    return table.append_column(ROW_INDEX, pa.array(range(table.num_rows), pa.int64()))
+
+
+def first_row_by_brief_id(brief_ids: Iterable[str | None]) -> dict[str, int]:
+    """brief_id -> the row where it first appears; later rows with it are duplicates."""
+    first: dict[str, int] = {}
+    for index, brief_id in enumerate(brief_ids):
+        if isinstance(brief_id, str):
+            first.setdefault(brief_id, index)
+    return first
+
+
+def _json_value(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace")
+    return str(value)
+
+
+def raw_json(row: dict) -> str:
+    """The input row as JSON, for the rejects file."""
+    return json.dumps({k: v for k, v in row.items() if k != ROW_INDEX}, default=_json_value, ensure_ascii=False)
+
+
+def _reason_from(error: ValidationError) -> str:
+    parts = []
+    for item in error.errors():
+        field = ".".join(str(p) for p in item["loc"]) or "row"
+        message = item["msg"].removeprefix("Value error, ").removeprefix("Assertion failed, ")
+        if item["type"] == "missing":
+            message = "required field is missing or null"
+        elif "input" in item and item["type"] not in ("string_too_long",):
+            message = f"{message} (got {item['input']!r})"
+        parts.append(f"{field}: {message}")
+    return "; ".join(parts)
+
+
+def locale_fault(brief: CampaignBrief, locale: str) -> str | None:
+    """Why ``locale`` (canonical) cannot be rendered for ``brief``, or None when it can."""
+    if language_for_locale(locale) is None:
+        return f"locales: unsupported language ({locale}; {supported_locales_hint()})"
+    if brief.dialogue_for(locale) is None:
+        return (
+            f"locales: missing localized_dialogue ({locale}: the brief has dialogue in "
+            f"{brief.source_locale} but no translation for {locale}; add one or drop the locale)"
+        )
+    return None
+
+
+def reason_category(reason: str) -> str:
+    """The reason without its specifics, for summaries ("duration_s: Input should be ...")."""
+    return reason.split("; ")[0].split(" (")[0]
+
+
+class ValidateBriefs:
+    """Batch stage: raw brief rows in, valid briefs and rejects out (INGEST_SCHEMA)."""
+
+    def __init__(self, first_row_of: dict[str, int]):
+        self.first_row_of = first_row_of
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        out: list[dict] = []
+        for row in batch.to_pylist():
+            out.extend(self.validate_row(row))
+        return pa.Table.from_pylist(out, schema=INGEST_SCHEMA)
+
+    def validate_row(self, row: dict) -> list[dict]:
+        row_index = row[ROW_INDEX]
+        brief_id = row.get("brief_id") if isinstance(row.get("brief_id"), str) else None
+
+        def reject(reason: str, locale: str | None = None) -> dict:
+            return {"row_index": row_index, "brief_id": brief_id, "brief_json": None,
+                    "locale": locale, "reason": reason, "raw": raw_json(row)}
+
+        if brief_id is not None and self.first_row_of.get(brief_id, row_index) != row_index:
+            first = self.first_row_of[brief_id]
+            return [reject(f"brief_id: duplicate (got {brief_id!r}, first at row {first}, which is kept)")]
+        try:
+            # Parquet null means "not given": the field's default applies.
+            given = {k: v for k, v in row.items() if k != ROW_INDEX and v is not None}
+            brief = CampaignBrief.model_validate(given)
+        except ValidationError as exc:
+            return [reject(_reason_from(exc))]
+
+        results: list[dict] = []
+        kept: list[str] = []
+        for tag in brief.target_locales:
+            try:
+                locale = canonical_locale(tag)
+            except LocaleError as exc:
+                results.append(reject(f"locales: {exc} (got {tag!r})", locale=str(tag)))
+                continue
+            if locale in kept:
+                continue
+            fault = locale_fault(brief, locale)
+            if fault:
+                results.append(reject(fault, locale=locale))
+            else:
+                kept.append(locale)
+        if kept:
+            valid = brief.model_copy(update={"locales": kept})
+            results.insert(0, {"row_index": row_index, "brief_id": brief.brief_id,
+                               "brief_json": valid.model_dump_json(), "locale": None,
+                               "reason": None, "raw": None})
+        return results

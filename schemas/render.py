@@ -1,0 +1,44 @@
+"""RenderRequest: one clip to make, the unit every stage after expand works on."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from schemas.arrow import arrow_schema
+from schemas.brief import AspectRatio, DialogueLine, Resolution
+
+FPS = 25
+
+
+class RenderRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    render_id: str
+    brief_id: str
+    campaign_id: str
+    row_index: int = Field(description="0-based row of the brief in the briefs file")
+    locale: str
+    language: str
+    aspect_ratio: AspectRatio
+    resolution: Resolution
+    base_width: int = Field(description="width the base model generates at")
+    base_height: int
+    width: int = Field(description="final delivered width")
+    height: int
+    duration_s: int
+    seed: int
+    variant_index: int
+    prompt: str = Field(description="the composed model prompt (scene, Dialogue, Background Sound)")
+    scene: str = Field(description="the brief's English scene description")
+    dialogue: list[DialogueLine]
+    background_sound: str | None = None
+    reference_image_uri: str | None = None
+    forbidden_terms: list[str]
+    model_id: str
+
+    @property
+    def num_frames(self) -> int:
+        return self.duration_s * FPS + 1
+
+
+RENDER_REQUEST_ARROW_SCHEMA = arrow_schema(RenderRequest)

@@ -1,0 +1,142 @@
+"""Every reject rule of ingest, with its reason; no Ray needed (stages are plain callables)."""
+
+from __future__ import annotations
+
+import json
+
+import pyarrow as pa
+import pytest
+
+from pipeline.ingest import INGEST_SCHEMA, ValidateBriefs, first_row_by_brief_id, reason_category
+from schemas.brief import BRIEF_ARROW_SCHEMA, CampaignBrief
+
+
+def brief(**overrides) -> dict:
+    row = {
+        "brief_id": "b1",
+        "campaign_id": "c1",
+        "prompt": "A woman smiles at the camera in a bright kitchen.",
+        "source_locale": "en-US",
+    }
+    row.update(overrides)
+    return row
+
+
+def run_ingest(rows: list[dict]) -> list[dict]:
+    table = pa.Table.from_pylist(rows, schema=BRIEF_ARROW_SCHEMA)
+    table = table.append_column("row_index", pa.array(range(len(rows)), pa.int64()))
+    stage = ValidateBriefs(first_row_by_brief_id(table.column("brief_id").to_pylist()))
+    out = stage(table)
+    assert out.schema == INGEST_SCHEMA
+    return out.to_pylist()
+
+
+def only_reject(rows: list[dict]) -> dict:
+    out = run_ingest(rows)
+    assert len(out) == 1 and out[0]["brief_json"] is None, out
+    return out[0]
+
+
+@pytest.mark.parametrize(
+    "overrides, field",
+    [
+        ({"brief_id": "bad id with spaces"}, "brief_id"),
+        ({"brief_id": ".hidden"}, "brief_id"),
+        ({"brief_id": "x" * 65}, "brief_id"),
+        ({"campaign_id": "c/1"}, "campaign_id"),
+        ({"prompt": ""}, "prompt"),
+        ({"prompt": "   "}, "prompt"),
+        ({"prompt": "x" * 4001}, "prompt"),
+        ({"duration_s": 1}, "duration_s"),
+        ({"duration_s": 16}, "duration_s"),
+        ({"variants": 0}, "variants"),
+        ({"variants": 9}, "variants"),
+        ({"aspect_ratios": ["4:3"]}, "aspect_ratios"),
+        ({"aspect_ratios": []}, "aspect_ratios"),
+        ({"resolution": "720p"}, "resolution"),
+        ({"source_locale": "not a locale"}, "source_locale"),
+        ({"seed": -1}, "seed"),
+    ],
+)
+def test_whole_brief_faults_reject_the_brief_naming_the_field(overrides, field):
+    reject = only_reject([brief(**overrides)])
+    assert reject["reason"].startswith(f"{field}"), reject["reason"]
+    assert reject["locale"] is None
+    assert reject["row_index"] == 0
+    assert json.loads(reject["raw"])["prompt"] == brief(**overrides)["prompt"]
+
+
+def test_missing_required_field_is_named():
+    reject = only_reject([brief(prompt=None)])
+    assert reject["reason"] == "prompt: required field is missing or null"
+
+
+def test_a_row_that_does_not_parse_is_rejected_with_its_raw_row():
+    # duration_s as text in a string column: the file reads, the row does not parse.
+    table = pa.table({
+        "brief_id": ["b1"], "campaign_id": ["c1"], "prompt": ["p"], "source_locale": ["en-US"],
+        "duration_s": ["five"], "extra_column": ["kept"],
+    }).append_column("row_index", pa.array([0], pa.int64()))
+    (reject,) = ValidateBriefs({"b1": 0})(table).to_pylist()
+    assert reject["reason"].startswith("duration_s: Input should be a valid integer")
+    assert json.loads(reject["raw"]) == {
+        "brief_id": "b1", "campaign_id": "c1", "prompt": "p", "source_locale": "en-US",
+        "duration_s": "five", "extra_column": "kept",
+    }
+
+
+def test_duplicate_brief_id_keeps_the_first():
+    out = run_ingest([brief(prompt="first"), brief(brief_id="b2"), brief(prompt="second")])
+    valid = [r for r in out if r["brief_json"]]
+    rejects = [r for r in out if r["reason"]]
+    assert [r["row_index"] for r in valid] == [0, 1]
+    assert json.loads(valid[0]["brief_json"])["prompt"] == "first"
+    assert len(rejects) == 1 and rejects[0]["row_index"] == 2
+    assert rejects[0]["reason"].startswith("brief_id: duplicate")
+    assert "first at row 0" in rejects[0]["reason"]
+
+
+def test_unsupported_language_rejects_that_locale_only():
+    out = run_ingest([brief(locales=["en-US", "es-ES", "de-DE"])])
+    valid = [r for r in out if r["brief_json"]]
+    rejects = [r for r in out if r["reason"]]
+    assert [r["locale"] for r in rejects] == ["es-ES"]
+    assert reason_category(rejects[0]["reason"]) == "locales: unsupported language"
+    assert CampaignBrief.model_validate_json(valid[0]["brief_json"]).locales == ["en-US", "de-DE"]
+
+
+def test_missing_translation_rejects_that_locale_only():
+    row = brief(
+        dialogue=[{"speaker": "Woman", "line": "Hello"}],
+        localized_dialogue=[{"locale": "de-DE", "lines": [{"speaker": "Frau", "line": "Hallo"}]}],
+        locales=["en-US", "de-DE", "fr-FR"],
+    )
+    out = run_ingest([row])
+    rejects = [r for r in out if r["reason"]]
+    assert [(r["locale"], reason_category(r["reason"])) for r in rejects] == [
+        ("fr-FR", "locales: missing localized_dialogue")
+    ]
+    kept = CampaignBrief.model_validate_json(out[0]["brief_json"]).locales
+    assert kept == ["en-US", "de-DE"]
+
+
+def test_brief_without_dialogue_is_valid_in_every_supported_locale():
+    out = run_ingest([brief(locales=["en-GB", "fr-FR", "ja-JP", "zh-HK"])])
+    assert len(out) == 1 and out[0]["reason"] is None
+
+
+def test_malformed_locale_tag_rejects_that_locale_only():
+    out = run_ingest([brief(locales=["en-US", "english!!"])])
+    rejects = [r for r in out if r["reason"]]
+    assert len(rejects) == 1 and rejects[0]["locale"] == "english!!"
+    assert rejects[0]["reason"].startswith("locales: not a BCP-47 locale tag")
+
+
+def test_every_locale_rejected_leaves_no_brief():
+    out = run_ingest([brief(source_locale="es-ES")])
+    assert len(out) == 1 and out[0]["locale"] == "es-ES" and out[0]["brief_json"] is None
+
+
+def test_locale_tags_are_canonicalized_and_deduplicated():
+    out = run_ingest([brief(locales=["en_us", "EN-US", "de-de"])])
+    assert CampaignBrief.model_validate_json(out[0]["brief_json"]).locales == ["en-US", "de-DE"]
