@@ -1,0 +1,516 @@
+"""review: tag every generated clip from its signal and decide its review status.
+
+Measures (all in numpy, on the arrays the generate stage hands over):
+- duration, fps and resolution against what was requested;
+- black frames and frozen frames, as a share of the clip;
+- silence and clipping, as a share of the audio; the non-silent spans
+  (`speech_spans`, which mux spreads the captions over);
+- integrated loudness per ITU-R BS.1770-4 / EBU R128 (LUFS), sample peak and
+  true peak (4x oversampled);
+- the audio-video offset: the audio's energy-change envelope cross-correlated
+  with the frame-difference motion envelope. Sign: positive means the audio
+  lags the video (a beep 200 ms after its flash reads +200 ms);
+- dialogue content: forbidden terms, matched case- and accent-insensitively.
+
+Status: `rejected` for hard faults (wrong duration, fps or size; a silent clip
+that should carry dialogue; a forbidden term), `needs_review` for soft ones
+(offset beyond the limit with confidence, loudness far off target, long black
+or frozen stretches, clipping), else `auto_approved`. Every threshold lives in
+`ReviewThresholds`.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from schemas.brief import DialogueLine
+from schemas.render import FPS, RenderRequest
+
+ReviewStatus = Literal["auto_approved", "needs_review", "rejected"]
+
+
+class ReviewThresholds(BaseModel):
+    """Every threshold the review uses. Levels are shares of full scale unless the name says dB."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # hard faults
+    duration_tolerance_s: float = Field(0.1, description="allowed |measured - requested| duration")
+    fps_tolerance: float = 0.01
+    silent_clip_share: float = Field(0.95, description="silence share at or above which a clip counts as silent")
+
+    # video measures (on luma in [0, 1])
+    black_pixel_luma: float = Field(0.10, description="pixel luma at or below this is black (ffmpeg blackdetect's default)")
+    black_frame_pixel_share: float = Field(0.98, description="share of black pixels that makes a frame black")
+    frozen_pixel_change: float = Field(0.02, description="|luma change| to the previous frame above which a pixel moved")
+    frozen_moved_share: float = Field(0.005, description="share of moved pixels below which a frame is still")
+    min_stretch_s: float = Field(0.2, description="black or frozen runs shorter than this do not count")
+    analysis_width: int = Field(160, description="frames are subsampled to about this width for the video measures")
+
+    # audio measures
+    silence_dbfs: float = Field(-50.0, description="RMS level below which a window is silent")
+    silence_window_s: float = 0.02
+    min_speech_s: float = Field(0.1, description="non-silent spans shorter than this are dropped")
+    speech_gap_s: float = Field(0.3, description="silent gaps shorter than this join the spans around them")
+    clip_level: float = Field(0.999, description="|sample| at or above this counts as clipped")
+
+    # audio-video offset
+    av_max_lag_ms: float = 500.0
+    av_hop_ms: float = 5.0
+
+    # soft faults
+    loudness_target_lufs: float = -14.0
+    loudness_tolerance_lu: float = Field(10.0, description="integrated loudness further than this from target needs review")
+    max_black_share: float = 0.25
+    max_frozen_share: float = 0.5
+    max_clipping_share: float = 0.001
+    max_av_offset_ms: float = 80.0
+    min_av_offset_confidence: float = 0.3
+
+
+class ReviewExpectation(BaseModel):
+    """What the clip was asked to be: the request fields the review checks against."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    duration_s: float
+    width: int
+    height: int
+    fps: float = FPS
+    dialogue: list[DialogueLine] = Field(default_factory=list)
+    forbidden_terms: list[str] = Field(default_factory=list)
+
+    @property
+    def has_dialogue(self) -> bool:
+        return len(self.dialogue) > 0
+
+    @classmethod
+    def from_request(cls, request: RenderRequest) -> ReviewExpectation:
+        return cls(
+            duration_s=request.duration_s,
+            width=request.width,
+            height=request.height,
+            dialogue=request.dialogue,
+            forbidden_terms=request.forbidden_terms,
+        )
+
+
+class ReviewResult(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    review_status: ReviewStatus
+    review_reasons: list[str]
+    duration_s: float = Field(description="video duration: frames / fps")
+    audio_duration_s: float
+    fps: float
+    width: int
+    height: int
+    black_frame_share: float
+    frozen_frame_share: float
+    silence_share: float
+    clipping_share: float
+    integrated_lufs: float | None = Field(description="None when no 400 ms block passes the -70 LUFS gate")
+    sample_peak_dbfs: float | None
+    true_peak_dbtp: float | None
+    av_offset_ms: float | None = Field(description="positive: audio lags video; None when either envelope is flat")
+    av_offset_confidence: float
+    speech_spans: list[tuple[float, float]] = Field(description="(start_s, end_s) of non-silent audio")
+    forbidden_terms_found: list[str]
+
+
+# --------------------------------------------------------------------------- loudness (BS.1770-4)
+
+# Analog prototypes of the K-weighting stages (the constants libebur128 derives
+# the 48 kHz table of BS.1770 from), so the filters exist at any sample rate.
+_SHELF_F0, _SHELF_GAIN_DB, _SHELF_Q = 1681.974450955533, 3.999843853973347, 0.7071752369554196
+_HIGHPASS_F0, _HIGHPASS_Q = 38.13547087602444, 0.5003270373238773
+_ABSOLUTE_GATE_LUFS = -70.0
+_RELATIVE_GATE_LU = -10.0
+
+
+def k_weighting_biquads(sample_rate: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(b, a) of the two K-weighting biquads: the high-shelf pre-filter, then the RLB high-pass."""
+    k = np.tan(np.pi * _SHELF_F0 / sample_rate)
+    vh = 10.0 ** (_SHELF_GAIN_DB / 20.0)
+    vb = vh**0.4996667741545416
+    a0 = 1.0 + k / _SHELF_Q + k * k
+    shelf_b = np.array([vh + vb * k / _SHELF_Q + k * k, 2.0 * (k * k - vh), vh - vb * k / _SHELF_Q + k * k]) / a0
+    shelf_a = np.array([a0, 2.0 * (k * k - 1.0), 1.0 - k / _SHELF_Q + k * k]) / a0
+
+    k = np.tan(np.pi * _HIGHPASS_F0 / sample_rate)
+    a0 = 1.0 + k / _HIGHPASS_Q + k * k
+    highpass_b = np.array([1.0, -2.0, 1.0])
+    highpass_a = np.array([a0, 2.0 * (k * k - 1.0), 1.0 - k / _HIGHPASS_Q + k * k]) / a0
+    return [(shelf_b, shelf_a), (highpass_b, highpass_a)]
+
+
+def k_weight(audio: np.ndarray, sample_rate: int) -> np.ndarray:
+    """Apply the K-weighting filter to [samples, channels] audio (float64 out).
+
+    The IIR cascade runs in the frequency domain on a transform padded by one
+    second: the filters' impulse responses decay far below float64 precision
+    within that pad, so the result equals time-domain filtering without a
+    per-sample Python loop.
+    """
+    x = np.asarray(audio, dtype=np.float64)
+    n = x.shape[0]
+    n_fft = 1 << int(np.ceil(np.log2(n + sample_rate)))
+    z_inv = np.exp(-2j * np.pi * np.arange(n_fft // 2 + 1) / n_fft)
+    response = np.ones_like(z_inv)
+    for b, a in k_weighting_biquads(sample_rate):
+        response *= np.polyval(b[::-1], z_inv) / np.polyval(a[::-1], z_inv)
+    spectrum = np.fft.rfft(x, n=n_fft, axis=0) * response[:, None]
+    return np.fft.irfft(spectrum, n=n_fft, axis=0)[:n]
+
+
+def _channel_weights(channels: int) -> np.ndarray:
+    if channels == 6:  # 5.1 in L R C LFE Ls Rs order: LFE excluded, surrounds +1.5 dB
+        return np.array([1.0, 1.0, 1.0, 0.0, 1.41, 1.41])
+    return np.ones(channels)
+
+
+def integrated_loudness(audio: np.ndarray, sample_rate: int) -> float | None:
+    """Gated integrated loudness in LUFS (BS.1770-4): 400 ms blocks, 75 % overlap,
+    absolute gate -70 LUFS, relative gate -10 LU. None when no block passes the gates."""
+    audio = _as_2d(audio)
+    block, step = round(0.4 * sample_rate), round(0.1 * sample_rate)
+    if audio.shape[0] < block:
+        return None
+    weighted = k_weight(audio, sample_rate)
+    energy = np.concatenate([np.zeros((1, audio.shape[1])), np.cumsum(weighted**2, axis=0)])
+    starts = np.arange(0, audio.shape[0] - block + 1, step)
+    block_power = ((energy[starts + block] - energy[starts]) / block) @ _channel_weights(audio.shape[1])
+    with np.errstate(divide="ignore"):
+        block_lufs = -0.691 + 10.0 * np.log10(block_power)
+    gated = block_lufs > _ABSOLUTE_GATE_LUFS
+    if not gated.any():
+        return None
+    relative_gate = -0.691 + 10.0 * np.log10(block_power[gated].mean()) + _RELATIVE_GATE_LU
+    gated &= block_lufs > relative_gate
+    return float(-0.691 + 10.0 * np.log10(block_power[gated].mean()))
+
+
+def true_peak_dbtp(audio: np.ndarray, oversample: int = 4) -> float | None:
+    """True peak in dBTP from band-limited (FFT) 4x oversampling; None for digital silence."""
+    audio = _as_2d(audio).astype(np.float64)
+    if audio.shape[0] == 0:
+        return None
+    # Zero guard at both ends so the transform's periodic wrap does not ring at the edges.
+    guard = np.zeros((64, audio.shape[1]))
+    padded = np.concatenate([guard, audio, guard])
+    n = padded.shape[0]
+    upsampled = np.fft.irfft(np.fft.rfft(padded, axis=0), n=n * oversample, axis=0) * oversample
+    peak = float(np.abs(upsampled).max())
+    return 20.0 * np.log10(peak) if peak > 0 else None
+
+
+# --------------------------------------------------------------------------- audio measures
+
+
+def _as_2d(audio: np.ndarray) -> np.ndarray:
+    audio = np.asarray(audio)
+    if audio.ndim == 1:
+        return audio[:, None]
+    if audio.ndim != 2:
+        raise ValueError(f"audio must be [samples, channels], got shape {audio.shape}")
+    return audio
+
+
+def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
+    """[start, end) index pairs of the True runs in a boolean vector."""
+    edges = np.diff(np.concatenate([[0], mask.astype(np.int8), [0]]))
+    return list(zip(np.flatnonzero(edges == 1).tolist(), np.flatnonzero(edges == -1).tolist()))
+
+
+def _keep_long_runs(mask: np.ndarray, min_length: int) -> np.ndarray:
+    kept = np.zeros_like(mask, dtype=bool)
+    for start, end in _runs(mask):
+        if end - start >= min_length:
+            kept[start:end] = True
+    return kept
+
+
+def silence_and_speech(
+    audio: np.ndarray, sample_rate: int, thresholds: ReviewThresholds
+) -> tuple[float, list[tuple[float, float]]]:
+    """Silence share (of fixed windows) and the non-silent spans in seconds."""
+    audio = _as_2d(audio).astype(np.float64)
+    window = max(1, round(thresholds.silence_window_s * sample_rate))
+    n_windows = audio.shape[0] // window
+    if n_windows == 0:
+        return 1.0, []
+    mean_square = (audio[: n_windows * window] ** 2).reshape(n_windows, window, -1).mean(axis=(1, 2))
+    with np.errstate(divide="ignore"):
+        level_db = 10.0 * np.log10(mean_square)
+    sounding = level_db >= thresholds.silence_dbfs
+    silence_share = float(1.0 - sounding.mean())
+
+    window_s = window / sample_rate
+    spans: list[list[float]] = []
+    for start, end in _runs(sounding):
+        start_s, end_s = start * window_s, end * window_s
+        if spans and start_s - spans[-1][1] < thresholds.speech_gap_s:
+            spans[-1][1] = end_s
+        else:
+            spans.append([start_s, end_s])
+    speech = [(round(s, 3), round(e, 3)) for s, e in spans if e - s >= thresholds.min_speech_s]
+    return silence_share, speech
+
+
+# --------------------------------------------------------------------------- video measures
+
+
+def luma_thumbnails(frames: np.ndarray, analysis_width: int) -> np.ndarray:
+    """Rec.709 luma in [0, 1] of frames subsampled by a stride to about `analysis_width` wide.
+
+    Striding reads a few pixels per frame instead of the whole 1080p tensor, which
+    keeps the review fast; black, stillness and motion are area measures that
+    survive the subsampling.
+    """
+    if frames.ndim != 4 or frames.shape[-1] != 3:
+        raise ValueError(f"frames must be uint8 [T, H, W, 3], got shape {frames.shape}")
+    stride = max(1, frames.shape[2] // analysis_width)
+    small = frames[:, ::stride, ::stride].astype(np.float32)
+    return (small @ np.array([0.2126, 0.7152, 0.0722], np.float32)) / 255.0
+
+
+def black_and_frozen(
+    luma: np.ndarray, fps: float, thresholds: ReviewThresholds
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-frame black and frozen masks, and the motion envelope (mean |luma change|, frames 1..T-1).
+
+    A frame is still when almost no pixel moved: counting moved pixels rather
+    than averaging the change keeps a small moving region (a mouth, a logo)
+    from reading as frozen. A frozen frame is still and not black (a black
+    stretch is reported as black only). Runs shorter than `min_stretch_s` are dropped.
+    """
+    min_frames = max(1, round(thresholds.min_stretch_s * fps))
+    black = (luma <= thresholds.black_pixel_luma).mean(axis=(1, 2)) >= thresholds.black_frame_pixel_share
+    change = np.abs(np.diff(luma, axis=0))
+    motion = change.mean(axis=(1, 2))
+    moved_share = (change > thresholds.frozen_pixel_change).mean(axis=(1, 2))
+    same_as_previous = np.concatenate([[False], moved_share < thresholds.frozen_moved_share])
+    # The first frame of a still run is frozen too: it is the picture that holds.
+    still = same_as_previous | np.concatenate([same_as_previous[1:], [False]])
+    frozen = _keep_long_runs(still & ~black, min_frames)
+    return _keep_long_runs(black, min_frames), frozen, motion
+
+
+def estimate_av_offset(
+    motion: np.ndarray, audio: np.ndarray, sample_rate: int, fps: float, thresholds: ReviewThresholds
+) -> tuple[float | None, float]:
+    """Audio-video offset in ms (positive: audio lags video) and a confidence in [0, 1].
+
+    Both signals become change envelopes on a common `av_hop_ms` grid: the video
+    one is the frame-difference motion, placed at each new frame's timestamp; the
+    audio one is |change of RMS| between consecutive hops. Both are smoothed with
+    the same Gaussian (half a frame period), so frame-rate sampling does not bias
+    the peak; the lag of the best normalized cross-correlation within
+    ±`av_max_lag_ms` is refined by a parabola through its neighbours.
+    Confidence is how far that correlation stands above the best one more than
+    two frames away, which is low for flat, noisy or periodic content.
+    """
+    hop_s = thresholds.av_hop_ms / 1000.0
+    hop = max(1, round(hop_s * sample_rate))
+    hop_s = hop / sample_rate
+    mono = _as_2d(audio).astype(np.float64).mean(axis=1)
+    n_hops = mono.shape[0] // hop
+    if n_hops < 3 or motion.size < 2:
+        return None, 0.0
+    rms = np.sqrt((mono[: n_hops * hop] ** 2).reshape(n_hops, hop).mean(axis=1))
+    audio_env = np.zeros(n_hops)
+    audio_env[1:] = np.abs(np.diff(rms))  # change between hop i-1 and i sits at time i * hop_s
+
+    video_env = np.zeros(n_hops)
+    bins = np.round(np.arange(1, motion.size + 1) / fps / hop_s).astype(int)
+    inside = bins < n_hops
+    np.add.at(video_env, bins[inside], motion[inside])
+
+    sigma = 0.5 / fps / hop_s
+    radius = int(np.ceil(4 * sigma))
+    kernel = np.exp(-0.5 * (np.arange(-radius, radius + 1) / sigma) ** 2)
+    audio_env = np.convolve(audio_env, kernel, mode="same")
+    video_env = np.convolve(video_env, kernel, mode="same")
+    audio_env -= audio_env.mean()
+    video_env -= video_env.mean()
+    norm = np.linalg.norm(audio_env) * np.linalg.norm(video_env)
+    if norm <= 1e-12:
+        return None, 0.0
+
+    max_lag = min(int(thresholds.av_max_lag_ms / 1000.0 / hop_s), n_hops - 1)
+    full = np.correlate(audio_env, video_env, mode="full") / norm  # index k <-> lag k - (n_hops - 1)
+    lags = np.arange(-max_lag, max_lag + 1)
+    corr = full[lags + n_hops - 1]
+    best = int(np.argmax(corr))
+    refined = float(lags[best])
+    if 0 < best < corr.size - 1:
+        left, centre, right = corr[best - 1], corr[best], corr[best + 1]
+        curvature = left - 2.0 * centre + right
+        if curvature < 0:
+            refined += 0.5 * (left - right) / curvature
+    far = np.abs(lags - lags[best]) > 2.0 / fps / hop_s
+    runner_up = corr[far].max() if far.any() else 0.0
+    confidence = float(np.clip(corr[best] - max(runner_up, 0.0), 0.0, 1.0))
+    return refined * hop_s * 1000.0, confidence
+
+
+# --------------------------------------------------------------------------- content checks
+
+
+def _fold(text: str) -> str:
+    """Case- and accent-insensitive form: NFKD, combining marks dropped, casefolded."""
+    decomposed = unicodedata.normalize("NFKD", text)
+    return "".join(ch for ch in decomposed if not unicodedata.combining(ch)).casefold()
+
+
+def _is_unspaced_script(ch: str) -> bool:
+    """Scripts written without spaces between words, where a term may sit inside a run of letters."""
+    name = unicodedata.name(ch, "")
+    return name.startswith(("CJK", "HIRAGANA", "KATAKANA", "THAI", "LAO", "KHMER", "MYANMAR"))
+
+
+def find_forbidden_terms(texts: Sequence[str], forbidden_terms: Sequence[str]) -> list[str]:
+    """The forbidden terms (as given) that occur in any text as whole words, ignoring case and accents."""
+    haystack = "\n".join(_fold(t) for t in texts)
+    found = []
+    for term in forbidden_terms:
+        folded = _fold(term).strip()
+        if not folded:
+            continue
+        pattern = re.escape(folded)
+        if not _is_unspaced_script(folded[0]):
+            pattern = r"(?<!\w)" + pattern
+        if not _is_unspaced_script(folded[-1]):
+            pattern += r"(?!\w)"
+        if re.search(pattern, haystack):
+            found.append(term)
+    return found
+
+
+# --------------------------------------------------------------------------- the stage
+
+
+def review_clip(
+    frames: np.ndarray,
+    audio: np.ndarray,
+    sample_rate: int,
+    fps: float,
+    expected: ReviewExpectation,
+    thresholds: ReviewThresholds | None = None,
+) -> ReviewResult:
+    """Tag one clip (frames uint8 [T, H, W, 3], audio float [samples, channels]) and set its status."""
+    thresholds = thresholds or ReviewThresholds()
+    audio = _as_2d(np.asarray(audio, dtype=np.float32))
+    num_frames, height, width = frames.shape[:3]
+    duration_s = num_frames / fps
+    audio_duration_s = audio.shape[0] / sample_rate
+
+    luma = luma_thumbnails(frames, thresholds.analysis_width)
+    black, frozen, motion = black_and_frozen(luma, fps, thresholds)
+    silence_share, speech_spans = silence_and_speech(audio, sample_rate, thresholds)
+    clipping_share = float((np.abs(audio) >= thresholds.clip_level).mean()) if audio.size else 0.0
+    lufs = integrated_loudness(audio, sample_rate)
+    sample_peak = float(np.abs(audio).max()) if audio.size else 0.0
+    av_offset_ms, av_confidence = estimate_av_offset(motion, audio, sample_rate, fps, thresholds)
+    texts = [line.line for line in expected.dialogue]
+    forbidden_found = find_forbidden_terms(texts, expected.forbidden_terms)
+
+    hard: list[str] = []
+    if abs(duration_s - expected.duration_s) > thresholds.duration_tolerance_s:
+        hard.append(f"duration {duration_s:.2f}s, requested {expected.duration_s:g}s")
+    if abs(audio_duration_s - duration_s) > thresholds.duration_tolerance_s:
+        hard.append(f"audio lasts {audio_duration_s:.2f}s, video {duration_s:.2f}s")
+    if abs(fps - expected.fps) > thresholds.fps_tolerance:
+        hard.append(f"fps {fps:g}, requested {expected.fps:g}")
+    if (width, height) != (expected.width, expected.height):
+        hard.append(f"size {width}x{height}, requested {expected.width}x{expected.height}")
+    if expected.has_dialogue and silence_share >= thresholds.silent_clip_share:
+        hard.append(f"silent clip ({silence_share:.0%} silence) but {len(expected.dialogue)} dialogue lines")
+    if forbidden_found:
+        hard.append(f"forbidden terms in dialogue: {', '.join(forbidden_found)}")
+
+    soft: list[str] = []
+    if (
+        av_offset_ms is not None
+        and abs(av_offset_ms) > thresholds.max_av_offset_ms
+        and av_confidence >= thresholds.min_av_offset_confidence
+    ):
+        soft.append(f"audio-video offset {av_offset_ms:+.0f} ms (confidence {av_confidence:.2f})")
+    if lufs is not None and abs(lufs - thresholds.loudness_target_lufs) > thresholds.loudness_tolerance_lu:
+        soft.append(f"loudness {lufs:.1f} LUFS, target {thresholds.loudness_target_lufs:g}")
+    black_share, frozen_share = float(black.mean()), float(frozen.mean())
+    if black_share > thresholds.max_black_share:
+        soft.append(f"black frames {black_share:.0%}")
+    if frozen_share > thresholds.max_frozen_share:
+        soft.append(f"frozen frames {frozen_share:.0%}")
+    if clipping_share > thresholds.max_clipping_share:
+        soft.append(f"clipped samples {clipping_share:.2%}")
+
+    status: ReviewStatus = "rejected" if hard else "needs_review" if soft else "auto_approved"
+    return ReviewResult(
+        review_status=status,
+        review_reasons=hard + soft,
+        duration_s=duration_s,
+        audio_duration_s=audio_duration_s,
+        fps=fps,
+        width=width,
+        height=height,
+        black_frame_share=black_share,
+        frozen_frame_share=frozen_share,
+        silence_share=silence_share,
+        clipping_share=clipping_share,
+        integrated_lufs=lufs,
+        sample_peak_dbfs=20.0 * np.log10(sample_peak) if sample_peak > 0 else None,
+        true_peak_dbtp=true_peak_dbtp(audio),
+        av_offset_ms=av_offset_ms,
+        av_offset_confidence=av_confidence,
+        speech_spans=speech_spans,
+        forbidden_terms_found=forbidden_found,
+    )
+
+
+class ReviewStage:
+    """Batch wrapper: reviews every clip of a batch of columns and adds `review_*` columns.
+
+    Reads `frames`, `audio`, `sample_rate`, `duration_s`, `width`, `height`,
+    `dialogue` (lists of {"speaker", "line"}), `forbidden_terms` and, if present,
+    `fps` (default 25). Adds `review_status`, `review_reasons` and every other
+    ReviewResult field as `review_<field>`.
+    """
+
+    def __init__(self, thresholds: ReviewThresholds | None = None):
+        self.thresholds = thresholds or ReviewThresholds()
+
+    def __call__(self, batch: Mapping[str, Sequence[Any]]) -> dict[str, list[Any]]:
+        out: dict[str, list[Any]] = {key: list(values) for key, values in batch.items()}
+        results = []
+        for i in range(len(batch["frames"])):
+            expected = ReviewExpectation(
+                duration_s=batch["duration_s"][i],
+                width=batch["width"][i],
+                height=batch["height"][i],
+                fps=batch["fps"][i] if "fps" in batch else FPS,
+                dialogue=list(batch["dialogue"][i]),
+                forbidden_terms=list(batch["forbidden_terms"][i]),
+            )
+            results.append(
+                review_clip(
+                    np.asarray(batch["frames"][i]),
+                    np.asarray(batch["audio"][i]),
+                    int(batch["sample_rate"][i]),
+                    float(expected.fps),
+                    expected,
+                    self.thresholds,
+                )
+            )
+        for field in ReviewResult.model_fields:
+            column = field if field.startswith("review_") else f"review_{field}"
+            out[column] = [getattr(r, field) for r in results]
+        out["review_speech_spans"] = [[list(span) for span in r.speech_spans] for r in results]
+        return out
