@@ -1,0 +1,139 @@
+"""Review measures on numpy signals with analytically known answers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pipeline.review import (
+    ReviewExpectation,
+    ReviewStage,
+    ReviewThresholds,
+    find_forbidden_terms,
+    integrated_loudness,
+    k_weighting_biquads,
+    review_clip,
+    true_peak_dbtp,
+)
+
+SR = 48000
+
+
+def sine(freq: float, amplitude: float, seconds: float, sample_rate: int = SR, phase: float = 0.0) -> np.ndarray:
+    t = np.arange(round(seconds * sample_rate)) / sample_rate
+    return amplitude * np.sin(2 * np.pi * freq * t + phase)
+
+
+def test_k_weighting_at_48k_reproduces_the_bs1770_table():
+    (shelf_b, shelf_a), (hp_b, hp_a) = k_weighting_biquads(48000)
+    np.testing.assert_allclose(shelf_b, [1.53512485958697, -2.69169618940638, 1.19839281085285], atol=1e-10)
+    np.testing.assert_allclose(shelf_a, [1.0, -1.69065929318241, 0.73248077421585], atol=1e-10)
+    np.testing.assert_allclose(hp_b, [1.0, -2.0, 1.0])
+    np.testing.assert_allclose(hp_a, [1.0, -1.99004745483398, 0.99007225036621], atol=1e-10)
+
+
+@pytest.mark.parametrize("sample_rate", [44100, 48000])
+def test_997hz_sine_reads_as_bs1770_specifies(sample_rate):
+    # BS.1770: a 0 dBFS 997 Hz sine in one channel reads -3.01 LKFS; in both channels 0 LKFS.
+    tone = sine(997, 0.1, 3.0, sample_rate)
+    assert integrated_loudness(tone, sample_rate) == pytest.approx(-23.01, abs=0.02)
+    assert integrated_loudness(np.stack([tone, tone], axis=1), sample_rate) == pytest.approx(-20.0, abs=0.02)
+
+
+def test_gates_drop_silence_and_quiet_passages():
+    loud = sine(997, 0.1, 2.0)
+    silence = np.zeros(2 * SR)
+    quiet = sine(997, 0.001, 2.0)  # -40 dB: below the -10 LU relative gate, above the -70 LUFS absolute one
+    # 17 blocks lie in the loud part; the 3 straddling the edge (75, 50, 25 % loud) pass the
+    # gates too; every other block is gated out: mean power 18.5 / 20 of the tone's.
+    gated_mean = -23.01 + 10 * np.log10(18.5 / 20)
+    assert integrated_loudness(np.concatenate([loud, silence]), SR) == pytest.approx(gated_mean, abs=0.02)
+    assert integrated_loudness(np.concatenate([loud, quiet]), SR) == pytest.approx(gated_mean, abs=0.02)
+    assert integrated_loudness(silence, SR) is None
+    assert integrated_loudness(loud[: SR // 4], SR) is None  # shorter than one 400 ms block
+
+
+def test_true_peak_finds_the_intersample_peak():
+    # fs/4 sine at 45 degrees: every sample sits at +-0.707 of a full-scale peak
+    tone = sine(SR / 4, 1.0, 1.0, phase=np.pi / 4)
+    assert 20 * np.log10(np.abs(tone).max()) == pytest.approx(-3.01, abs=0.01)
+    assert true_peak_dbtp(tone) == pytest.approx(0.0, abs=0.1)
+    assert true_peak_dbtp(np.zeros(1000)) is None
+
+
+def test_forbidden_terms_ignore_case_and_accents_and_match_whole_words():
+    lines = ["Le meilleur CAFE de la ville", "A classic taste", "Nur heute: GRÜN und günstig", "今日は無料です"]
+    found = find_forbidden_terms(lines, ["café", "ass", "grun", "無料", "free", "  "])
+    assert found == ["café", "grun", "無料"]
+
+
+def moving_frames(num_frames: int, height: int = 48, width: int = 64, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 256, (num_frames, height, width, 3), dtype=np.uint8)
+
+
+def speechlike_audio(seconds: float, sample_rate: int = 44100, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return (0.2 * rng.standard_normal((round(seconds * sample_rate), 2))).astype(np.float32)
+
+
+def test_forbidden_term_in_dialogue_rejects_the_clip():
+    expected = ReviewExpectation(
+        duration_s=2,
+        width=64,
+        height=48,
+        dialogue=[{"speaker": "Ana", "line": "¡Es GRATÍS hoy!"}],
+        forbidden_terms=["gratis"],
+    )
+    result = review_clip(moving_frames(51), speechlike_audio(2.04), 44100, 25.0, expected)
+    assert result.review_status == "rejected"
+    assert result.forbidden_terms_found == ["gratis"]
+    assert result.review_reasons == ["forbidden terms in dialogue: gratis"]
+
+
+def test_loudness_far_off_target_needs_review():
+    expected = ReviewExpectation(duration_s=2, width=64, height=48)
+    quiet = speechlike_audio(2.04) * 0.01  # about -45 LUFS against a -14 target
+    result = review_clip(moving_frames(51), quiet, 44100, 25.0, expected)
+    assert result.review_status == "needs_review"
+    assert result.integrated_lufs < -40
+    assert any(reason.startswith("loudness") for reason in result.review_reasons)
+    lenient = ReviewThresholds(loudness_tolerance_lu=40)
+    assert review_clip(moving_frames(51), quiet, 44100, 25.0, expected, lenient).review_status == "auto_approved"
+
+
+def test_wrong_fps_and_short_audio_are_rejected():
+    expected = ReviewExpectation(duration_s=2, width=64, height=48)
+    result = review_clip(moving_frames(48), speechlike_audio(1.0), 44100, 24.0, expected)
+    assert result.review_status == "rejected"
+    assert "fps 24, requested 25" in result.review_reasons
+    assert "audio lasts 1.00s, video 2.00s" in result.review_reasons
+
+
+def test_bad_array_shapes_name_the_problem():
+    expected = ReviewExpectation(duration_s=2, width=64, height=48)
+    with pytest.raises(ValueError, match=r"frames must be uint8 \[T, H, W, 3\]"):
+        review_clip(np.zeros((51, 48, 64), np.uint8), speechlike_audio(2.04), 44100, 25.0, expected)
+    with pytest.raises(ValueError, match=r"audio must be \[samples, channels\]"):
+        review_clip(moving_frames(51), np.zeros((2, 3, 4)), 44100, 25.0, expected)
+
+
+def test_review_stage_adds_review_columns_per_clip():
+    batch = {
+        "render_id": ["ok", "bad"],
+        "frames": [moving_frames(51), moving_frames(51, width=32)],
+        "audio": [speechlike_audio(2.04), speechlike_audio(2.04)],
+        "sample_rate": [44100, 44100],
+        "duration_s": [2, 2],
+        "width": [64, 64],
+        "height": [48, 48],
+        "dialogue": [[{"speaker": "Ana", "line": "Hola"}], []],
+        "forbidden_terms": [[], []],
+    }
+    out = ReviewStage()(batch)
+    assert out["render_id"] == ["ok", "bad"]
+    assert out["review_status"] == ["auto_approved", "rejected"]
+    assert out["review_reasons"][1] == ["size 32x48, requested 64x48"]
+    assert out["review_width"] == [64, 32]
+    assert out["review_speech_spans"][0] == [[0.0, pytest.approx(2.04, abs=0.02)]]
+    assert all(isinstance(v, float) for v in out["review_integrated_lufs"])
