@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from collections.abc import Callable
 
 from pipeline.ingest import BriefsFileError
@@ -18,6 +19,7 @@ class CliError(Exception):
 def _plan(args: argparse.Namespace) -> int:
     from pipeline.run import plan, write_plan
 
+    Path(args.out).mkdir(parents=True, exist_ok=True)  # fail before any work when it cannot be written
     result = plan(args.briefs, model_id=args.model)
     requests_path, rejects_path = write_plan(result, args.out)
     print(

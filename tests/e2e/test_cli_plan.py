@@ -1,0 +1,64 @@
+"""`paddock plan` as a user runs it: a subprocess, its exit code and what it prints."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def paddock(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "jobs.cli", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=300, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "HOME": str(cwd)})
+
+
+def assert_one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> None:
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, proc.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+def test_plan_example_campaign(tmp_path):
+    proc = paddock("plan", str(ROOT / "examples" / "briefs.parquet"), "--out", str(tmp_path / "plan"), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "3 briefs read, 3 valid, 9 render requests, 0 rejects" in proc.stdout
+    requests = pq.read_table(tmp_path / "plan" / "requests.parquet")
+    assert requests.num_rows == 9
+    assert set(requests.column("language").to_pylist()) == {"English", "German", "Japanese", "French"}
+    assert pq.read_table(tmp_path / "plan" / "rejects.parquet").num_rows == 0
+
+
+def test_missing_file(tmp_path):
+    proc = paddock("plan", "nope.parquet", "--out", "out", cwd=tmp_path)
+    assert_one_line_error(proc, "nope.parquet", "no such file")
+
+
+def test_not_parquet(tmp_path):
+    (tmp_path / "briefs.parquet").write_text("brief_id,prompt\nb1,hello\n")
+    proc = paddock("plan", "briefs.parquet", "--out", "out", cwd=tmp_path)
+    assert_one_line_error(proc, "briefs.parquet", "not a readable Parquet file")
+
+
+def test_no_required_columns(tmp_path):
+    pq.write_table(pa.table({"title": ["x"], "body": ["y"]}), tmp_path / "other.parquet")
+    proc = paddock("plan", "other.parquet", "--out", "out", cwd=tmp_path)
+    assert_one_line_error(proc, "other.parquet", "none of the required columns", "brief_id")
+
+
+def test_directory_given(tmp_path):
+    proc = paddock("plan", str(tmp_path), "--out", "out", cwd=tmp_path)
+    assert_one_line_error(proc, "is a directory")
+
+
+def test_unwritable_output(tmp_path):
+    (tmp_path / "blocker").write_text("a file where a directory should go")
+    proc = paddock("plan", str(ROOT / "examples" / "briefs.parquet"), "--out", "blocker/plan", cwd=tmp_path)
+    assert_one_line_error(proc, "blocker")
