@@ -28,15 +28,20 @@ import logging
 import mimetypes
 import os
 import re
-import tempfile
+import uuid
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Literal, Mapping
+from typing import Any, BinaryIO, Callable, Literal, Mapping
 from urllib.parse import unquote, urlencode, urlparse
 
+import boto3
+from boto3.s3.transfer import TransferConfig
+from botocore.config import Config
+from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError, PartialCredentialsError
 from pydantic import BaseModel, ConfigDict, field_validator
+from s3transfer.utils import ChunksizeAdjuster
 
 logger = logging.getLogger(__name__)
 
@@ -211,10 +216,6 @@ class DAM(ABC):
     def head(self, key: str) -> StoredObject | None:
         """Size and checksums of an object, or None when there is no such object."""
 
-    @abstractmethod
-    def delete(self, key: str) -> None:
-        """Remove an object; no error when it is absent."""
-
 
 class LocalDAM(DAM):
     """A directory. Files are written to a temporary name in the target folder
@@ -237,11 +238,14 @@ class LocalDAM(DAM):
     def _path(self, key: str) -> Path:
         return self.root / _check_key(key)
 
-    def _write(self, key: str, write: Any) -> Path:
+    def _write(self, key: str, write: Callable[[BinaryIO], None]) -> Path:
         target = self._path(key)
+        # A unique hidden name in the same folder: os.replace is then atomic, and
+        # os.open's mode lets the umask set the permissions (mkstemp would force 0600).
+        tmp = target.parent / f".{target.name}.{uuid.uuid4().hex}.part"
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         except OSError as exc:
             raise DAMError(f"DAM {self.uri}: cannot write {key}: {exc}; check that the directory is writable") from exc
         try:
@@ -249,9 +253,9 @@ class LocalDAM(DAM):
                 write(handle)
                 handle.flush()
                 os.fsync(handle.fileno())
-            os.replace(tmp_name, target)
+            os.replace(tmp, target)
         except BaseException:
-            Path(tmp_name).unlink(missing_ok=True)
+            tmp.unlink(missing_ok=True)
             raise
         return target
 
@@ -259,16 +263,15 @@ class LocalDAM(DAM):
         source = Path(path)
         digest = hashlib.sha256()
 
-        def copy(handle):
+        def copy(handle: BinaryIO) -> None:
             with open(source, "rb") as src:
                 while chunk := src.read(1 << 20):
                     digest.update(chunk)
                     handle.write(chunk)
+            if sha256 is not None and sha256 != digest.hexdigest():
+                raise DAMError(f"DAM {self.uri}: {source} changed while it was archived as {key}; archive it again")
 
         target = self._write(key, copy)
-        if sha256 is not None and sha256 != digest.hexdigest():
-            target.unlink(missing_ok=True)
-            raise DAMError(f"DAM {self.uri}: {source} changed while it was archived as {key}; archive it again")
         return StoredObject(key=key, size=target.stat().st_size, sha256=digest.hexdigest())
 
     def put_bytes(self, key, data, *, metadata=None, tags=None, content_type=None) -> StoredObject:
@@ -286,9 +289,6 @@ class LocalDAM(DAM):
             return None
         return StoredObject(key=key, size=path.stat().st_size, sha256=file_sha256(path))
 
-    def delete(self, key: str) -> None:
-        self._path(key).unlink(missing_ok=True)
-
 
 _CREDENTIALS_HINT = (
     "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (and AWS_SESSION_TOKEN for temporary credentials), "
@@ -305,7 +305,9 @@ class S3DAM(DAM):
     uploads get one per part) and carry the whole-object hex SHA-256 in the
     ``sha256`` metadata field. After each upload the stored checksum is read
     back and compared with the local file's. Throttling and 5xx responses are
-    retried by botocore's adaptive retry mode with exponential backoff.
+    retried by botocore (``retry_mode="adaptive"``: exponential backoff with
+    jitter, plus client-side rate limiting once S3 throttles), up to
+    ``max_attempts`` tries per request.
 
     The boto3 client is made on first use and dropped when pickled, so an
     S3DAM can be shipped to worker processes.
@@ -355,9 +357,6 @@ class S3DAM(DAM):
     @property
     def client(self):
         if self._client is None:
-            import boto3
-            from botocore.config import Config
-
             config = Config(
                 retries={"max_attempts": self.max_attempts, "mode": self.retry_mode},
                 max_pool_connections=max(10, self.max_concurrency * 2),
@@ -367,9 +366,7 @@ class S3DAM(DAM):
             )
         return self._client
 
-    def _transfer_config(self):
-        from boto3.s3.transfer import TransferConfig
-
+    def _transfer_config(self) -> TransferConfig:
         # "classic" pins the part size below to what is configured, which the
         # composite checksum check relies on (the CRT client picks its own).
         return TransferConfig(
@@ -384,15 +381,14 @@ class S3DAM(DAM):
         return f"{self.prefix}/{key}" if self.prefix else key
 
     def _error(self, action: str, exc: Exception) -> DAMError:
-        from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError, PartialCredentialsError
-
         if isinstance(exc, (NoCredentialsError, PartialCredentialsError)):
             return DAMError(f"{self._where()}: no usable AWS credentials to {action}: {_CREDENTIALS_HINT}")
         if isinstance(exc, EndpointConnectionError):
             return DAMError(f"{self._where()}: cannot reach the S3 endpoint to {action}: check --s3-endpoint / AWS_ENDPOINT_URL and the network")
         if isinstance(exc, ClientError):
             code = exc.response.get("Error", {}).get("Code", "")
-            if code == "NoSuchBucket":
+            # HEAD responses have no body, so head_bucket reports a missing bucket as a bare 404.
+            if code == "NoSuchBucket" or (code == "404" and action.startswith("open bucket")):
                 return DAMError(f"{self._where()}: bucket {self.bucket!r} does not exist; create it (aws s3 mb s3://{self.bucket}) or fix the DAM URI")
             if code in ("AccessDenied", "403", "InvalidAccessKeyId", "SignatureDoesNotMatch"):
                 return DAMError(f"{self._where()}: access denied to {action} ({code}); check the credentials ({_CREDENTIALS_HINT}) and the bucket policy")
@@ -401,15 +397,8 @@ class S3DAM(DAM):
 
     def check_bucket(self) -> None:
         """Fail early, naming the fix, when the bucket is missing or unreachable."""
-        from botocore.exceptions import ClientError
-
         try:
             self.client.head_bucket(Bucket=self.bucket)
-        except ClientError as exc:
-            # HEAD responses have no body, so a missing bucket is a bare 404.
-            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchBucket"):
-                raise DAMError(f"{self._where()}: bucket {self.bucket!r} does not exist; create it (aws s3 mb s3://{self.bucket}) or fix the DAM URI") from exc
-            raise self._error(f"open bucket {self.bucket!r}", exc) from exc
         except Exception as exc:
             raise self._error(f"open bucket {self.bucket!r}", exc) from exc
 
@@ -432,8 +421,6 @@ class S3DAM(DAM):
         # A multipart upload's ETag ends in "-<parts>"; its checksum is composite over the parts.
         parts = etag.strip('"').rsplit("-", 1)
         if len(parts) == 2 and parts[1].isdigit():
-            from s3transfer.utils import ChunksizeAdjuster
-
             part_size = ChunksizeAdjuster().adjust_chunksize(self.multipart_chunksize, size)
             return s3_multipart_sha256(path, part_size), -(-size // part_size)
         return _b64_of_hex(sha256), 1
@@ -511,17 +498,8 @@ class S3DAM(DAM):
             metadata=metadata,
         )
 
-    def delete(self, key: str) -> None:
-        full_key = self._full_key(key)
-        try:
-            self.client.delete_object(Bucket=self.bucket, Key=full_key)
-        except Exception as exc:
-            raise self._error(f"delete {full_key}", exc) from exc
-
 
 def _is_not_found(exc: Exception) -> bool:
-    from botocore.exceptions import ClientError
-
     # A missing key is NoSuchKey on GET and a bare 404 on HEAD; a missing bucket is an error, not "absent".
     return isinstance(exc, ClientError) and exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404")
 
@@ -676,9 +654,9 @@ def archive_render(dam: DAM, render: RenderAssets) -> ArchiveResult:
     if is_archived(dam, prefix, render.render_id, expected_sha256=sha256) is not None:
         return result(0, skipped=True)
 
-    # A stale record (other checksums) must go before any object changes, so
-    # that no moment exists where it vouches for a mix of old and new objects.
-    dam.delete(done_key)
+    # A record left from an earlier version of this render stays until the new
+    # one replaces it; it cannot vouch for a mix of old and new objects, since
+    # is_archived checks every object against it.
     metadata, tags = render.object_metadata(), render.object_tags()
     stored: dict[str, StoredObject] = {}
     for ext, path in render.files.items():

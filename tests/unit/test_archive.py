@@ -245,3 +245,21 @@ def test_local_write_failure_leaves_no_partial_file(tmp_path):
         dam._write("a/b.mp4", failing_write)
     assert list((tmp_path / "dam" / "a").iterdir()) == []
     assert dam.head("a/b.mp4") is None
+
+
+def test_local_put_file_with_wrong_checksum_keeps_nothing(tmp_path):
+    dam = LocalDAM(tmp_path / "dam")
+    source = tmp_path / "clip.mp4"
+    source.write_bytes(b"frames")
+    with pytest.raises(DAMError, match="changed while it was archived"):
+        dam.put_file("a/clip.mp4", source, sha256=hashlib.sha256(b"other").hexdigest())
+    assert list((tmp_path / "dam" / "a").iterdir()) == []
+
+
+def test_local_files_follow_the_umask(tmp_path):
+    old = os.umask(0o022)
+    try:
+        LocalDAM(tmp_path / "dam").put_bytes("a/x.json", b"{}")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "dam" / "a" / "x.json").stat().st_mode & 0o777 == 0o644
