@@ -57,53 +57,61 @@ class DecodedClip:
     fps: float
 
 
-def load_clip(path: str | Path) -> DecodedClip:
-    """Decode a media file (MP4, MKV, ...) with PyAV into RGB frames and float audio.
+def load_audio(path: str | Path) -> tuple[np.ndarray, int]:
+    """Decode a file's first audio stream with PyAV into float32 [samples, channels] and its rate.
 
-    Audio is aligned to the first video frame: if the audio stream starts later
-    it is padded with silence at the head, if earlier the head is trimmed, so
-    sample 0 and frame 0 share a timestamp as they do for a generated clip.
+    Sample 0 sits at container time 0: a stream that starts later is padded
+    with silence at the head, one that starts earlier is trimmed.
     """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"media file not found: {path}")
+    with av.open(str(path)) as container:
+        if not container.streams.audio:
+            raise ValueError(f"{path}: no audio stream")
+        stream = container.streams.audio[0]
+        sample_rate, channels = stream.rate, stream.channels
+        # fltp: every decoded frame becomes [channels, samples] float32.
+        resampler = av.AudioResampler(format="fltp", layout=stream.layout.name, rate=sample_rate)
+        chunks = []
+        start_s = None
+        for frame in container.decode(stream):
+            if start_s is None:
+                start_s = frame.time or 0.0
+            chunks.extend(out.to_ndarray() for out in resampler.resample(frame))
+        chunks.extend(out.to_ndarray() for out in resampler.resample(None))
+
+    audio = np.concatenate(chunks, axis=1).T if chunks else np.zeros((0, channels), np.float32)
+    audio = np.ascontiguousarray(audio, dtype=np.float32)
+    shift = round((start_s or 0.0) * sample_rate)
+    if shift > 0:
+        audio = np.concatenate([np.zeros((shift, channels), np.float32), audio])
+    elif shift < 0:
+        audio = audio[-shift:]
+    return audio, sample_rate
+
+
+def load_clip(path: str | Path) -> DecodedClip:
+    """Decode a media file (MP4, MKV, ...) with PyAV into RGB frames and float audio,
+    aligned so that sample 0 and frame 0 share a timestamp, as in a generated clip."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"clip file not found: {path}")
     with av.open(str(path)) as container:
         if not container.streams.video:
             raise ValueError(f"{path}: no video stream")
-        video_stream = container.streams.video[0]
-        fps = float(video_stream.average_rate or video_stream.guessed_rate)
+        stream = container.streams.video[0]
+        fps = float(stream.average_rate or stream.guessed_rate)
         frames = []
-        video_start = None
-        for frame in container.decode(video_stream):
-            if video_start is None:
-                video_start = frame.time or 0.0
+        video_start_s = None
+        for frame in container.decode(stream):
+            if video_start_s is None:
+                video_start_s = frame.time or 0.0
             frames.append(frame.to_ndarray(format="rgb24"))
-
-    with av.open(str(path)) as container:
-        if not container.streams.audio:
-            raise ValueError(f"{path}: no audio stream")
-        audio_stream = container.streams.audio[0]
-        sample_rate = audio_stream.rate
-        channels = audio_stream.channels
-        # fltp: every decoded frame becomes [channels, samples] float32.
-        resampler = av.AudioResampler(format="fltp", layout=audio_stream.layout.name, rate=sample_rate)
-        chunks = []
-        audio_start = None
-        for frame in container.decode(audio_stream):
-            if audio_start is None:
-                audio_start = frame.time or 0.0
-            for out in resampler.resample(frame):
-                chunks.append(out.to_ndarray())
-        for out in resampler.resample(None):
-            chunks.append(out.to_ndarray())
-
-    audio = np.concatenate(chunks, axis=1).T if chunks else np.zeros((0, channels), np.float32)
-    audio = np.ascontiguousarray(audio, dtype=np.float32)
-    shift = round(((audio_start or 0.0) - (video_start or 0.0)) * sample_rate)
-    if shift > 0:
-        audio = np.concatenate([np.zeros((shift, audio.shape[1]), np.float32), audio])
-    elif shift < 0:
-        audio = audio[-shift:]
+    if not frames:
+        raise ValueError(f"{path}: the video stream has no frames")
+    audio, sample_rate = load_audio(path)
+    audio = audio[max(0, round(video_start_s * sample_rate)) :]
     return DecodedClip(frames=np.stack(frames), audio=audio, sample_rate=sample_rate, fps=fps)
 
 

@@ -1,0 +1,370 @@
+"""mux: encode one reviewed clip into its deliverables with ffmpeg (through ffmpeg-python).
+
+For each clip, in `out_dir`:
+- `<stem>.mp4`: H.264 (yuv420p) + AAC 48 kHz, `+faststart` (moov before mdat),
+  audio loudness-normalized to the channel profile with two-pass `loudnorm`;
+- `<stem>.wav`: the normalized audio stem (48 kHz, 24-bit PCM);
+- `<stem>.jpg`: a poster frame;
+- `<stem>.vtt`: WebVTT captions, the dialogue lines spread over the speech the
+  review found.
+
+Frames are piped raw to ffmpeg's stdin, so a 1080p clip never exists twice in
+memory. H.264 in yuv420p needs even dimensions: an odd width or height is
+cropped by one pixel (the last column or row), and MuxedAssets reports the
+size actually encoded.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import subprocess
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import ffmpeg
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from pipeline.media import FFmpegError, ffmpeg_exe, load_audio, write_raw_audio
+from pipeline.review import integrated_loudness, luma_thumbnails, true_peak_dbtp
+from schemas.brief import DialogueLine
+from schemas.render import FPS
+
+OUTPUT_SAMPLE_RATE = 48000
+
+
+class ChannelProfile(BaseModel):
+    """Loudness and encoding targets of one delivery channel."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = "web"
+    integrated_lufs: float = Field(-14.0, ge=-70.0, le=-5.0)
+    true_peak_dbtp: float = Field(-1.0, ge=-9.0, le=0.0)
+    lra: float = Field(11.0, ge=1.0, le=50.0, description="loudness range target, LU")
+    video_crf: int = Field(18, ge=0, le=51)
+    video_preset: str = "medium"
+    audio_bitrate: str = "192k"
+
+
+CHANNEL_PROFILES: dict[str, ChannelProfile] = {
+    "web": ChannelProfile(),
+    "broadcast": ChannelProfile(name="broadcast", integrated_lufs=-23.0, true_peak_dbtp=-1.0, lra=15.0),
+}
+
+
+class MuxedAssets(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    mp4_path: Path
+    wav_path: Path
+    poster_path: Path
+    vtt_path: Path
+    width: int = Field(description="encoded width (even)")
+    height: int
+    output_lufs: float | None = Field(description="integrated loudness of the MP4's audio, as decoded")
+    output_true_peak_dbtp: float | None
+    loudnorm_input_lufs: float | None = Field(description="ffmpeg loudnorm's first-pass measurement")
+    loudnorm_mode: Literal["linear", "dynamic", "none"]
+
+
+# --------------------------------------------------------------------------- loudness
+
+
+def _run(stream: Any) -> str:
+    """Run an ffmpeg-python graph with our ffmpeg binary; return stderr (where filters log)."""
+    stream = stream.global_args("-hide_banner", "-nostdin")
+    try:
+        _, stderr = stream.run(cmd=ffmpeg_exe(), capture_stdout=True, capture_stderr=True, overwrite_output=True)
+    except ffmpeg.Error as exc:
+        log = exc.stderr.decode("utf-8", "replace")[-2000:]
+        raise FFmpegError(f"ffmpeg failed: {' '.join(stream.compile(cmd=ffmpeg_exe()))}\n{log}") from exc
+    return stderr.decode("utf-8", "replace")
+
+
+def _raw_audio_input(raw_path: Path, sample_rate: int, channels: int) -> Any:
+    return ffmpeg.input(str(raw_path), format="f32le", ar=sample_rate, ac=channels)
+
+
+def _loudnorm_report(log: str, source: Path) -> dict[str, str]:
+    # loudnorm prints one JSON object after its "[Parsed_loudnorm_N ...]" line
+    match = re.search(r"\{[^{}]*\"input_i\"[^{}]*\}", log)
+    if match is None:
+        raise FFmpegError(f"loudnorm printed no measurement for {source}:\n{log[-2000:]}")
+    return json.loads(match.group(0))
+
+
+def measure_loudnorm(raw_path: Path, sample_rate: int, channels: int, profile: ChannelProfile) -> dict[str, float]:
+    """First loudnorm pass: ffmpeg's measurement of the input (input_i, input_tp, input_lra, input_thresh, target_offset)."""
+    graph = _raw_audio_input(raw_path, sample_rate, channels).filter(
+        "loudnorm", I=profile.integrated_lufs, TP=profile.true_peak_dbtp, LRA=profile.lra, print_format="json"
+    )
+    report = _loudnorm_report(_run(graph.output("-", format="null")), raw_path)
+    return {key: float(value) for key, value in report.items() if key != "normalization_type"}
+
+
+def normalize_to_wav(
+    raw_path: Path, sample_rate: int, channels: int, profile: ChannelProfile, wav_path: Path
+) -> tuple[float | None, str]:
+    """Second loudnorm pass (linear, with the first pass's measurements) into a 48 kHz 24-bit WAV.
+
+    Returns the first pass's input loudness and the mode loudnorm ran in:
+    "linear" (one gain for the whole clip), "dynamic" (loudnorm falls back to it
+    when the gain would break the true-peak ceiling, or when the measured
+    loudness range is 0, as for a steady tone), or "none" for audio with no gated
+    loudness (silence), which cannot be normalized and is written as it is.
+    """
+    measured = measure_loudnorm(raw_path, sample_rate, channels, profile)
+    audio = _raw_audio_input(raw_path, sample_rate, channels)
+    silent = not (math.isfinite(measured["input_i"]) and measured["input_i"] > -70.0)
+    if not silent:
+        audio = audio.filter(
+            "loudnorm",
+            I=profile.integrated_lufs,
+            TP=profile.true_peak_dbtp,
+            LRA=profile.lra,
+            measured_I=measured["input_i"],
+            measured_TP=measured["input_tp"],
+            measured_LRA=measured["input_lra"],
+            measured_thresh=measured["input_thresh"],
+            offset=measured["target_offset"],
+            linear="true",
+            print_format="json",
+        )
+    # loudnorm works at 192 kHz; bring it back to the delivery rate.
+    audio = audio.filter("aresample", OUTPUT_SAMPLE_RATE)
+    log = _run(audio.output(str(wav_path), acodec="pcm_s24le", ar=OUTPUT_SAMPLE_RATE))
+    if silent:
+        return None, "none"
+    return measured["input_i"], _loudnorm_report(log, raw_path)["normalization_type"]
+
+
+# --------------------------------------------------------------------------- video
+
+
+def even_size(width: int, height: int) -> tuple[int, int]:
+    """The size H.264 yuv420p can carry: odd dimensions lose their last column or row."""
+    return width - width % 2, height - height % 2
+
+
+def encode_mp4(
+    frames: np.ndarray, fps: float, audio_wav: Path, mp4_path: Path, profile: ChannelProfile
+) -> tuple[int, int]:
+    """Pipe raw RGB frames into libx264 and mux them with the WAV as AAC 48 kHz, faststart. Returns the encoded size."""
+    num_frames, height, width = frames.shape[:3]
+    out_width, out_height = even_size(width, height)
+    video = ffmpeg.input("pipe:", format="rawvideo", pix_fmt="rgb24", s=f"{width}x{height}", framerate=fps)
+    if (out_width, out_height) != (width, height):
+        video = video.filter("crop", out_width, out_height, 0, 0)
+    output = ffmpeg.output(
+        video,
+        ffmpeg.input(str(audio_wav)),
+        str(mp4_path),
+        vcodec="libx264",
+        pix_fmt="yuv420p",
+        crf=profile.video_crf,
+        preset=profile.video_preset,
+        acodec="aac",
+        ar=OUTPUT_SAMPLE_RATE,
+        movflags="+faststart",
+        **{"b:a": profile.audio_bitrate},
+    )
+    args = output.global_args("-hide_banner").overwrite_output().compile(cmd=ffmpeg_exe())
+    # stderr goes to a file: a pipe nobody drains would fill up and stall the encoder.
+    with tempfile.TemporaryFile() as log:
+        proc = subprocess.Popen(args, stdin=subprocess.PIPE, stderr=log)
+        try:
+            for frame in frames:
+                proc.stdin.write(np.ascontiguousarray(frame, dtype=np.uint8).data)
+        except BrokenPipeError:
+            pass  # ffmpeg exited early; its status and log say why
+        finally:
+            proc.stdin.close()
+        returncode = proc.wait()
+        if returncode != 0:
+            log.seek(0)
+            raise FFmpegError(
+                f"encoding {mp4_path} ({num_frames} frames {width}x{height}) failed with status {returncode}:\n"
+                f"{log.read().decode('utf-8', 'replace')[-2000:]}"
+            )
+    return out_width, out_height
+
+
+def poster_frame_index(frames: np.ndarray) -> int:
+    """The most detailed frame (highest luma spread) of the clip's middle half: avoids fades and black frames."""
+    num_frames = frames.shape[0]
+    start, stop = num_frames // 4, max(num_frames // 4 + 1, (3 * num_frames) // 4)
+    luma = luma_thumbnails(frames[start:stop], analysis_width=64)
+    return start + int(np.argmax(luma.reshape(luma.shape[0], -1).std(axis=1)))
+
+
+def write_poster(frame: np.ndarray, jpg_path: Path) -> None:
+    height, width = frame.shape[:2]
+    graph = ffmpeg.input("pipe:", format="rawvideo", pix_fmt="rgb24", s=f"{width}x{height}").output(
+        str(jpg_path), vframes=1, **{"q:v": 2}
+    )
+    try:
+        graph.global_args("-hide_banner").run(
+            cmd=ffmpeg_exe(), input=np.ascontiguousarray(frame).tobytes(), capture_stderr=True, overwrite_output=True
+        )
+    except ffmpeg.Error as exc:
+        raise FFmpegError(f"writing poster {jpg_path} failed:\n{exc.stderr.decode('utf-8', 'replace')[-2000:]}") from exc
+
+
+# --------------------------------------------------------------------------- captions
+
+
+def _vtt_time(seconds: float) -> str:
+    millis = max(0, round(seconds * 1000))
+    hours, rest = divmod(millis, 3_600_000)
+    minutes, rest = divmod(rest, 60_000)
+    return f"{hours:02d}:{minutes:02d}:{rest // 1000:02d}.{rest % 1000:03d}"
+
+
+def _vtt_escape(text: str) -> str:
+    # "&", "<" and ">" are markup in cue text; escaping ">" also rules out a stray "-->"
+    return " ".join(text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").split())
+
+
+def caption_cues(
+    dialogue: Sequence[DialogueLine], speech_spans: Sequence[tuple[float, float]], duration_s: float
+) -> list[tuple[float, float, str]]:
+    """(start_s, end_s, "Speaker: line") per dialogue line, in order.
+
+    The speech spans are laid end to end into one speech timeline; each line gets
+    a slice of it proportional to its length in characters, mapped back to clip
+    time. With no speech found, the whole clip is the timeline.
+    """
+    spans = [(max(0.0, s), min(duration_s, e)) for s, e in speech_spans if min(duration_s, e) > max(0.0, s)]
+    if not spans:
+        spans = [(0.0, duration_s)]
+    lengths = np.array([len(s) for s in (d.line for d in dialogue)], dtype=np.float64)
+    if lengths.size == 0:
+        return []
+    span_starts = np.array([s for s, _ in spans])
+    span_lengths = np.array([e - s for s, e in spans])
+    span_offsets = np.concatenate([[0.0], np.cumsum(span_lengths)])  # speech time where each span begins
+    total_speech = span_offsets[-1]
+
+    def to_clip_time(speech_time: float, at_end: bool) -> float:
+        # a boundary that falls exactly between spans ends the earlier one, starts the later one
+        side = "left" if at_end else "right"
+        i = int(np.clip(np.searchsorted(span_offsets, speech_time, side=side) - 1, 0, len(spans) - 1))
+        return float(span_starts[i] + speech_time - span_offsets[i])
+
+    bounds = np.concatenate([[0.0], np.cumsum(lengths)]) / lengths.sum() * total_speech
+    cues = []
+    for line, start, end in zip(dialogue, bounds[:-1], bounds[1:]):
+        cues.append((to_clip_time(start, at_end=False), to_clip_time(end, at_end=True), f"{line.speaker}: {line.line}"))
+    return cues
+
+
+def write_vtt(cues: Sequence[tuple[float, float, str]], vtt_path: Path) -> None:
+    blocks = ["WEBVTT", ""]
+    for number, (start, end, text) in enumerate(cues, start=1):
+        end = max(end, start + 0.001)
+        blocks += [str(number), f"{_vtt_time(start)} --> {_vtt_time(end)}", _vtt_escape(text), ""]
+    vtt_path.write_text("\n".join(blocks), encoding="utf-8")
+
+
+# --------------------------------------------------------------------------- the stage
+
+
+def mux_clip(
+    frames: np.ndarray,
+    audio: np.ndarray,
+    sample_rate: int,
+    fps: float,
+    out_dir: str | Path,
+    stem_name: str,
+    dialogue: Sequence[DialogueLine | Mapping[str, str]] = (),
+    speech_spans: Sequence[tuple[float, float]] = (),
+    profile: ChannelProfile | None = None,
+) -> MuxedAssets:
+    """Write `<stem_name>.{mp4,wav,jpg,vtt}` for one clip into `out_dir` and measure the MP4's loudness."""
+    profile = profile or ChannelProfile()
+    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
+        raise ValueError(f"frames must be uint8 [T, H, W, 3], got {frames.dtype} {frames.shape}")
+    audio = np.asarray(audio, dtype=np.float32)
+    if audio.ndim == 1:
+        audio = audio[:, None]
+    if audio.ndim != 2 or audio.shape[0] == 0:
+        raise ValueError(f"audio must be non-empty [samples, channels], got shape {audio.shape}")
+    if not re.fullmatch(r"[A-Za-z0-9._-]+", stem_name):
+        raise ValueError(f"stem_name {stem_name!r} must be letters, digits, '.', '_' or '-' (it names files)")
+    lines = [d if isinstance(d, DialogueLine) else DialogueLine.model_validate(dict(d)) for d in dialogue]
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    final = {ext: out_dir / f"{stem_name}.{ext}" for ext in ("mp4", "wav", "jpg", "vtt")}
+
+    # Everything is made in a scratch folder and moved into place only when all of it
+    # succeeded, so a failed clip never leaves a partial file that looks like a deliverable.
+    with tempfile.TemporaryDirectory(dir=out_dir, prefix=f".{stem_name}.") as tmp:
+        work = {ext: Path(tmp) / path.name for ext, path in final.items()}
+        raw = Path(tmp) / "audio.f32"
+        write_raw_audio(raw, audio)
+        input_lufs, loudnorm_mode = normalize_to_wav(raw, sample_rate, audio.shape[1], profile, work["wav"])
+        width, height = encode_mp4(frames, fps, work["wav"], work["mp4"], profile)
+        write_poster(frames[poster_frame_index(frames)], work["jpg"])
+        write_vtt(caption_cues(lines, speech_spans, frames.shape[0] / fps), work["vtt"])
+        delivered, delivered_rate = load_audio(work["mp4"])
+        for ext, path in work.items():
+            os.replace(path, final[ext])
+
+    return MuxedAssets(
+        mp4_path=final["mp4"],
+        wav_path=final["wav"],
+        poster_path=final["jpg"],
+        vtt_path=final["vtt"],
+        width=width,
+        height=height,
+        output_lufs=integrated_loudness(delivered, delivered_rate),
+        output_true_peak_dbtp=true_peak_dbtp(delivered),
+        loudnorm_input_lufs=input_lufs,
+        loudnorm_mode=loudnorm_mode,
+    )
+
+
+class MuxStage:
+    """Batch wrapper: muxes every clip of a batch of columns into `out_dir`.
+
+    Reads `render_id` (the file stem), `frames`, `audio`, `sample_rate`,
+    `dialogue`, `review_speech_spans` and, if present, `fps` (default 25).
+    Adds `mp4_path`, `wav_path`, `poster_path`, `vtt_path` (str), `encoded_width`,
+    `encoded_height`, `output_lufs`, `output_true_peak_dbtp`.
+    """
+
+    def __init__(self, out_dir: str | Path, profile: ChannelProfile | None = None):
+        self.out_dir = Path(out_dir)
+        self.profile = profile or ChannelProfile()
+
+    def __call__(self, batch: Mapping[str, Sequence[Any]]) -> dict[str, list[Any]]:
+        out: dict[str, list[Any]] = {key: list(values) for key, values in batch.items()}
+        columns = ("mp4_path", "wav_path", "poster_path", "vtt_path", "encoded_width", "encoded_height",
+                   "output_lufs", "output_true_peak_dbtp")  # fmt: skip
+        for column in columns:
+            out[column] = []
+        for i, render_id in enumerate(batch["render_id"]):
+            assets = mux_clip(
+                np.asarray(batch["frames"][i]),
+                np.asarray(batch["audio"][i]),
+                int(batch["sample_rate"][i]),
+                float(batch["fps"][i]) if "fps" in batch else float(FPS),
+                self.out_dir,
+                render_id,
+                dialogue=list(batch["dialogue"][i]),
+                speech_spans=[tuple(span) for span in batch["review_speech_spans"][i]],
+                profile=self.profile,
+            )
+            for column, value in zip(
+                columns,
+                (str(assets.mp4_path), str(assets.wav_path), str(assets.poster_path), str(assets.vtt_path),
+                 assets.width, assets.height, assets.output_lufs, assets.output_true_peak_dbtp),
+            ):  # fmt: skip
+                out[column].append(value)
+        return out
