@@ -15,6 +15,7 @@ from pipeline.review import (
     review_clip,
     true_peak_dbtp,
 )
+from schemas.render import RenderRequest
 
 SR = 48000
 
@@ -137,3 +138,15 @@ def test_review_stage_adds_review_columns_per_clip():
     assert out["review_width"] == [64, 32]
     assert out["review_speech_spans"][0] == [[0.0, pytest.approx(2.04, abs=0.02)]]
     assert all(isinstance(v, float) for v in out["review_integrated_lufs"])
+
+
+def test_expectation_from_render_request():
+    request = RenderRequest(
+        render_id="r1", brief_id="b1", campaign_id="c1", row_index=0, locale="es-ES", language="Spanish",
+        aspect_ratio="16:9", resolution="256p", base_width=448, base_height=256, width=448, height=256,
+        duration_s=5, seed=1, variant_index=0, prompt="p", scene="s",
+        dialogue=[{"speaker": "Ana", "line": "Hola"}], forbidden_terms=["gratis"], model_id="m",
+    )  # fmt: skip
+    expected = ReviewExpectation.from_request(request)
+    assert (expected.duration_s, expected.width, expected.height, expected.fps) == (5, 448, 256, 25)
+    assert expected.has_dialogue and expected.forbidden_terms == ["gratis"]
