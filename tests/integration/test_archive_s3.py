@@ -196,7 +196,8 @@ def test_multipart_upload_checksum(s3_endpoint, bucket, s3, tmp_path):
 def test_throttling_and_5xx_are_retried(s3_endpoint, bucket, s3, tmp_path):
     render = make_render(tmp_path)
     with start_fault_proxy(s3_endpoint) as proxy:
-        slow_down = Fault("PUT", 503, "SlowDown", times=1, path_contains=".mp4")
+        # Throttle the last asset: adaptive mode rate-limits the client after a throttle, slowing what follows.
+        slow_down = Fault("PUT", 503, "SlowDown", times=1, path_contains=".vtt")
         internal = Fault("PUT", 500, "InternalError", times=2, path_contains=".wav")
         proxy.faults += [slow_down, internal]
         result = archive_render(open_dam(f"s3://{bucket}", s3_endpoint=proxy.url), render)
