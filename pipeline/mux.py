@@ -243,7 +243,7 @@ def caption_cues(
     spans = [(max(0.0, s), min(duration_s, e)) for s, e in speech_spans if min(duration_s, e) > max(0.0, s)]
     if not spans:
         spans = [(0.0, duration_s)]
-    lengths = np.array([len(s) for s in (d.line for d in dialogue)], dtype=np.float64)
+    lengths = np.array([len(d.line) for d in dialogue], dtype=np.float64)
     if lengths.size == 0:
         return []
     span_starts = np.array([s for s, _ in spans])
@@ -258,10 +258,10 @@ def caption_cues(
         return float(span_starts[i] + speech_time - span_offsets[i])
 
     bounds = np.concatenate([[0.0], np.cumsum(lengths)]) / lengths.sum() * total_speech
-    cues = []
-    for line, start, end in zip(dialogue, bounds[:-1], bounds[1:]):
-        cues.append((to_clip_time(start, at_end=False), to_clip_time(end, at_end=True), f"{line.speaker}: {line.line}"))
-    return cues
+    return [
+        (to_clip_time(start, at_end=False), to_clip_time(end, at_end=True), f"{d.speaker}: {d.line}")
+        for d, start, end in zip(dialogue, bounds[:-1], bounds[1:])
+    ]
 
 
 def write_vtt(cues: Sequence[tuple[float, float, str]], vtt_path: Path) -> None:
@@ -330,6 +330,12 @@ def mux_clip(
     )
 
 
+MUX_COLUMNS = (
+    "mp4_path", "wav_path", "poster_path", "vtt_path", "encoded_width", "encoded_height",
+    "output_lufs", "output_true_peak_dbtp",
+)  # fmt: skip
+
+
 class MuxStage:
     """Batch wrapper: muxes every clip of a batch of columns into `out_dir`.
 
@@ -344,11 +350,7 @@ class MuxStage:
         self.profile = profile or ChannelProfile()
 
     def __call__(self, batch: Mapping[str, Sequence[Any]]) -> dict[str, list[Any]]:
-        out: dict[str, list[Any]] = {key: list(values) for key, values in batch.items()}
-        columns = ("mp4_path", "wav_path", "poster_path", "vtt_path", "encoded_width", "encoded_height",
-                   "output_lufs", "output_true_peak_dbtp")  # fmt: skip
-        for column in columns:
-            out[column] = []
+        rows = []
         for i, render_id in enumerate(batch["render_id"]):
             assets = mux_clip(
                 np.asarray(batch["frames"][i]),
@@ -361,10 +363,19 @@ class MuxStage:
                 speech_spans=[tuple(span) for span in batch["review_speech_spans"][i]],
                 profile=self.profile,
             )
-            for column, value in zip(
-                columns,
-                (str(assets.mp4_path), str(assets.wav_path), str(assets.poster_path), str(assets.vtt_path),
-                 assets.width, assets.height, assets.output_lufs, assets.output_true_peak_dbtp),
-            ):  # fmt: skip
-                out[column].append(value)
+            rows.append(
+                {
+                    "mp4_path": str(assets.mp4_path),
+                    "wav_path": str(assets.wav_path),
+                    "poster_path": str(assets.poster_path),
+                    "vtt_path": str(assets.vtt_path),
+                    "encoded_width": assets.width,
+                    "encoded_height": assets.height,
+                    "output_lufs": assets.output_lufs,
+                    "output_true_peak_dbtp": assets.output_true_peak_dbtp,
+                }
+            )
+        out: dict[str, list[Any]] = {key: list(values) for key, values in batch.items()}
+        for column in MUX_COLUMNS:
+            out[column] = [row[column] for row in rows]
         return out
