@@ -99,8 +99,8 @@ def build_attention_masks(
 ) -> AttentionMasks:
     valid = torch.arange(layout.seq_len, device=device)[None, :] < layout.valid_lens(device)[:, None]  # [B, S]
     full = valid[:, None, None, :] if layout.has_text_padding else None
-    if frame_receptive_field < 0:
-        return AttentionMasks(full=full, local=None)
+    if frame_receptive_field < 0:  # no receptive field: frame-local layers attend globally too
+        return AttentionMasks(full=full, local=full)
     frames = layout.token_frames(device)
     if backend == "auto":
         backend = "flex" if device.type == "cuda" else "dense"
