@@ -1,0 +1,130 @@
+"""Clip geometry: pixel sizes, latent shapes and frame/sample counts for one render.
+
+Facts from the released stack:
+- video VAE (Wan2.2-TI2V-5B): stride 4 (time) x 16 x 16, 48 latent channels; a latent clip of
+  T frames decodes to 4 * (T - 1) + 1 frames;
+- DiT video patch 1 x 2 x 2, so latent height/width are even and pixel sizes are multiples of 32;
+- audio VAE (Oobleck): one 64-channel latent per 2048 samples at a 51.2 kHz virtual rate, i.e.
+  one audio latent per video frame at 25 fps;
+- base generation is 256p-class (the reference runs 448x256); super-resolution runs the SR DiT
+  at 896x512 (540p) or 1920x1088 (1080p) and the frames are then brought to the exact final size.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+FPS = 25
+VAE_STRIDE = (4, 16, 16)
+PATCH_SIZE = (1, 2, 2)
+VIDEO_LATENT_CHANNELS = 48
+AUDIO_LATENT_CHANNELS = 64
+AUDIO_HOP = 2048  # waveform samples per audio latent
+AUDIO_VIRTUAL_RATE = AUDIO_HOP * FPS  # 51200 Hz: one audio latent per video frame
+
+AspectRatio = Literal["16:9", "9:16", "1:1"]
+Resolution = Literal["256p", "540p", "1080p"]
+ASPECT_RATIOS: tuple[str, ...] = ("16:9", "9:16", "1:1")
+RESOLUTIONS: tuple[str, ...] = ("256p", "540p", "1080p")
+
+# (width, height) the base DiT generates at. 1:1 keeps the 16:9 pixel budget (448*256 ~ 339^2),
+# rounded to the nearest multiple of 32.
+BASE_SIZES: dict[str, tuple[int, int]] = {"16:9": (448, 256), "9:16": (256, 448), "1:1": (352, 352)}
+
+# (width, height) the SR DiT generates at: 540p is twice the base latent grid (as the reference
+# does), 1080p is the smallest 32-multiple that covers the delivery size.
+SR_SIZES: dict[str, dict[str, tuple[int, int]]] = {
+    "540p": {"16:9": (896, 512), "9:16": (512, 896), "1:1": (704, 704)},
+    "1080p": {"16:9": (1920, 1088), "9:16": (1088, 1920), "1:1": (1088, 1088)},
+}
+
+# Exact delivery size per resolution and aspect ratio. 1:1 at 540p keeps the 960x540 pixel budget.
+FINAL_SIZES: dict[str, dict[str, tuple[int, int]]] = {
+    "256p": BASE_SIZES,
+    "540p": {"16:9": (960, 540), "9:16": (540, 960), "1:1": (720, 720)},
+    "1080p": {"16:9": (1920, 1080), "9:16": (1080, 1920), "1:1": (1080, 1080)},
+}
+
+
+def _check_size_multiple(width: int, height: int) -> None:
+    multiple = VAE_STRIDE[1] * PATCH_SIZE[1]
+    if width % multiple or height % multiple:
+        raise ValueError(f"generation size {width}x{height} must be a multiple of {multiple} on both sides")
+
+
+@dataclass(frozen=True)
+class ClipGeometry:
+    """Every size one clip needs, from request parameters to decoded output."""
+
+    frames: int  # delivered video frames: duration * 25 + 1
+    latent_frames: int  # video latent frames; they decode to `generated_frames`
+    generated_frames: int  # 4 * (latent_frames - 1) + 1 >= frames; trimmed to `frames` after decode
+    audio_latents: int  # one per generated frame, so audio and video tokens stay aligned
+    base_size: tuple[int, int]  # (width, height) of the base DiT pass
+    sr_size: tuple[int, int] | None  # (width, height) of the SR pass, None at 256p
+    final_size: tuple[int, int]  # (width, height) of the delivered frames
+
+    @property
+    def base_latent_hw(self) -> tuple[int, int]:
+        return self.base_size[1] // VAE_STRIDE[1], self.base_size[0] // VAE_STRIDE[2]
+
+    @property
+    def sr_latent_hw(self) -> tuple[int, int] | None:
+        if self.sr_size is None:
+            return None
+        return self.sr_size[1] // VAE_STRIDE[1], self.sr_size[0] // VAE_STRIDE[2]
+
+    @property
+    def decode_size(self) -> tuple[int, int]:
+        """(width, height) the VAE decodes to, before the final resize."""
+        return self.sr_size or self.base_size
+
+    def audio_samples(self, sample_rate: int) -> int:
+        """Samples of delivered audio at `sample_rate`: exactly the video's duration (frames / 25 s)."""
+        return self.frames * sample_rate // FPS
+
+
+def frame_count(duration_s: float) -> int:
+    frames = round(duration_s * FPS) + 1
+    if frames < 2:
+        raise ValueError(f"duration_s={duration_s} is too short: at least one frame interval (0.04 s) is needed")
+    return frames
+
+
+def clip_geometry(
+    duration_s: float,
+    aspect_ratio: str,
+    resolution: str = "256p",
+    base_sizes: dict[str, tuple[int, int]] | None = None,
+    sr_sizes: dict[str, dict[str, tuple[int, int]]] | None = None,
+    final_sizes: dict[str, dict[str, tuple[int, int]]] | None = None,
+) -> ClipGeometry:
+    """Geometry for one clip. The size tables default to the released stack's; tests and the tiny
+    preset may pass smaller ones (they must keep the 32-pixel multiple)."""
+    base_sizes = base_sizes or BASE_SIZES
+    sr_sizes = sr_sizes or SR_SIZES
+    final_sizes = final_sizes or FINAL_SIZES
+    if aspect_ratio not in base_sizes:
+        raise ValueError(f"aspect_ratio={aspect_ratio!r} is not supported; use one of {sorted(base_sizes)}")
+    if resolution not in final_sizes:
+        raise ValueError(f"resolution={resolution!r} is not supported; use one of {sorted(final_sizes)}")
+
+    frames = frame_count(duration_s)
+    latent_frames = math.ceil((frames - 1) / VAE_STRIDE[0]) + 1
+    generated_frames = VAE_STRIDE[0] * (latent_frames - 1) + 1
+    base_size = base_sizes[aspect_ratio]
+    sr_size = sr_sizes[resolution][aspect_ratio] if resolution in sr_sizes else None
+    for size in (base_size, sr_size):
+        if size is not None:
+            _check_size_multiple(*size)
+    return ClipGeometry(
+        frames=frames,
+        latent_frames=latent_frames,
+        generated_frames=generated_frames,
+        audio_latents=generated_frames,
+        base_size=base_size,
+        sr_size=sr_size,
+        final_size=final_sizes[resolution][aspect_ratio],
+    )

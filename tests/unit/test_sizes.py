@@ -1,0 +1,78 @@
+import pytest
+
+from model.magihuman.sizes import (
+    ASPECT_RATIOS,
+    AUDIO_VIRTUAL_RATE,
+    BASE_SIZES,
+    FINAL_SIZES,
+    RESOLUTIONS,
+    SR_SIZES,
+    clip_geometry,
+    frame_count,
+)
+
+
+@pytest.mark.parametrize("duration_s", [1, 2, 4, 5, 15])
+def test_frame_and_latent_counts(duration_s):
+    g = clip_geometry(duration_s, "16:9")
+    assert g.frames == duration_s * 25 + 1
+    # Wan2.2's temporal stride: T latent frames decode to 4(T-1)+1 frames, enough to cover the clip.
+    assert g.generated_frames == 4 * (g.latent_frames - 1) + 1
+    assert g.frames <= g.generated_frames < g.frames + 4
+    assert g.audio_latents == g.generated_frames
+
+
+def test_reference_four_second_clip_has_no_padding():
+    # The reference runs 4 s: 101 frames, 26 latent frames, 101 audio latents.
+    g = clip_geometry(4, "16:9")
+    assert (g.frames, g.latent_frames, g.generated_frames, g.audio_latents) == (101, 26, 101, 101)
+
+
+def test_five_second_clip_pads_to_the_latent_grid():
+    g = clip_geometry(5, "9:16")
+    assert (g.frames, g.latent_frames, g.generated_frames) == (126, 33, 129)
+
+
+@pytest.mark.parametrize("aspect", ASPECT_RATIOS)
+@pytest.mark.parametrize("resolution", RESOLUTIONS)
+def test_sizes_fit_the_patch_grid_and_the_aspect(aspect, resolution):
+    g = clip_geometry(2, aspect, resolution)
+    for w, h in filter(None, [g.base_size, g.sr_size]):
+        assert w % 32 == 0 and h % 32 == 0
+    lh, lw = g.base_latent_hw
+    assert lh % 2 == 0 and lw % 2 == 0
+    assert g.final_size == FINAL_SIZES[resolution][aspect]
+    fw, fh = g.final_size
+    expected = {"16:9": 16 / 9, "9:16": 9 / 16, "1:1": 1.0}[aspect]
+    assert abs(fw / fh - expected) < 0.03
+    assert (g.sr_size is None) == (resolution == "256p")
+    assert g.decode_size == (g.sr_size or g.base_size)
+
+
+def test_delivery_sizes():
+    assert FINAL_SIZES["540p"]["16:9"] == (960, 540)
+    assert FINAL_SIZES["540p"]["9:16"] == (540, 960)
+    assert FINAL_SIZES["1080p"]["16:9"] == (1920, 1080)
+    assert FINAL_SIZES["1080p"]["9:16"] == (1080, 1920)
+    assert BASE_SIZES["16:9"] == (448, 256)
+    assert SR_SIZES["1080p"]["16:9"] == (1920, 1088)
+    # 1:1 keeps about the pixel budget of 16:9 at the same resolution class
+    assert abs(BASE_SIZES["1:1"][0] ** 2 / (448 * 256) - 1) < 0.1
+
+
+def test_audio_aligns_with_video():
+    assert AUDIO_VIRTUAL_RATE == 51200  # 2048 samples per latent x 25 latents per second
+    g = clip_geometry(5, "1:1")
+    assert g.audio_samples(44100) == 126 * 1764
+    assert g.audio_samples(48000) == 126 * 1920
+
+
+def test_bad_parameters_name_the_field():
+    with pytest.raises(ValueError, match="aspect_ratio"):
+        clip_geometry(5, "4:3")
+    with pytest.raises(ValueError, match="resolution"):
+        clip_geometry(5, "16:9", "720p")
+    with pytest.raises(ValueError, match="duration_s"):
+        frame_count(0)
+    with pytest.raises(ValueError, match="multiple of 32"):
+        clip_geometry(5, "16:9", base_sizes={"16:9": (450, 256)})
