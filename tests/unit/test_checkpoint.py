@@ -1,0 +1,153 @@
+"""Checkpoint directories: single file, shards, zstd shards, config.json or preset, and bad ones."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from model.magihuman import CheckpointError, load_dit, save_checkpoint
+
+DATA = Path(__file__).resolve().parents[1] / "data" / "magihuman-tiny"
+
+
+@pytest.fixture(scope="module")
+def state_dict():
+    return load_file(str(DATA / "base.weights.safetensors"))
+
+
+@pytest.fixture(scope="module")
+def vector():
+    return load_file(str(DATA / "base.io.safetensors"))
+
+
+def released_layout(directory: Path, with_config: bool = True) -> Path:
+    """The test vector as a checkpoint directory: model.safetensors (+ config.json)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(DATA / "base.weights.safetensors", directory / "model.safetensors")
+    if with_config:
+        shutil.copyfile(DATA / "base.json", directory / "config.json")
+    return directory
+
+
+def assert_same_weights(a: torch.nn.Module, b: torch.nn.Module) -> None:
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys()
+    for name in sa:
+        assert sa[name].dtype == sb[name].dtype, name
+        assert torch.equal(sa[name], sb[name]), name
+
+
+def test_loads_released_layout_with_config_json(tmp_path, state_dict, vector):
+    dit = load_dit(released_layout(tmp_path / "ckpt"))
+    assert dit.load_report.loaded == len(state_dict) and not dit.load_report.missing
+    for name, tensor in state_dict.items():
+        assert torch.equal(dit.state_dict()[name], tensor), name
+    assert not any(p.requires_grad for p in dit.parameters())
+    v_video, _ = dit.velocity(vector["latent_video"], vector["latent_audio"], vector["txt_feat"], [17])
+    assert ((v_video - vector["v_video"]).norm() / vector["v_video"].norm()) < 0.025
+
+
+def test_without_config_json_needs_a_preset(tmp_path):
+    ckpt = released_layout(tmp_path / "ckpt", with_config=False)
+    with pytest.raises(CheckpointError, match="no config.json.*magihuman-base"):
+        load_dit(ckpt)
+    assert load_dit(ckpt, arch="tiny").load_report.loaded > 0
+    with pytest.raises(CheckpointError, match=r"'adapter.audio_embedder.bias'.*shape \[128\].*expects \[5120\]"):
+        load_dit(ckpt, arch="magihuman-base", device="meta")
+
+
+@pytest.mark.parametrize("compress", [False, True], ids=["shards", "zstd-shards"])
+def test_sharded_checkpoint_loads_to_the_same_model(tmp_path, state_dict, compress):
+    reference = load_dit(released_layout(tmp_path / "single"))
+    sharded = tmp_path / "sharded"
+    save_checkpoint(state_dict, sharded, arch=reference.arch, max_shard_bytes=1 << 20, compress=compress)
+    index = json.loads((sharded / "model.safetensors.index.json").read_text())
+    shards = sorted(set(index["weight_map"].values()))
+    assert len(shards) >= 4
+    suffix = ".safetensors.zst" if compress else ".safetensors"
+    assert sorted(p.name for p in sharded.glob("model-*")) == sorted(s.replace(".safetensors", suffix) for s in shards)
+
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    dit = load_dit(sharded, scratch_dir=scratch)
+    assert_same_weights(dit, reference)
+    assert sorted(dit.load_report.files) == shards
+    assert list(scratch.iterdir()) == []  # decompressed shards do not outlive the load
+
+
+def test_single_compressed_file_loads(tmp_path, state_dict):
+    save_checkpoint(state_dict, tmp_path / "ckpt", compress=True)
+    assert [p.name for p in (tmp_path / "ckpt").iterdir()] == ["model.safetensors.zst"]
+    assert load_dit(tmp_path / "ckpt", arch="tiny").load_report.loaded == len(state_dict)
+
+
+def test_absent_rope_bands_are_recomputed(tmp_path, state_dict):
+    without = {k: v for k, v in state_dict.items() if k != "adapter.rope.bands"}
+    save_checkpoint(without, tmp_path / "ckpt")
+    dit = load_dit(tmp_path / "ckpt", arch="tiny")
+    torch.testing.assert_close(dit.adapter.rope.bands, state_dict["adapter.rope.bands"])
+
+
+def test_missing_shard_file_is_named(tmp_path, state_dict):
+    save_checkpoint(state_dict, tmp_path / "ckpt", max_shard_bytes=1 << 20)
+    shard = json.loads((tmp_path / "ckpt" / "model.safetensors.index.json").read_text())["weight_map"][
+        "block.layers.2.mlp.down_proj.weight"
+    ]
+    (tmp_path / "ckpt" / shard).unlink()
+    with pytest.raises(CheckpointError, match=rf"{shard} \(or {shard}.zst\) is missing \(holds block\."):
+        load_dit(tmp_path / "ckpt", arch="tiny")
+
+
+def test_empty_directory_and_missing_directory(tmp_path):
+    with pytest.raises(CheckpointError, match="holds no model.safetensors"):
+        load_dit(tmp_path, arch="tiny")
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_dit(tmp_path / "nope", arch="tiny")
+
+
+def write_variant(tmp_path: Path, state_dict, change) -> Path:
+    tensors = dict(state_dict)
+    change(tensors)
+    (tmp_path / "ckpt").mkdir()
+    save_file(tensors, str(tmp_path / "ckpt" / "model.safetensors"))
+    return tmp_path / "ckpt"
+
+
+def test_wrong_shape_names_the_parameter(tmp_path, state_dict):
+    name = "block.layers.3.attention.linear_qkv.weight"
+    ckpt = write_variant(tmp_path, state_dict, lambda t: t.update({name: t[name][:200].clone()}))
+    with pytest.raises(CheckpointError, match=rf"'{name}'.*shape \[200, 128\].*expects \[260, 128\]"):
+        load_dit(ckpt, arch="tiny")
+
+
+def test_wrong_dtype_names_the_parameter(tmp_path, state_dict):
+    name = "block.layers.0.mlp.down_proj.weight"
+    ckpt = write_variant(tmp_path, state_dict, lambda t: t.update({name: t[name].float()}))
+    with pytest.raises(CheckpointError, match=rf"'{name}'.*dtype F32, expected torch.bfloat16"):
+        load_dit(ckpt, arch="tiny")
+
+
+def test_missing_parameter_is_named(tmp_path, state_dict):
+    name = "final_norm_audio.weight"
+    ckpt = write_variant(tmp_path, state_dict, lambda t: t.pop(name))
+    with pytest.raises(CheckpointError, match=rf"lacks 1 parameters of the model: {name}"):
+        load_dit(ckpt, arch="tiny")
+
+
+def test_unexpected_tensor_fails_strict_and_is_reported_otherwise(tmp_path, state_dict):
+    ckpt = write_variant(tmp_path, state_dict, lambda t: t.update({"block.layers.6.mlp.pre_norm.weight": torch.zeros(128)}))
+    with pytest.raises(CheckpointError, match="block.layers.6.mlp.pre_norm.weight"):
+        load_dit(ckpt, arch="tiny")
+    dit = load_dit(ckpt, arch="tiny", strict=False)
+    assert dit.load_report.unexpected == ["block.layers.6.mlp.pre_norm.weight"]
+
+
+def test_random_weights_without_checkpoint_are_seeded():
+    a, b, c = load_dit(None, arch="tiny", seed=1), load_dit(None, arch="tiny", seed=1), load_dit(None, arch="tiny", seed=2)
+    assert_same_weights(a, b)
+    assert not torch.equal(a.final_linear_video.weight, c.final_linear_video.weight)
+    with pytest.raises(CheckpointError, match="pass arch="):
+        load_dit(None)
