@@ -131,6 +131,10 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: object | Non
     """Softmax attention with GQA; q [B, Hq, S, D], k/v [B, Hkv, S, D] -> [B, Hq, S, D]."""
     gqa = q.shape[1] != k.shape[1]
     if mask is None or isinstance(mask, torch.Tensor):
+        if gqa and q.is_cuda:  # expanded kv keeps SDPA on its fused CUDA kernels
+            group = q.shape[1] // k.shape[1]
+            k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
+            gqa = False
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
     from torch.nn.attention.flex_attention import flex_attention
 

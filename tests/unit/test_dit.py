@@ -117,6 +117,7 @@ def test_frame_local_attention_limits_what_video_tokens_see():
     assert not torch.allclose(base_out[:, :, 0], full_out[:, :, 0])
 
 
+@pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")
 def test_frame_local_wide_field_equals_full_attention_and_flex_equals_dense():
     model = load_dit(None, arch=LOCAL_ARCH, seed=6)
     video, audio, text = random_inputs(2, frames=4)
