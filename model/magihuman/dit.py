@@ -21,9 +21,6 @@ from torch import nn
 
 from .config import ArchConfig, CoordsStyle
 
-# Order of the per-modality weights inside a fused "sandwich" tensor, and of the token segments.
-MODALITIES = ("video", "audio", "text")
-
 LocalAttentionBackend = Literal["auto", "dense", "flex"]
 
 
@@ -253,7 +250,8 @@ class ModalityRMSNorm(nn.Module):
 
 class ModalityLinear(nn.Module):
     """Bias-free linear run in `compute_dtype`, one weight per modality fused along the output dim
-    ([num_modalities * out_features, in_features]). A tensor-parallel shard holds fewer rows per modality."""
+    ([num_modalities * out_features, in_features], in the order video, audio, text, as the token
+    segments). A tensor-parallel shard holds fewer rows per modality."""
 
     def __init__(
         self,
