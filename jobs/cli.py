@@ -32,6 +32,34 @@ def _plan(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run(args: argparse.Namespace) -> int:
+    from pipeline.manifest import summary_lines
+    from pipeline.run import CampaignConfig, run_campaign
+
+    config = CampaignConfig(
+        briefs=args.briefs, dam=args.dam, s3_endpoint=args.s3_endpoint, model=args.model,
+        checkpoint_dir=args.checkpoint_dir, device=args.device, tp_size=args.tp, replicas=args.replicas,
+        workdir=args.workdir, batch_size=args.batch_size, profile=args.profile,
+    )
+    result = run_campaign(config)
+    print()
+    print("\n".join(summary_lines(result.manifest)))
+    print(f"clips:          {result.dam_uri}")
+    print(f"manifest:       {result.manifest_path}")
+    print(f"contact sheet:  {result.contact_sheet_path}")
+    if result.failed:
+        print(f"paddock run: {len(result.failed)} of {len(result.manifest)} renders failed (see above)", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _add_model_args(cmd: argparse.ArgumentParser) -> None:
+    cmd.add_argument("--model", default=DEFAULT_MODEL, help="tiny | magihuman-distill | magihuman-base (default: %(default)s)")
+    cmd.add_argument("--checkpoint-dir", type=Path, default=None, help="folder with the released weights (see README)")
+    cmd.add_argument("--device", default="auto", help="auto | cpu | cuda (default: %(default)s)")
+    cmd.add_argument("--tp", type=int, default=1, help="tensor-parallel ranks per replica (default: %(default)s)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="paddock", description="Briefs in, reviewed and archived ad clips out.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -41,6 +69,17 @@ def build_parser() -> argparse.ArgumentParser:
     plan_cmd.add_argument("--out", required=True, help="directory for requests.parquet and rejects.parquet")
     plan_cmd.add_argument("--model", default=DEFAULT_MODEL, help="model id the requests are planned for (default: %(default)s)")
     plan_cmd.set_defaults(handler=_plan)
+
+    run_cmd = commands.add_parser("run", help="make, review, encode and archive every clip of a briefs file")
+    run_cmd.add_argument("briefs", help="briefs Parquet file")
+    run_cmd.add_argument("--dam", default="./dam", help="./dir or s3://bucket/prefix (default: %(default)s)")
+    run_cmd.add_argument("--s3-endpoint", default=None, help="endpoint URL of an S3-compatible store")
+    _add_model_args(run_cmd)
+    run_cmd.add_argument("--replicas", type=int, default=1, help="model replicas in the pool (default: %(default)s)")
+    run_cmd.add_argument("--workdir", type=Path, default=Path("./work"), help="local work directory (default: %(default)s)")
+    run_cmd.add_argument("--batch-size", type=int, default=2, help="requests per replica call (default: %(default)s)")
+    run_cmd.add_argument("--profile", default="web", help="loudness profile: web (-14 LUFS) | broadcast (-23 LUFS)")
+    run_cmd.set_defaults(handler=_run)
     return parser
 
 

@@ -28,6 +28,7 @@ import logging
 import mimetypes
 import os
 import re
+import tempfile
 import uuid
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
@@ -37,6 +38,7 @@ from typing import Any, BinaryIO, Callable, Literal, Mapping
 from urllib.parse import unquote, urlencode, urlparse
 
 import boto3
+import pyarrow as pa
 from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError, PartialCredentialsError
@@ -542,6 +544,8 @@ class RenderAssets(BaseModel):
     model_id: str
     seed: int
     review_status: ReviewStatus
+    review: dict[str, Any] | None = None
+    """the review tags, kept in the completion record so a skipped render's manifest row can be rebuilt"""
     files: dict[str, Path]
     """extension (no dot, e.g. "mp4", "wav", "jpg", "vtt") -> local file"""
 
@@ -673,3 +677,47 @@ def archive_render(dam: DAM, render: RenderAssets) -> ArchiveResult:
     }
     dam.put_bytes(done_key, json.dumps(record, indent=2, sort_keys=True).encode(), metadata=metadata, tags=tags)
     return result(sum(obj.size for obj in stored.values()), skipped=False)
+
+
+class ArchiveRenders:
+    """Batch stage: encoded deliverables in (column ``assets``: ext -> bytes), DAM objects out.
+
+    Reads the render's identity columns (render_id, campaign_id, brief_id,
+    locale, aspect_ratio, model_id, seed), ``review_json`` and ``assets``;
+    replaces ``assets`` by ``assets_bytes`` and adds ``archive_json`` (an
+    ArchiveResult) or sets ``error``. Rows that arrive with no assets (a failed
+    render) pass through.
+    """
+
+    def __init__(self, dam: DAM):
+        self.dam = dam
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        rows = batch.to_pylist()
+        for row in rows:
+            assets = dict(row.pop("assets") or [])
+            row["assets_bytes"] = sum(len(data) for data in assets.values())
+            row["archive_json"] = None
+            if not assets:
+                continue
+            try:
+                row["archive_json"] = self._archive(row, assets).model_dump_json()
+            except Exception as exc:  # noqa: BLE001 - one render that cannot be archived is one failure row
+                row["error"] = f"archive: {exc}"
+        schema = batch.schema.remove(batch.schema.get_field_index("assets"))
+        schema = schema.append(pa.field("assets_bytes", pa.int64())).append(pa.field("archive_json", pa.string()))
+        return pa.Table.from_pylist(rows, schema=schema)
+
+    def _archive(self, row: dict, assets: dict[str, bytes]) -> ArchiveResult:
+        review = json.loads(row["review_json"])
+        with tempfile.TemporaryDirectory(prefix="paddock-archive-") as tmp:
+            files = {}
+            for ext, data in assets.items():
+                files[ext] = Path(tmp) / f"{row['render_id']}.{ext}"
+                files[ext].write_bytes(data)
+            render = RenderAssets(
+                render_id=row["render_id"], campaign_id=row["campaign_id"], brief_id=row["brief_id"],
+                locale=row["locale"], aspect_ratio=row["aspect_ratio"], model_id=row["model_id"],
+                seed=row["seed"], review_status=review["review_status"], review=review, files=files,
+            )
+            return archive_render(self.dam, render)

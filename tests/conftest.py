@@ -13,9 +13,16 @@ DATA = Path(__file__).resolve().parent / "data"
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-# Tests never touch a hub or the network.
+sys.path.insert(0, str(Path(__file__).resolve().parent / "integration"))
+from s3_server import S3_TEST_ENV  # noqa: E402
+
+# Tests never touch a hub, the network or a developer's AWS account. Set before
+# Ray starts, so its worker processes inherit the same environment.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.update(S3_TEST_ENV)
+for _name in ("AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
+    os.environ.pop(_name, None)
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,136 @@
+"""The run manifest (one row per render), the reviewers' contact sheet and the
+end-of-run summary."""
+
+from __future__ import annotations
+
+import html
+from collections import Counter, defaultdict
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict
+
+from schemas.arrow import arrow_schema
+
+RenderStatus = Literal["done", "failed", "skipped"]
+"""done: made and archived in this run; skipped: already complete in the DAM; failed: see `error`."""
+
+
+class ManifestRow(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    render_id: str
+    campaign_id: str
+    brief_id: str
+    row_index: int
+    locale: str
+    language: str
+    aspect_ratio: str
+    resolution: str
+    width: int
+    height: int
+    duration_s: int
+    seed: int
+    variant_index: int
+    model_id: str
+    status: str
+    error: str | None = None
+    review_status: str | None = None
+    review_reasons: list[str] = []
+    review_duration_s: float | None = None
+    review_black_frame_share: float | None = None
+    review_frozen_frame_share: float | None = None
+    review_silence_share: float | None = None
+    review_clipping_share: float | None = None
+    review_integrated_lufs: float | None = None
+    review_true_peak_dbtp: float | None = None
+    review_av_offset_ms: float | None = None
+    review_av_offset_confidence: float | None = None
+    dam_uri: str | None = None
+    keys: dict[str, str] = {}
+    sha256: dict[str, str] = {}
+    sizes: dict[str, int] = {}
+    bytes_uploaded: int = 0
+    bytes_from_render: int = 0
+    timings_s: dict[str, float] = {}
+
+
+MANIFEST_ARROW_SCHEMA = arrow_schema(ManifestRow)
+
+
+def summary_lines(rows: list[ManifestRow]) -> list[str]:
+    """A short table: renders by status and review status, then each failure."""
+    by_status = Counter(r.status for r in rows)
+    by_review = Counter(r.review_status for r in rows if r.review_status)
+    lines = [
+        f"{'renders':<16}{len(rows):>6}",
+        *(f"  {status:<14}{by_status.get(status, 0):>6}" for status in ("done", "skipped", "failed")),
+        f"{'review':<16}",
+        *(f"  {status:<14}{by_review.get(status, 0):>6}" for status in ("auto_approved", "needs_review", "rejected")),
+    ]
+    for row in rows:
+        if row.status == "failed":
+            lines.append(f"  failed {row.render_id} ({row.brief_id} {row.locale} {row.aspect_ratio}): {row.error}")
+    return lines
+
+
+_STYLE = """
+body{font-family:system-ui,sans-serif;margin:1.5rem;color:#222}
+h2{margin-top:2rem;border-bottom:1px solid #ccc}
+.clips{display:flex;flex-wrap:wrap;gap:1rem}
+.clip{border:1px solid #ddd;border-radius:6px;padding:.5rem;width:300px}
+.clip video{width:100%;max-height:300px;background:#000}
+.auto_approved{border-left:6px solid #2a2}.needs_review{border-left:6px solid #e90}
+.rejected,.failed{border-left:6px solid #d22}
+table{font-size:.8rem;border-collapse:collapse}td{padding:0 .4rem}
+"""
+
+
+def _fmt(value) -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, float):
+        return f"{value:.3g}"
+    return str(value)
+
+
+def contact_sheet_html(rows: list[ManifestRow], asset_base: str = "") -> str:
+    """One page for reviewers: poster, player and tags per clip, grouped by brief and locale.
+
+    ``asset_base`` is prefixed to DAM keys; "" gives links relative to the DAM root,
+    where the sheet itself is stored.
+    """
+    groups: dict[tuple[str, str], list[ManifestRow]] = defaultdict(list)
+    for row in sorted(rows, key=lambda r: (r.campaign_id, r.brief_id, r.locale, r.aspect_ratio, r.variant_index)):
+        groups[(row.brief_id, row.locale)].append(row)
+    esc = html.escape
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>paddock contact sheet</title>"
+             f"<style>{_STYLE}</style></head><body><h1>Contact sheet</h1>"
+             f"<p>{esc(' · '.join(line.strip() for line in summary_lines(rows)[:4]))}</p>"]
+    for (brief_id, locale), clips in groups.items():
+        parts.append(f"<h2>{esc(brief_id)} — {esc(locale)}</h2><div class='clips'>")
+        for row in clips:
+            css = row.review_status or row.status
+            parts.append(f"<div class='clip {esc(css)}'><b>{esc(row.aspect_ratio)} · variant {row.variant_index}</b>"
+                         f"<br><code>{esc(row.render_id)}</code>")
+            if "mp4" in row.keys:
+                poster = f" poster='{esc(asset_base + row.keys['jpg'])}'" if "jpg" in row.keys else ""
+                parts.append(f"<video controls preload='none'{poster} src='{esc(asset_base + row.keys['mp4'])}'>"
+                             f"</video>")
+            tags = {
+                "status": row.status,
+                "review": row.review_status,
+                "reasons": "; ".join(row.review_reasons) or None,
+                "error": row.error,
+                "duration s": row.review_duration_s,
+                "loudness LUFS": row.review_integrated_lufs,
+                "true peak dBTP": row.review_true_peak_dbtp,
+                "A/V offset ms": row.review_av_offset_ms,
+                "black share": row.review_black_frame_share,
+                "frozen share": row.review_frozen_frame_share,
+                "silence share": row.review_silence_share,
+            }
+            parts.append("<table>" + "".join(f"<tr><td>{esc(k)}</td><td>{esc(_fmt(v))}</td></tr>"
+                                             for k, v in tags.items() if v is not None) + "</table></div>")
+        parts.append("</div>")
+    parts.append("</body></html>")
+    return "\n".join(parts)
