@@ -4,18 +4,30 @@ from __future__ import annotations
 
 import logging
 import os
+import tempfile
+import time
 from collections import Counter
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import ray
+import torch
+from pydantic import BaseModel, ConfigDict, Field
 from ray.data.expressions import col
 
+from model.generator import GeneratorConfig
+from pipeline.archive import DAM, ArchiveRenders, ArchiveResult, LocalDAM, is_archived, open_dam, render_key_prefix
 from pipeline.expand import ExpandBriefs
-from pipeline.ingest import REJECTS_SCHEMA, reason_category, ValidateBriefs, first_row_by_brief_id, read_briefs_table
-from schemas.render import RENDER_REQUEST_ARROW_SCHEMA
+from pipeline.generate import FailedRender, GenerateClips, GeneratedClip, describe_error, shape_key
+from pipeline.ingest import REJECTS_SCHEMA, ValidateBriefs, first_row_by_brief_id, read_briefs_table, reason_category
+from pipeline.manifest import MANIFEST_ARROW_SCHEMA, ManifestRow, contact_sheet_html
+from pipeline.mux import CHANNEL_PROFILES, ChannelProfile, mux_clip
+from pipeline.review import ReviewExpectation, ReviewResult, ReviewThresholds, review_clip
+from schemas.render import RENDER_REQUEST_ARROW_SCHEMA, RenderRequest
 
 # Rows per Ray Data block when planning: large enough to amortize task
 # overhead, small enough that both cores get work on a few thousand briefs.
@@ -24,11 +36,9 @@ PLAN_BLOCK_ROWS = 5_000
 
 def ensure_ray(address: str | None = None) -> None:
     """Join the cluster at ``address`` (or RAY_ADDRESS), else start a local instance."""
-    if ray.is_initialized():
-        return
-    address = address or os.environ.get("RAY_ADDRESS")
-    ray.init(address=address, include_dashboard=False, log_to_driver=True,
-             logging_level="WARNING", configure_logging=True)
+    if not ray.is_initialized():
+        ray.init(address=address or os.environ.get("RAY_ADDRESS"), include_dashboard=False,
+                 logging_level="WARNING", configure_logging=True)
     ctx = ray.data.DataContext.get_current()
     # paddock prints its own progress; Ray Data's per-operator log lines drown it.
     ctx.enable_progress_bars = False
@@ -82,3 +92,216 @@ def write_plan(result: PlanResult, out_dir: str | Path) -> tuple[Path, Path]:
     pq.write_table(result.requests, requests_path)
     pq.write_table(result.rejects, rejects_path)
     return requests_path, rejects_path
+
+
+# --------------------------------------------------------------------------- the campaign batch job
+
+
+class CampaignConfig(BaseModel):
+    """Everything `paddock run` needs; real weights, GPUs and S3 are settings here, not code."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    briefs: Path
+    dam: str = "./dam"
+    s3_endpoint: str | None = None
+    model: str = "tiny"
+    checkpoint_dir: Path | None = None
+    device: str = "auto"
+    tp_size: int = Field(1, ge=1)
+    replicas: int = Field(1, ge=1)
+    workdir: Path = Path("./work")
+    batch_size: int = Field(2, ge=1, description="requests per call into a replica")
+    profile: str = "web"
+    thresholds: ReviewThresholds = ReviewThresholds()
+
+
+class RenderClips:
+    """Actor-pool stage: generate, review and mux in one process, so decoded
+    frames never leave the machine that decoded them; only the encoded
+    deliverables (MP4, WAV, poster, captions) travel on to archive."""
+
+    def __init__(self, generator_config: GeneratorConfig, thresholds: ReviewThresholds, profile: ChannelProfile,
+                 batch_size: int):
+        self.generate = GenerateClips(generator_config, max_batch=batch_size)
+        self.thresholds = thresholds
+        self.profile = profile
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        requests = [RenderRequest.model_validate(row) for row in batch.to_pylist()]
+        rows = []
+        for result in self.generate(requests):
+            row = {**result.request.model_dump(include=set(RENDERED_SCHEMA.names)),
+                   "review_json": None, "assets": None, "timings_s": None, "error": None}
+            if isinstance(result, FailedRender):
+                row["error"] = result.error
+            else:
+                try:
+                    row.update(self._review_and_mux(result))
+                except Exception as exc:  # noqa: BLE001 - a clip that cannot be encoded is one failure row
+                    row["error"] = f"review/mux: {describe_error(exc)}"
+            rows.append(row)
+        return pa.Table.from_pylist(rows, schema=RENDERED_SCHEMA)
+
+    def _review_and_mux(self, clip: GeneratedClip) -> dict:
+        timings = dict(clip.timings_s)
+        started = time.perf_counter()
+        review = review_clip(clip.frames, clip.audio, clip.sample_rate, clip.fps,
+                             ReviewExpectation.from_request(clip.request), self.thresholds)
+        timings["review"] = time.perf_counter() - started
+        started = time.perf_counter()
+        with tempfile.TemporaryDirectory(prefix="paddock-mux-") as tmp:
+            muxed = mux_clip(clip.frames, clip.audio, clip.sample_rate, clip.fps, tmp, clip.request.render_id,
+                             dialogue=clip.request.dialogue, speech_spans=review.speech_spans, profile=self.profile)
+            assets = {ext: path.read_bytes() for ext, path in
+                      (("mp4", muxed.mp4_path), ("wav", muxed.wav_path), ("jpg", muxed.poster_path),
+                       ("vtt", muxed.vtt_path))}
+        timings["mux"] = time.perf_counter() - started
+        return {"review_json": review.model_dump_json(), "assets": list(assets.items()), "timings_s": list(timings.items())}
+
+
+RENDERED_SCHEMA = pa.schema([
+    *(RENDER_REQUEST_ARROW_SCHEMA.field(name) for name in
+      ("render_id", "campaign_id", "brief_id", "locale", "aspect_ratio", "model_id", "seed")),
+    ("review_json", pa.string()),
+    ("assets", pa.map_(pa.string(), pa.binary())),
+    ("timings_s", pa.map_(pa.string(), pa.float64())),
+    ("error", pa.string()),
+])
+
+
+def _manifest_row(request: RenderRequest, status: str, *, error: str | None = None,
+                  review: ReviewResult | None = None, archive: ArchiveResult | None = None,
+                  timings: dict[str, float] | None = None, bytes_from_render: int = 0) -> ManifestRow:
+    row = ManifestRow(
+        **request.model_dump(include=set(ManifestRow.model_fields) & set(RenderRequest.model_fields)),
+        status=status, error=error, timings_s=timings or {}, bytes_from_render=bytes_from_render,
+    )
+    if review is not None:
+        row = row.model_copy(update={
+            "review_status": review.review_status, "review_reasons": review.review_reasons,
+            **{f"review_{name}": getattr(review, name) for name in (
+                "duration_s", "black_frame_share", "frozen_frame_share", "silence_share", "clipping_share",
+                "integrated_lufs", "true_peak_dbtp", "av_offset_ms", "av_offset_confidence")},
+        })
+    if archive is not None:
+        row = row.model_copy(update={"dam_uri": archive.dam_uri, "keys": archive.keys, "sha256": archive.sha256,
+                                     "sizes": archive.sizes, "bytes_uploaded": archive.bytes_uploaded})
+    return row
+
+
+def resolve_device(device: str) -> str:
+    """"auto" means the GPU when this machine has one."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def replica_map_batches_args(tp_size: int, replicas: int, device: str) -> dict:
+    """How the render stage's actor pool is declared: one actor per model replica.
+
+    At tp_size 1 the actor holds the replica itself and asks for its device.
+    """
+    resources = {"num_gpus": 1} if device.startswith("cuda") else {"num_cpus": 1}
+    return {"compute": ray.data.ActorPoolStrategy(size=replicas), **resources}
+
+
+@dataclass
+class CampaignResult:
+    plan: PlanResult
+    manifest: list[ManifestRow]
+    manifest_path: Path
+    contact_sheet_path: Path
+    dam_uri: str
+
+    @property
+    def failed(self) -> list[ManifestRow]:
+        return [row for row in self.manifest if row.status == "failed"]
+
+
+def _already_archived(dam: DAM, requests: list[RenderRequest]) -> dict[str, dict]:
+    """render_id -> completion record, for renders a previous run finished."""
+    def check(request: RenderRequest):
+        prefix = render_key_prefix(request.campaign_id, request.brief_id, request.locale, request.aspect_ratio)
+        return request.render_id, is_archived(dam, prefix, request.render_id)
+
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        return {render_id: record for render_id, record in pool.map(check, requests) if record is not None}
+
+
+def run_campaign(config: CampaignConfig, log: Callable[[str], None] = print) -> CampaignResult:
+    """The campaign batch job: plan, skip what the DAM has, render, review, mux, archive, report."""
+    dam = open_dam(config.dam, s3_endpoint=config.s3_endpoint)
+    config.workdir.mkdir(parents=True, exist_ok=True)
+    planned = plan(config.briefs, model_id=config.model)
+    write_plan(planned, config.workdir)
+    log(f"planned {planned.requests.num_rows} renders from {planned.briefs_valid}/{planned.briefs_read} briefs "
+        f"({planned.rejects.num_rows} rejects in {config.workdir / 'rejects.parquet'})")
+
+    requests = [RenderRequest.model_validate(row) for row in planned.requests.to_pylist()]
+    by_id = {r.render_id: r for r in requests}
+    archived = _already_archived(dam, requests)
+    manifest: dict[str, ManifestRow] = {}
+    for render_id, record in archived.items():
+        review = ReviewResult.model_validate(record["review"]) if record.get("review") else None
+        keys = {ext: obj["key"] for ext, obj in record["objects"].items()}
+        manifest[render_id] = _manifest_row(by_id[render_id], "skipped", review=review).model_copy(update={
+            "dam_uri": dam.uri, "keys": keys,
+            "sha256": {ext: obj["sha256"] for ext, obj in record["objects"].items()},
+            "sizes": {ext: obj["size"] for ext, obj in record["objects"].items()},
+        })
+    todo = [r for r in requests if r.render_id not in archived]
+    log(f"{len(archived)} renders already in {dam.uri}, {len(todo)} to make")
+
+    if todo:
+        # Grouped by shape so a replica's batches share latent sizes.
+        todo.sort(key=shape_key)
+        generator_config = GeneratorConfig(model=config.model, checkpoint_dir=config.checkpoint_dir,
+                                           device=resolve_device(config.device))
+        table = pa.Table.from_pylist([r.model_dump() for r in todo], schema=RENDER_REQUEST_ARROW_SCHEMA)
+        # One block per replica call, so every replica of the pool gets work.
+        blocks = [table.slice(start, config.batch_size) for start in range(0, table.num_rows, config.batch_size)]
+        rendered = (
+            ray.data.from_arrow(blocks)
+            .map_batches(
+                RenderClips,
+                fn_constructor_kwargs={"generator_config": generator_config, "thresholds": config.thresholds,
+                                       "profile": CHANNEL_PROFILES[config.profile],
+                                       "batch_size": config.batch_size},
+                batch_size=config.batch_size, batch_format="pyarrow",
+                **replica_map_batches_args(config.tp_size, config.replicas, generator_config.device),
+            )
+            .map_batches(ArchiveRenders(dam), batch_format="pyarrow", batch_size=1, num_cpus=0.5)
+        )
+        started = time.perf_counter()
+        for batch in rendered.iter_batches(batch_format="pyarrow", batch_size=None):
+            for row in batch.to_pylist():
+                request = by_id[row["render_id"]]
+                review = ReviewResult.model_validate_json(row["review_json"]) if row["review_json"] else None
+                archive = ArchiveResult.model_validate_json(row["archive_json"]) if row["archive_json"] else None
+                status = "done" if archive is not None else "failed"
+                manifest[request.render_id] = _manifest_row(
+                    request, status, error=row["error"], review=review, archive=archive,
+                    timings=dict(row["timings_s"] or []), bytes_from_render=row["assets_bytes"])
+                done = len(manifest) - len(archived)
+                log(f"[{done}/{len(todo)}] {request.brief_id} {request.locale} {request.aspect_ratio} "
+                    f"v{request.variant_index}: {status}"
+                    + (f", {review.review_status}" if review else "") + (f" ({row['error']})" if row["error"] else "")
+                    + f"  {time.perf_counter() - started:.0f}s")
+
+    rows = [manifest[r.render_id] for r in requests]
+    manifest_path, sheet_path = _write_reports(rows, dam, config.workdir)
+    return CampaignResult(planned, rows, manifest_path, sheet_path, dam.uri)
+
+
+def _write_reports(rows: list[ManifestRow], dam: DAM, workdir: Path) -> tuple[Path, Path]:
+    """manifest.parquet and contact_sheet.html, to the work directory and then, last, to the DAM."""
+    manifest_path = workdir / "manifest.parquet"
+    pq.write_table(pa.Table.from_pylist([r.model_dump() for r in rows], schema=MANIFEST_ARROW_SCHEMA),
+                   manifest_path)
+    sheet_path = workdir / "contact_sheet.html"
+    local_root = dam.root.resolve().as_uri() + "/" if isinstance(dam, LocalDAM) else ""
+    sheet_path.write_text(contact_sheet_html(rows, asset_base=local_root), encoding="utf-8")
+    dam.put_file("manifest.parquet", manifest_path)
+    dam.put_bytes("contact_sheet.html", contact_sheet_html(rows).encode("utf-8"))
+    return manifest_path, sheet_path

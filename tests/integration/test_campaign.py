@@ -1,0 +1,81 @@
+"""The campaign batch job end to end on real Ray, real ffmpeg and S3 over HTTP (moto)."""
+
+from __future__ import annotations
+
+import json
+
+import boto3
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from s3_server import start_s3_server
+
+from pipeline.archive import render_key_prefix
+from pipeline.run import CampaignConfig, run_campaign
+from schemas.brief import BRIEF_ARROW_SCHEMA
+
+BRIEFS = [
+    {"brief_id": "talk", "campaign_id": "spring", "prompt": "A woman smiles and speaks.", "source_locale": "en-US",
+     "dialogue": [{"speaker": "Woman", "line": "Hello there."}],
+     "localized_dialogue": [{"locale": "de-DE", "lines": [{"speaker": "Frau", "line": "Hallo."}]}],
+     "locales": ["en-US", "de-DE"], "duration_s": 2, "resolution": "256p", "seed": 3},
+    {"brief_id": "ambient", "campaign_id": "spring", "prompt": "Bubbles rise in a glass.", "source_locale": "en-US",
+     "aspect_ratios": ["1:1"], "duration_s": 2, "resolution": "256p", "forbidden_terms": ["cure"]},
+]
+
+
+@pytest.fixture(scope="module")
+def s3_endpoint():
+    with start_s3_server() as url:
+        yield url
+
+
+def write_briefs(path):
+    pq.write_table(pa.Table.from_pylist(BRIEFS, schema=BRIEF_ARROW_SCHEMA), path)
+    return path
+
+
+def test_campaign_lands_in_s3_and_reruns_upload_nothing(ray_session, s3_endpoint, tmp_path):
+    s3 = boto3.client("s3", endpoint_url=s3_endpoint)
+    s3.create_bucket(Bucket="dam")
+    config = CampaignConfig(briefs=write_briefs(tmp_path / "briefs.parquet"), dam="s3://dam/ads",
+                            s3_endpoint=s3_endpoint, workdir=tmp_path / "work", model="tiny", device="cpu")
+    logged: list[str] = []
+    result = run_campaign(config, log=logged.append)
+
+    assert [r.status for r in result.manifest] == ["done"] * 3, [r.error for r in result.manifest]
+    assert any(line.startswith("[3/3]") for line in logged)
+    listed = {o["Key"] for o in s3.list_objects_v2(Bucket="dam", Prefix="ads/")["Contents"]}
+    for row in result.manifest:
+        prefix = "ads/" + render_key_prefix(row.campaign_id, row.brief_id, row.locale, row.aspect_ratio)
+        assert prefix.startswith(f"ads/campaign=spring/brief={row.brief_id}/locale={row.locale}/")
+        for ext in ("mp4", "wav", "jpg", "vtt"):
+            key = f"{prefix}/{row.render_id}.{ext}"
+            assert key in listed and row.keys[ext] == key.removeprefix("ads/")
+            head = s3.head_object(Bucket="dam", Key=key, ChecksumMode="ENABLED")
+            assert head["Metadata"]["render_id"] == row.render_id
+            assert head["Metadata"]["brief"] == row.brief_id
+            assert head["Metadata"]["locale"] == row.locale
+            assert head["Metadata"]["model"] == "tiny" and head["Metadata"]["seed"] == str(row.seed)
+            assert head["Metadata"]["sha256"] == row.sha256[ext]
+            tags = {t["Key"]: t["Value"] for t in s3.get_object_tagging(Bucket="dam", Key=key)["TagSet"]}
+            assert tags["review_status"] == row.review_status
+        assert row.review_status in ("auto_approved", "needs_review", "rejected")
+        assert row.timings_s["review"] > 0 and row.timings_s["mux"] > 0
+    assert {"ads/manifest.parquet", "ads/contact_sheet.html"} <= listed
+    manifest = pq.read_table(result.manifest_path)
+    assert manifest.num_rows == 3 and set(manifest.column("status").to_pylist()) == {"done"}
+    sheet = s3.get_object(Bucket="dam", Key="ads/contact_sheet.html")["Body"].read().decode()
+    assert all(row.keys["mp4"] in sheet for row in result.manifest)
+
+    again = run_campaign(config, log=logged.append)
+    assert [r.status for r in again.manifest] == ["skipped"] * 3
+    assert [r.render_id for r in again.manifest] == [r.render_id for r in result.manifest]
+    assert [r.sha256 for r in again.manifest] == [r.sha256 for r in result.manifest]
+    assert [r.review_status for r in again.manifest] == [r.review_status for r in result.manifest]
+    assert sum(r.bytes_uploaded for r in again.manifest) == 0
+    versions = s3.list_objects_v2(Bucket="dam", Prefix="ads/campaign=")["KeyCount"]
+    assert versions == 3 * 5  # four deliverables and one completion record per render, nothing twice
+    record = json.loads(s3.get_object(Bucket="dam", Key=f"ads/{render_key_prefix('spring', 'talk', 'en-US', '16:9')}/"
+                                      f"{result.manifest[0].render_id}.done.json")["Body"].read())
+    assert record["review"]["review_status"] == result.manifest[0].review_status
