@@ -58,6 +58,8 @@ def _check_size_multiple(width: int, height: int) -> None:
 class ClipGeometry:
     """Every size one clip needs, from request parameters to decoded output."""
 
+    aspect_ratio: str
+    resolution: str
     frames: int  # delivered video frames: duration * 25 + 1
     latent_frames: int  # video latent frames; they decode to `generated_frames`
     generated_frames: int  # 4 * (latent_frames - 1) + 1 >= frames; trimmed to `frames` after decode
@@ -120,6 +122,8 @@ def clip_geometry(
         if size is not None:
             _check_size_multiple(*size)
     return ClipGeometry(
+        aspect_ratio=aspect_ratio,
+        resolution=resolution,
         frames=frames,
         latent_frames=latent_frames,
         generated_frames=generated_frames,

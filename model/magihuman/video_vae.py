@@ -51,12 +51,13 @@ def _tiny_autoencoder(tiny: TinyWanVAEConfig, seed: int) -> AutoencoderKLWan:
         )
 
 
-def fit_frames(frames: torch.Tensor, width: int, height: int, chunk: int = 16) -> torch.Tensor:
-    """uint8 [T,H,W,3] -> uint8 [T,height,width,3]: center-crop to the target aspect ratio, then
-    resize (bilinear, antialiased when shrinking). Works in chunks of frames so 1080p output
-    does not need a float copy of the whole clip."""
+def fit_frames(frames: torch.Tensor, width: int, height: int) -> torch.Tensor:
+    """uint8 [T,H,W,3] -> uint8 [T,height,width,3] on the CPU: center-crop to the target aspect
+    ratio, then resize (bilinear, antialiased when shrinking). Runs on uint8 channels-last data,
+    torch's fast CPU path, so 1080p output needs no float copy of the clip."""
     if frames.dtype != torch.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
         raise ValueError(f"fit_frames expects uint8 [T,H,W,3] frames, got {frames.dtype} {tuple(frames.shape)}")
+    frames = frames.cpu()
     _, src_h, src_w, _ = frames.shape
     if (src_w, src_h) == (width, height):
         return frames
@@ -65,13 +66,9 @@ def fit_frames(frames: torch.Tensor, width: int, height: int, chunk: int = 16) -
     else:
         crop_w, crop_h = round(src_h * width / height), src_h
     top, left = (src_h - crop_h) // 2, (src_w - crop_w) // 2
-    cropped = frames[:, top : top + crop_h, left : left + crop_w]
-    out = torch.empty(frames.shape[0], height, width, 3, dtype=torch.uint8, device=frames.device)
-    for start in range(0, frames.shape[0], chunk):
-        x = cropped[start : start + chunk].permute(0, 3, 1, 2).float()
-        x = F.interpolate(x, size=(height, width), mode="bilinear", align_corners=False, antialias=True)
-        out[start : start + chunk] = x.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
-    return out
+    cropped = frames[:, top : top + crop_h, left : left + crop_w].permute(0, 3, 1, 2)  # channels-last NCHW view
+    resized = F.interpolate(cropped, size=(height, width), mode="bilinear", align_corners=False, antialias=True)
+    return resized.permute(0, 2, 3, 1).contiguous()
 
 
 class VideoVAE:

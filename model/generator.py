@@ -1,0 +1,347 @@
+"""AVGenerator: clip parameters in, decoded frames and audio out.
+
+One instance per replica holds the whole stack (text encoder, DiT, SR DiTs loaded on first use,
+video and audio VAEs). `generate` batches clips of the same shape through one denoise call; every
+clip draws its noise from its own CPU generator seeded by the clip's seed, so a clip does not
+depend on what it was batched with, and the same seed gives the same clip on the same device.
+
+Phases per batch: text (prompt embeddings, cached), denoise (base DiT, plus reference-image
+encoding for image-to-video), super_resolution (540p / 1080p only), decode (video and audio VAEs,
+trim and resize to the delivery size).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, Literal
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from model.magihuman import ArchConfig, denoise, load_dit, prepare_sr_latents
+from model.magihuman.checkpoint import CONFIG_FILE
+from model.magihuman.audio_vae import AudioVAE
+from model.magihuman.dit import MagiHumanDiT
+from model.magihuman.sizes import (
+    AUDIO_LATENT_CHANNELS,
+    FPS,
+    VIDEO_LATENT_CHANNELS,
+    ClipGeometry,
+    clip_geometry,
+)
+from model.magihuman.text_encoder import TextEncoder
+from model.magihuman.video_vae import VideoVAE, fit_frames
+from model.presets import SR_COMPONENT, Component, ModelName, ModelPreset, get_preset
+
+log = logging.getLogger(__name__)
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+PHASES = ("text", "denoise", "super_resolution", "decode")
+
+
+class GeneratorConfig(BaseModel):
+    """How to build one replica's generator."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    model: ModelName = "tiny"
+    checkpoint_dir: Path | None = Field(
+        default=None, description="folder holding the released components (see model/presets.py); not used by 'tiny'"
+    )
+    paths: dict[Component, Path] = Field(
+        default_factory=dict, description="per-component folders overriding <checkpoint_dir>/<default folder>"
+    )
+    device: str = "cpu"
+    dtype: str | None = Field(default=None, description="float32 | bfloat16 | float16; default bf16 on CUDA, fp32 else")
+    text_cache_size: int = Field(default=256, ge=1)
+    sample_rate: int = Field(default=44100, description="delivered audio rate: 44100 or 48000")
+    steps: int | None = Field(default=None, ge=1, description="override the preset's base denoising steps")
+    sr_steps: int | None = Field(default=None, ge=1, description="override the preset's super-resolution steps")
+    sr_resolutions: tuple[Literal["540p", "1080p"], ...] = Field(
+        default=("540p", "1080p"), description="super-resolution models this replica serves (checked at start)"
+    )
+    return_latents: bool = Field(default=False, description="keep the final latents on each ClipOutput")
+
+    @field_validator("dtype")
+    @classmethod
+    def _dtype(cls, value: str | None) -> str | None:
+        if value is not None and value not in _DTYPES:
+            raise ValueError(f"dtype={value!r} must be one of {sorted(_DTYPES)}")
+        return value
+
+    @field_validator("sample_rate")
+    @classmethod
+    def _rate(cls, value: int) -> int:
+        if value not in (44100, 48000):
+            raise ValueError(f"sample_rate={value} must be 44100 or 48000")
+        return value
+
+    def torch_dtype(self) -> torch.dtype:
+        if self.dtype is not None:
+            return _DTYPES[self.dtype]
+        return torch.bfloat16 if self.device.startswith("cuda") else torch.float32
+
+    def component_path(self, preset: ModelPreset, component: str) -> Path:
+        if component in self.paths:
+            return Path(self.paths[component])
+        if self.checkpoint_dir is None:
+            raise ValueError(
+                f"model {preset.name!r} needs checkpoint_dir (or paths[{component!r}]) pointing at the released weights"
+            )
+        return Path(self.checkpoint_dir) / preset.folders[component]
+
+
+@dataclass(frozen=True)
+class ClipSpec:
+    """One clip to make. `reference_image` (image-to-video) is a local path, a file:// URI or a
+    uint8 [H, W, 3] array."""
+
+    prompt: str
+    duration_s: float
+    aspect_ratio: str = "16:9"
+    resolution: str = "256p"
+    seed: int = 0
+    reference_image: str | os.PathLike | np.ndarray | None = None
+
+
+@dataclass
+class ClipLatents:
+    video: torch.Tensor  # [48, T, h, w], normalized, as decoded
+    audio: torch.Tensor  # [N, 64]
+    image_condition: torch.Tensor | None  # [48, 1, h, w] of the reference image at the decode size
+
+
+@dataclass
+class ClipOutput:
+    frames: np.ndarray  # uint8 [T, H, W, 3]
+    audio: np.ndarray  # float32 [samples, channels]
+    sample_rate: int
+    fps: int = FPS
+    # Seconds per phase: the batch's wall time of that phase divided by the batch size.
+    timings: dict[str, float] = field(default_factory=dict)
+    latents: ClipLatents | None = None
+
+
+def load_reference_image(image: str | os.PathLike | np.ndarray) -> torch.Tensor:
+    """uint8 [H, W, 3] tensor from an array, a local path or a file:// URI."""
+    if isinstance(image, np.ndarray):
+        array = image
+    else:
+        location = os.fspath(image)
+        if location.startswith("file://"):
+            location = location[len("file://") :]
+        elif "://" in location:
+            raise ValueError(
+                f"reference_image {location!r}: only local paths and file:// URIs are read here; fetch it first"
+            )
+        if not Path(location).is_file():
+            raise FileNotFoundError(f"reference_image: no file at {location}")
+        from PIL import Image
+
+        with Image.open(location) as img:
+            array = np.asarray(img.convert("RGB"))
+    if array.dtype != np.uint8 or array.ndim != 3 or array.shape[2] != 3:
+        raise ValueError(f"reference_image must be uint8 [H, W, 3], got {array.dtype} {array.shape}")
+    return torch.from_numpy(np.ascontiguousarray(array))
+
+
+class AVGenerator:
+    """The whole generator stack of one replica."""
+
+    def __init__(self, config: GeneratorConfig):
+        self.config = config
+        self.preset = get_preset(config.model)
+        self.device = torch.device(config.device)
+        self.dtype = config.torch_dtype()
+        preset = self.preset
+        if preset.tiny is not None:
+            tiny = preset.tiny
+            self.text_encoder = TextEncoder.tiny(
+                preset.negative_prompt, tiny.text_encoder, device=self.device, cache_size=config.text_cache_size
+            )
+            self.video_vae = VideoVAE.tiny(tiny.video_vae, device=self.device)
+            self.audio_vae = AudioVAE.tiny(tiny.audio_vae, device=self.device)
+            self.dit = load_dit(None, arch=preset.dit_arch, device=self.device, compute_dtype=self.dtype, seed=0)
+        else:
+            paths = self._released_paths()
+            self.text_encoder = TextEncoder.from_pretrained(
+                paths["text_encoder"], preset.negative_prompt, self.device, self.dtype, config.text_cache_size
+            )
+            self.video_vae = VideoVAE.from_pretrained(paths["video_vae"], self.device, self.dtype)
+            self.audio_vae = AudioVAE.from_pretrained(paths["audio_vae"], self.device, torch.float32)
+            self.dit = self._load_released_dit(paths["dit"], preset.dit_arch)
+        if self.text_encoder.hidden_size != self.dit.arch.text_in_channels:
+            raise ValueError(
+                f"text encoder width {self.text_encoder.hidden_size} != DiT text_in_channels "
+                f"{self.dit.arch.text_in_channels}"
+            )
+        self._sr_dits: dict[str, MagiHumanDiT] = {}
+
+    def _released_paths(self) -> dict[str, Path]:
+        """Every component's folder, checked up front so a missing one fails before any loading."""
+        components = ["dit", "text_encoder", "video_vae", "audio_vae"]
+        components += [SR_COMPONENT[r] for r in self.config.sr_resolutions]
+        paths = {c: self.config.component_path(self.preset, c) for c in components}
+        missing = [f"{c}: {p}" for c, p in paths.items() if not p.is_dir()]
+        if missing:
+            raise FileNotFoundError(
+                f"model {self.preset.name!r} is missing components (expected folders): {'; '.join(missing)}. "
+                "See model/presets.py for the repositories they come from."
+            )
+        return paths
+
+    def _load_released_dit(self, path: Path, preset_arch: ArchConfig) -> MagiHumanDiT:
+        # A checkpoint's own config.json says what it is; the preset's architecture is the fallback.
+        arch = None if (path / CONFIG_FILE).is_file() else preset_arch
+        return load_dit(path, arch=arch, device=self.device, compute_dtype=self.dtype)
+
+    def sr_dit(self, resolution: str) -> MagiHumanDiT:
+        """The super-resolution DiT for `resolution`, loaded on first use."""
+        if resolution not in self._sr_dits:
+            if self.preset.tiny is None and resolution not in self.config.sr_resolutions:
+                raise ValueError(
+                    f"resolution {resolution!r} needs its super-resolution model; add it to "
+                    f"GeneratorConfig.sr_resolutions (now {list(self.config.sr_resolutions)})"
+                )
+            arch = self.preset.sr_archs[resolution]
+            if self.preset.tiny is not None:
+                seed = 1 + sorted(self.preset.sr_archs).index(resolution)
+                model = load_dit(None, arch=arch, device=self.device, compute_dtype=self.dtype, seed=seed)
+            else:
+                path = self.config.component_path(self.preset, SR_COMPONENT[resolution])
+                model = self._load_released_dit(path, arch)
+            self._sr_dits[resolution] = model
+        return self._sr_dits[resolution]
+
+    def geometry(self, spec: ClipSpec) -> ClipGeometry:
+        return clip_geometry(
+            spec.duration_s,
+            spec.aspect_ratio,
+            spec.resolution,
+            base_sizes=self.preset.base_sizes,
+            sr_sizes=self.preset.sr_sizes,
+        )
+
+    @contextmanager
+    def _phase(self, timings: dict[str, float], name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        yield
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        timings[name] = timings.get(name, 0.0) + time.perf_counter() - start
+
+    def generate(self, specs: list[ClipSpec]) -> list[ClipOutput]:
+        """Clips for `specs`, in order. Clips of equal shape share one batch."""
+        groups: dict[tuple, list[int]] = {}
+        for i, spec in enumerate(specs):
+            geometry = self.geometry(spec)
+            key = (geometry, spec.reference_image is not None)
+            groups.setdefault(key, []).append(i)
+        outputs: list[ClipOutput | None] = [None] * len(specs)
+        for (geometry, _), indices in groups.items():
+            for i, output in zip(indices, self._generate_batch([specs[i] for i in indices], geometry)):
+                outputs[i] = output
+        return outputs  # type: ignore[return-value]
+
+    @torch.inference_mode()
+    def _generate_batch(self, specs: list[ClipSpec], geometry: ClipGeometry) -> list[ClipOutput]:
+        preset, config = self.preset, self.config
+        timings = {name: 0.0 for name in PHASES}
+        generators = [torch.Generator(device="cpu").manual_seed(spec.seed) for spec in specs]
+        images = [load_reference_image(s.reference_image) for s in specs] if specs[0].reference_image is not None else None
+
+        with self._phase(timings, "text"):
+            text, text_lens = self.text_encoder.encode_batch([s.prompt for s in specs])
+            null_text = null_lens = None
+            if preset.uses_cfg:
+                null = self.text_encoder.null_embedding()
+                null_text, null_lens = null.embedding[None], [null.length]
+
+        with self._phase(timings, "denoise"):
+            latent_h, latent_w = geometry.base_latent_hw
+            video, audio = self._initial_noise(generators, geometry, latent_h, latent_w)
+            condition = self._encode_images(images, *geometry.base_size)
+            video, audio = denoise(
+                self.dit,
+                video,
+                audio,
+                text,
+                text_lens.tolist(),
+                steps=config.steps or preset.steps,
+                mode=preset.mode,
+                shift=preset.shift,
+                null_text=null_text,
+                null_text_lens=null_lens,
+                video_condition=condition,
+                generator=generators,
+            )
+
+        if geometry.sr_size is not None:
+            with self._phase(timings, "super_resolution"):
+                sr_h, sr_w = geometry.sr_latent_hw
+                condition = self._encode_images(images, *geometry.sr_size)
+                sr_video, sr_audio = prepare_sr_latents(video, audio, sr_h, sr_w, generator=generators)
+                # The SR pass refines the video only; the base pass's audio is the clip's audio.
+                video, _ = denoise(
+                    self.sr_dit(geometry.resolution),
+                    sr_video,
+                    sr_audio,
+                    text,
+                    text_lens.tolist(),
+                    steps=config.sr_steps or preset.sr_steps,
+                    mode="sr",
+                    shift=preset.shift,
+                    video_condition=condition,
+                    generator=generators,
+                )
+
+        with self._phase(timings, "decode"):
+            frames = self.video_vae.decode(video)[:, : geometry.frames]
+            width, height = geometry.final_size
+            frames = [fit_frames(clip, width, height) for clip in frames]
+            waveforms = self.audio_vae.decode(audio, config.sample_rate)[:, : geometry.audio_samples(config.sample_rate)]
+
+        per_clip = {name: seconds / len(specs) for name, seconds in timings.items()}
+        outputs = []
+        for i in range(len(specs)):
+            latents = None
+            if config.return_latents:
+                latents = ClipLatents(
+                    video=video[i].cpu(),
+                    audio=audio[i].cpu(),
+                    image_condition=None if condition is None else condition[i].cpu(),
+                )
+            outputs.append(
+                ClipOutput(
+                    frames=frames[i].numpy(),
+                    audio=waveforms[i].numpy(),
+                    sample_rate=config.sample_rate,
+                    timings=dict(per_clip),
+                    latents=latents,
+                )
+            )
+        return outputs
+
+    def _initial_noise(
+        self, generators: list[torch.Generator], geometry: ClipGeometry, latent_h: int, latent_w: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-clip starting noise from each clip's own generator: video first, then audio."""
+        video_shape = (VIDEO_LATENT_CHANNELS, geometry.latent_frames, latent_h, latent_w)
+        audio_shape = (geometry.audio_latents, AUDIO_LATENT_CHANNELS)
+        videos, audios = [], []
+        for gen in generators:
+            videos.append(torch.randn(video_shape, generator=gen))
+            audios.append(torch.randn(audio_shape, generator=gen))
+        return torch.stack(videos).to(self.device), torch.stack(audios).to(self.device)
+
+    def _encode_images(self, images: list[torch.Tensor] | None, width: int, height: int) -> torch.Tensor | None:
+        if images is None:
+            return None
+        return torch.cat([self.video_vae.encode_image(image, width, height) for image in images])
+

@@ -1,0 +1,142 @@
+"""Named generator presets: which DiT, sampler, text encoder and VAEs make up a model stack.
+
+Released stack, all under one `checkpoint_dir` (each folder can be pointed elsewhere with
+`GeneratorConfig.paths`):
+
+    <checkpoint_dir>/
+      distill/                        GAIR/daVinci-MagiHuman  distill/   (8 steps, no CFG)
+      base/                           GAIR/daVinci-MagiHuman  base/      (32 UniPC steps, CFG)
+      540p_sr/                        GAIR/daVinci-MagiHuman  540p_sr/   (super-resolution to 540p)
+      1080p_sr/                       GAIR/daVinci-MagiHuman  1080p_sr/  (super-resolution to 1080p)
+      t5gemma-9b-9b-ul2/              google/t5gemma-9b-9b-ul2 (whole repository)
+      Wan2.2-TI2V-5B-Diffusers/vae/   Wan-AI/Wan2.2-TI2V-5B-Diffusers, its vae/ folder
+      stable-audio-open-1.0/vae/      stabilityai/stable-audio-open-1.0, its vae/ folder
+
+The `tiny` preset builds every component with random weights at toy width (same code paths, real
+architecture) and generates at small sizes that the final resize brings to the delivery size:
+it exercises the machinery on a CPU and makes noise, not pictures.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from model.magihuman.audio_vae import TinyOobleckConfig
+from model.magihuman.config import PRESETS as ARCH_PRESETS
+from model.magihuman.config import TINY_TEXT_CHANNELS, ArchConfig
+from model.magihuman.sizes import BASE_SIZES, SR_SIZES
+from model.magihuman.text_encoder import TinyT5GemmaConfig
+from model.magihuman.video_vae import TinyWanVAEConfig
+
+ModelName = Literal["tiny", "magihuman-distill", "magihuman-base"]
+Component = Literal["dit", "sr_540p", "sr_1080p", "text_encoder", "video_vae", "audio_vae"]
+SR_COMPONENT = {"540p": "sr_540p", "1080p": "sr_1080p"}
+
+# The fixed negative prompt the released base model runs CFG against (reference MagiEvaluator):
+# visual defects, then audio defects, then delivery defects.
+NEGATIVE_PROMPT = (
+    "Bright tones, overexposed, static, blurred details, subtitles, style, works, paintings, images, static, "
+    "overall gray, worst quality, low quality, JPEG compression residue, ugly, incomplete, extra fingers, poorly "
+    "drawn hands, poorly drawn faces, deformed, disfigured, misshapen limbs, fused fingers, still picture, messy "
+    "background, three legs, many people in the background, walking backwards"
+    ", low quality, worst quality, poor quality, noise, background noise, hiss, hum, buzz, crackle, static, "
+    "compression artifacts, MP3 artifacts, digital clipping, distortion, muffled, muddy, unclear, echo, reverb, "
+    "room echo, over-reverberated, hollow sound, distant, washed out, harsh, shrill, piercing, grating, tinny, "
+    "thin sound, boomy, bass-heavy, flat EQ, over-compressed, abrupt cut, jarring transition, sudden silence, "
+    "looping artifact, music, instrumental, sirens, alarms, crowd noise, unrelated sound effects, chaotic, "
+    "disorganized, messy, cheap sound"
+    ", emotionless, flat delivery, deadpan, lifeless, apathetic, robotic, mechanical, monotone, flat intonation, "
+    "undynamic, boring, reading from a script, AI voice, synthetic, text-to-speech, TTS, insincere, fake emotion, "
+    "exaggerated, overly dramatic, melodramatic, cheesy, cringey, hesitant, unconfident, tired, weak voice, "
+    "stuttering, stammering, mumbling, slurred speech, mispronounced, bad articulation, lisp, vocal fry, creaky "
+    "voice, mouth clicks, lip smacks, wet mouth sounds, heavy breathing, audible inhales, plosives, p-pops, "
+    "coughing, clearing throat, sneezing, speaking too fast, rushed, speaking too slow, dragged out, unnatural "
+    "pauses, awkward silence, choppy, disjointed, multiple speakers, two voices, background talking, out of tune, "
+    "off-key, autotune artifacts"
+)
+
+RELEASED_FOLDERS: dict[str, str] = {
+    "sr_540p": "540p_sr",
+    "sr_1080p": "1080p_sr",
+    "text_encoder": "t5gemma-9b-9b-ul2",
+    "video_vae": "Wan2.2-TI2V-5B-Diffusers/vae",
+    "audio_vae": "stable-audio-open-1.0/vae",
+}
+
+
+@dataclass(frozen=True)
+class TinyComponents:
+    """Toy widths of every component; the DiT's text width must match the text encoder's."""
+
+    text_encoder: TinyT5GemmaConfig = TinyT5GemmaConfig(hidden_size=TINY_TEXT_CHANNELS)
+    video_vae: TinyWanVAEConfig = TinyWanVAEConfig()
+    audio_vae: TinyOobleckConfig = TinyOobleckConfig()
+
+
+@dataclass(frozen=True)
+class ModelPreset:
+    name: str
+    mode: Literal["distill", "base"]
+    steps: int
+    dit_arch: ArchConfig
+    sr_archs: dict[str, ArchConfig]  # resolution -> SR DiT architecture
+    folders: dict[str, str]  # component -> folder under checkpoint_dir (released presets)
+    sr_steps: int = 5
+    shift: float = 5.0
+    negative_prompt: str = NEGATIVE_PROMPT
+    # (width, height) tables the DiT generates at; delivery sizes always come from sizes.FINAL_SIZES.
+    base_sizes: dict[str, tuple[int, int]] = field(default_factory=lambda: dict(BASE_SIZES))
+    sr_sizes: dict[str, dict[str, tuple[int, int]]] = field(default_factory=lambda: dict(SR_SIZES))
+    tiny: TinyComponents | None = None  # set: build every component with random weights
+
+    @property
+    def uses_cfg(self) -> bool:
+        return self.mode == "base"
+
+
+_TINY_ARCH = ARCH_PRESETS["tiny"]
+
+PRESETS: dict[str, ModelPreset] = {
+    "magihuman-distill": ModelPreset(
+        name="magihuman-distill",
+        mode="distill",
+        steps=8,
+        dit_arch=ARCH_PRESETS["magihuman-distill"],
+        sr_archs={"540p": ARCH_PRESETS["magihuman-sr-540p"], "1080p": ARCH_PRESETS["magihuman-sr-1080p"]},
+        folders={"dit": "distill", **RELEASED_FOLDERS},
+    ),
+    "magihuman-base": ModelPreset(
+        name="magihuman-base",
+        mode="base",
+        steps=32,
+        dit_arch=ARCH_PRESETS["magihuman-base"],
+        sr_archs={"540p": ARCH_PRESETS["magihuman-sr-540p"], "1080p": ARCH_PRESETS["magihuman-sr-1080p"]},
+        folders={"dit": "base", **RELEASED_FOLDERS},
+    ),
+    # Distilled sampling on toy models. The SR DiTs mirror the released pair: 540p with global
+    # attention, 1080p with frame-local attention (receptive field shrunk to suit short clips).
+    "tiny": ModelPreset(
+        name="tiny",
+        mode="distill",
+        steps=8,
+        dit_arch=_TINY_ARCH,
+        sr_archs={
+            "540p": _TINY_ARCH.replace(coords_style="v1"),
+            "1080p": _TINY_ARCH.replace(local_attn_layers=(0, 2, 3, 5), coords_style="v1", frame_receptive_field=2),
+        },
+        folders={},
+        base_sizes={"16:9": (128, 64), "9:16": (64, 128), "1:1": (96, 96)},
+        sr_sizes={
+            "540p": {"16:9": (192, 96), "9:16": (96, 192), "1:1": (128, 128)},
+            "1080p": {"16:9": (288, 160), "9:16": (160, 288), "1:1": (224, 224)},
+        },
+        tiny=TinyComponents(),
+    ),
+}
+
+
+def get_preset(name: str) -> ModelPreset:
+    if name not in PRESETS:
+        raise ValueError(f"unknown model preset {name!r}; presets: {sorted(PRESETS)}")
+    return PRESETS[name]

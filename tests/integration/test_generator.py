@@ -1,0 +1,157 @@
+"""The whole generator stack on the tiny preset (random weights, real architecture), on the CPU."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from model.generator import AVGenerator, ClipSpec, GeneratorConfig, load_reference_image
+from model.magihuman import save_checkpoint
+from model.magihuman.sizes import FINAL_SIZES
+from model.presets import PRESETS
+
+
+@pytest.fixture(scope="module")
+def generator():
+    return AVGenerator(GeneratorConfig(model="tiny", return_latents=True))
+
+
+def _check_clip(out, duration_s, aspect, resolution, sample_rate=44100):
+    frames = duration_s * 25 + 1
+    width, height = FINAL_SIZES[resolution][aspect]
+    assert out.frames.shape == (frames, height, width, 3) and out.frames.dtype == np.uint8
+    assert out.fps == 25 and out.sample_rate == sample_rate
+    assert out.audio.dtype == np.float32 and out.audio.ndim == 2 and out.audio.shape[1] == 2
+    # audio spans the video's duration to within one frame
+    assert abs(out.audio.shape[0] / sample_rate - frames / 25) <= 1 / 25
+    assert np.isfinite(out.audio).all() and out.audio.std() > 0
+    assert out.frames.std() > 0
+    assert set(out.timings) == {"text", "denoise", "super_resolution", "decode"}
+    assert all(v >= 0 for v in out.timings.values()) and out.timings["denoise"] > 0
+
+
+@pytest.mark.parametrize("aspect", ["16:9", "9:16", "1:1"])
+def test_base_clip_shapes_per_aspect(generator, aspect):
+    (out,) = generator.generate([ClipSpec("A chef tastes the soup and smiles.", 2, aspect, "256p", seed=3)])
+    _check_clip(out, 2, aspect, "256p")
+    assert out.timings["super_resolution"] == 0
+
+
+def test_five_second_clip(generator):
+    (out,) = generator.generate([ClipSpec("A runner crosses the line.", 5, "16:9", "256p", seed=5)])
+    _check_clip(out, 5, "16:9", "256p")
+    assert out.frames.shape[0] == 126
+
+
+@pytest.mark.parametrize("resolution,aspect", [("540p", "9:16"), ("1080p", "16:9")])
+def test_super_resolution_clip(generator, resolution, aspect):
+    (out,) = generator.generate([ClipSpec("A cyclist waves.", 1, aspect, resolution, seed=11)])
+    _check_clip(out, 1, aspect, resolution)
+    assert out.timings["super_resolution"] > 0
+    sr_w, sr_h = PRESETS["tiny"].sr_sizes[resolution][aspect]
+    assert out.latents.video.shape[-2:] == (sr_h // 16, sr_w // 16)
+
+
+def test_same_seed_same_clip_other_seed_differs(generator):
+    spec = ClipSpec("Rain on a window.", 2, "1:1", "256p", seed=42)
+    a, b = generator.generate([spec]), generator.generate([spec])
+    assert np.array_equal(a[0].frames, b[0].frames) and np.array_equal(a[0].audio, b[0].audio)
+    (c,) = generator.generate([ClipSpec("Rain on a window.", 2, "1:1", "256p", seed=43)])
+    assert not np.array_equal(a[0].frames, c.frames)
+
+
+def test_batching_keeps_each_sample(generator):
+    a = ClipSpec("A dog barks at the mailman.", 2, "16:9", "256p", seed=1)
+    b = ClipSpec("A violinist plays on a rooftop at dusk.", 2, "16:9", "256p", seed=2)
+    c = ClipSpec("Different shape.", 2, "9:16", "256p", seed=3)
+    batch = generator.generate([a, c, b])
+    assert [o.frames.shape[1:3] for o in batch] == [(256, 448), (448, 256), (256, 448)]
+    alone = generator.generate([a])[0]
+    # Same noise and steps; a batched matmul may round differently in the last float bit.
+    torch.testing.assert_close(batch[0].latents.video, alone.latents.video, atol=1e-5, rtol=0)
+    assert np.abs(batch[0].frames.astype(int) - alone.frames).max() <= 1
+    assert np.abs(batch[0].frames.astype(int) - batch[2].frames).mean() > 5
+
+
+def test_text_cache_hits_on_repeated_prompts():
+    gen = AVGenerator(GeneratorConfig(model="tiny", steps=1))
+    prompt = "A barista pours latte art."
+    gen.generate([ClipSpec(prompt, 1, "16:9", seed=1), ClipSpec(prompt, 1, "16:9", seed=2)])
+    gen.generate([ClipSpec(prompt, 1, "1:1", seed=3)])
+    info = gen.text_encoder.cache_info()
+    assert info["misses"] == 1 and info["hits"] == 2
+    assert gen.text_encoder.forward_calls == 1
+
+
+def test_base_mode_computes_the_null_prompt_once(monkeypatch):
+    monkeypatch.setitem(PRESETS, "tiny", PRESETS["tiny"].__class__(**{**PRESETS["tiny"].__dict__, "mode": "base"}))
+    gen = AVGenerator(GeneratorConfig(model="tiny", steps=2))
+    gen.generate([ClipSpec("one", 1, "16:9", seed=1)])
+    gen.generate([ClipSpec("two", 1, "16:9", seed=1)])
+    # two prompts + one negative prompt, however many clips
+    assert gen.text_encoder.forward_calls == 3
+
+
+def test_image_to_video_pins_the_first_latent_frame(generator, tmp_path):
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (300, 500, 3), dtype=np.uint8)
+    path = tmp_path / "ref.png"
+    Image.fromarray(image).save(path)
+    assert np.array_equal(load_reference_image(f"file://{path}").numpy(), image)
+
+    spec = ClipSpec("A woman turns to the camera.", 1, "16:9", "256p", seed=9, reference_image=str(path))
+    (out,) = generator.generate([spec])
+    _check_clip(out, 1, "16:9", "256p")
+    expected = generator.video_vae.encode_image(torch.from_numpy(image), *PRESETS["tiny"].base_sizes["16:9"])
+    torch.testing.assert_close(out.latents.image_condition, expected[0])
+    assert torch.equal(out.latents.video[:, :1], out.latents.image_condition)
+    (t2v,) = generator.generate([ClipSpec("A woman turns to the camera.", 1, "16:9", "256p", seed=9)])
+    assert not torch.equal(t2v.latents.video[:, :1], out.latents.image_condition)
+
+
+def test_reference_image_errors_name_the_input(generator, tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope.png"):
+        generator.generate([ClipSpec("x", 1, reference_image=str(tmp_path / "nope.png"))])
+    with pytest.raises(ValueError, match="s3://"):
+        load_reference_image("s3://bucket/key.png")
+
+
+def test_48k_delivery_rate():
+    gen = AVGenerator(GeneratorConfig(model="tiny", steps=1, sample_rate=48000))
+    (out,) = gen.generate([ClipSpec("A bell rings.", 1, "1:1", seed=1)])
+    assert out.sample_rate == 48000 and out.audio.shape[0] == 26 * 1920
+
+
+def test_missing_released_component_names_the_path(tmp_path):
+    (tmp_path / "distill").mkdir()
+    with pytest.raises(FileNotFoundError) as err:
+        AVGenerator(GeneratorConfig(model="magihuman-distill", checkpoint_dir=tmp_path, sr_resolutions=()))
+    message = str(err.value)
+    assert str(tmp_path / "t5gemma-9b-9b-ul2") in message
+    assert str(tmp_path / "Wan2.2-TI2V-5B-Diffusers" / "vae") in message
+    assert str(tmp_path / "stable-audio-open-1.0" / "vae") in message
+    assert "distill:" not in message
+    with pytest.raises(ValueError, match="checkpoint_dir"):
+        AVGenerator(GeneratorConfig(model="magihuman-base"))
+
+
+def test_released_layout_loads_from_paths_offline(tmp_path, monkeypatch, generator):
+    """Tiny weights written in the released folder layout load through the released code path."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    generator.text_encoder.model.save_pretrained(tmp_path / "t5gemma-9b-9b-ul2")
+    generator.text_encoder.tokenizer.save_pretrained(tmp_path / "t5gemma-9b-9b-ul2")
+    generator.video_vae.vae.save_pretrained(tmp_path / "Wan2.2-TI2V-5B-Diffusers" / "vae")
+    generator.audio_vae.vae.save_pretrained(tmp_path / "stable-audio-open-1.0" / "vae")
+    save_checkpoint(generator.dit.state_dict(), tmp_path / "distill", arch=generator.dit.arch)
+    sr = generator.sr_dit("540p")
+    save_checkpoint(sr.state_dict(), tmp_path / "540p_sr", arch=sr.arch)
+
+    released = AVGenerator(
+        GeneratorConfig(model="magihuman-distill", checkpoint_dir=tmp_path, sr_resolutions=("540p",), steps=2)
+    )
+    assert released.dit.load_report.loaded > 0
+    # The released preset generates at the released sizes.
+    (out,) = released.generate([ClipSpec("A bell rings.", 1, "16:9", "256p", seed=1)])
+    assert out.frames.shape == (26, 256, 448, 3)
+    with pytest.raises(ValueError, match="sr_resolutions"):
+        released.sr_dit("1080p")
