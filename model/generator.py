@@ -148,7 +148,7 @@ def load_reference_image(image: str | os.PathLike | np.ndarray) -> torch.Tensor:
             array = np.asarray(img.convert("RGB"))
     if array.dtype != np.uint8 or array.ndim != 3 or array.shape[2] != 3:
         raise ValueError(f"reference_image must be uint8 [H, W, 3], got {array.dtype} {array.shape}")
-    return torch.from_numpy(np.ascontiguousarray(array))
+    return torch.tensor(array)  # a copy: PIL's arrays are read-only
 
 
 class AVGenerator:

@@ -1,5 +1,7 @@
 """The whole generator stack on the tiny preset (random weights, real architecture), on the CPU."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -9,6 +11,16 @@ from model.generator import AVGenerator, ClipSpec, GeneratorConfig, load_referen
 from model.magihuman import save_checkpoint
 from model.magihuman.sizes import FINAL_SIZES
 from model.presets import PRESETS
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_cpu_thread():
+    """One intra-op thread: on a shared 2-core box, two spinning OpenMP threads per process
+    slow these small convolutions down several times."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +96,7 @@ def test_text_cache_hits_on_repeated_prompts():
 
 
 def test_base_mode_computes_the_null_prompt_once(monkeypatch):
-    monkeypatch.setitem(PRESETS, "tiny", PRESETS["tiny"].__class__(**{**PRESETS["tiny"].__dict__, "mode": "base"}))
+    monkeypatch.setitem(PRESETS, "tiny", dataclasses.replace(PRESETS["tiny"], mode="base"))
     gen = AVGenerator(GeneratorConfig(model="tiny", steps=2))
     gen.generate([ClipSpec("one", 1, "16:9", seed=1)])
     gen.generate([ClipSpec("two", 1, "16:9", seed=1)])
