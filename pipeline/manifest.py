@@ -7,7 +7,7 @@ import html
 from collections import Counter, defaultdict
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, field_validator
 
 from schemas.arrow import arrow_schema
 
@@ -52,6 +52,12 @@ class ManifestRow(BaseModel):
     bytes_uploaded: int = 0
     bytes_from_render: int = 0
     timings_s: dict[str, float] = {}
+
+    @field_validator("keys", "sha256", "sizes", "timings_s", mode="before")
+    @classmethod
+    def _from_arrow_map(cls, value):
+        # Arrow map columns read back as lists of (key, value) pairs.
+        return dict(value) if isinstance(value, list) else value
 
 
 MANIFEST_ARROW_SCHEMA = arrow_schema(ManifestRow)

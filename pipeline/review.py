@@ -442,8 +442,8 @@ def review_clip(
         and av_confidence >= thresholds.min_av_offset_confidence
     ):
         soft.append(f"audio-video offset {av_offset_ms:+.0f} ms (confidence {av_confidence:.2f})")
-    if lufs is not None and abs(lufs - thresholds.loudness_target_lufs) > thresholds.loudness_tolerance_lu:
-        soft.append(f"loudness {lufs:.1f} LUFS, target {thresholds.loudness_target_lufs:g}")
+    if loudness := loudness_fault(lufs, thresholds):
+        soft.append(loudness)
     black_share, frozen_share = float(black.mean()), float(frozen.mean())
     if black_share > thresholds.max_black_share:
         soft.append(f"black frames {black_share:.0%}")
@@ -473,6 +473,27 @@ def review_clip(
         speech_spans=speech_spans,
         forbidden_terms_found=forbidden_found,
     )
+
+
+def loudness_fault(lufs: float | None, thresholds: ReviewThresholds) -> str | None:
+    if lufs is not None and abs(lufs - thresholds.loudness_target_lufs) > thresholds.loudness_tolerance_lu:
+        return f"loudness {lufs:.1f} LUFS, target {thresholds.loudness_target_lufs:g}"
+    return None
+
+
+def with_delivered_loudness(result: ReviewResult, lufs: float | None, true_peak: float | None,
+                            thresholds: ReviewThresholds) -> ReviewResult:
+    """The review as of the delivered file: mux normalizes loudness, so the
+    loudness tags and the loudness rule apply to what mux measured on its output,
+    not to the model's raw audio."""
+    reasons = [r for r in result.review_reasons if loudness_fault(result.integrated_lufs, thresholds) != r]
+    if loudness := loudness_fault(lufs, thresholds):
+        reasons.append(loudness)
+    status = result.review_status
+    if status != "rejected":
+        status = "needs_review" if reasons else "auto_approved"
+    return result.model_copy(update={"integrated_lufs": lufs, "true_peak_dbtp": true_peak,
+                                     "review_reasons": reasons, "review_status": status})
 
 
 class ReviewStage:

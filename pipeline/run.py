@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
+import io
 import logging
 import os
 import tempfile
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -24,10 +27,15 @@ from pipeline.archive import DAM, ArchiveRenders, ArchiveResult, LocalDAM, is_ar
 from pipeline.expand import ExpandBriefs
 from pipeline.generate import FailedRender, GenerateClips, GeneratedClip, describe_error, shape_key
 from pipeline.ingest import REJECTS_SCHEMA, ValidateBriefs, first_row_by_brief_id, read_briefs_table, reason_category
+from pipeline.lineage import JobType, LineageConfig, LineageRun, briefs_dataset, checkpoint_dataset, dam_dataset
 from pipeline.manifest import MANIFEST_ARROW_SCHEMA, ManifestRow, contact_sheet_html
 from pipeline.mux import CHANNEL_PROFILES, ChannelProfile, mux_clip
-from pipeline.review import ReviewExpectation, ReviewResult, ReviewThresholds, review_clip
+from pipeline.review import ReviewExpectation, ReviewResult, ReviewThresholds, review_clip, with_delivered_loudness
+from schemas.brief import BRIEF_ARROW_SCHEMA
 from schemas.render import RENDER_REQUEST_ARROW_SCHEMA, RenderRequest
+
+MANIFEST_KEY = "manifest.parquet"
+CONTACT_SHEET_KEY = "contact_sheet.html"
 
 # Rows per Ray Data block when planning: large enough to amortize task
 # overhead, small enough that both cores get work on a few thousand briefs.
@@ -126,11 +134,16 @@ class RenderClips:
         self.generate = GenerateClips(generator_config, max_batch=batch_size)
         self.thresholds = thresholds
         self.profile = profile
+        # The actor runs two calls at once: one holds the model while the other
+        # reviews and encodes its clips on the CPU.
+        self.model_lock = threading.Lock()
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         requests = [RenderRequest.model_validate(row) for row in batch.to_pylist()]
+        with self.model_lock:
+            results = self.generate(requests)
         rows = []
-        for result in self.generate(requests):
+        for result in results:
             row = {**result.request.model_dump(include=set(RENDERED_SCHEMA.names)),
                    "review_json": None, "assets": None, "timings_s": None, "error": None}
             if isinstance(result, FailedRender):
@@ -153,6 +166,7 @@ class RenderClips:
         with tempfile.TemporaryDirectory(prefix="paddock-mux-") as tmp:
             muxed = mux_clip(clip.frames, clip.audio, clip.sample_rate, clip.fps, tmp, clip.request.render_id,
                              dialogue=clip.request.dialogue, speech_spans=review.speech_spans, profile=self.profile)
+            review = with_delivered_loudness(review, muxed.output_lufs, muxed.output_true_peak_dbtp, self.thresholds)
             assets = {ext: path.read_bytes() for ext, path in
                       (("mp4", muxed.mp4_path), ("wav", muxed.wav_path), ("jpg", muxed.poster_path),
                        ("vtt", muxed.vtt_path))}
@@ -203,7 +217,9 @@ def replica_map_batches_args(tp_size: int, replicas: int, device: str) -> dict:
     At tp_size 1 the actor holds the replica itself and asks for its device.
     """
     resources = {"num_gpus": 1} if device.startswith("cuda") else {"num_cpus": 1}
-    return {"compute": ray.data.ActorPoolStrategy(size=replicas), **resources}
+    pool = ray.data.ActorPoolStrategy(size=replicas, max_concurrent_calls_per_actor=2,
+                                      enable_true_multi_threading=True)
+    return {"compute": pool, **resources}
 
 
 @dataclass
@@ -229,16 +245,62 @@ def _already_archived(dam: DAM, requests: list[RenderRequest]) -> dict[str, dict
         return {render_id: record for render_id, record in pool.map(check, requests) if record is not None}
 
 
-def run_campaign(config: CampaignConfig, log: Callable[[str], None] = print) -> CampaignResult:
-    """The campaign batch job: plan, skip what the DAM has, render, review, mux, archive, report."""
+def read_dam_manifest(dam: DAM) -> dict[str, ManifestRow]:
+    """The manifest a previous run left in the DAM, by render_id (empty when there is none)."""
+    data = dam.get_bytes(MANIFEST_KEY)
+    if data is None:
+        return {}
+    table = pq.read_table(io.BytesIO(data))
+    return {row["render_id"]: ManifestRow.model_validate(row) for row in table.to_pylist()}
+
+
+def run_campaign(config: CampaignConfig, log: Callable[[str], None] = print, *,
+                 job_type: JobType = JobType.CAMPAIGN_BATCH,
+                 select: Callable[[RenderRequest, dict[str, ManifestRow]], bool] | None = None) -> CampaignResult:
+    """The campaign batch job: plan, skip what the DAM has, render, review, mux, archive, report.
+
+    ``select(request, previous_manifest)`` narrows the planned requests (the
+    localization job keeps only new locales). One OpenLineage run covers the
+    job: START, then COMPLETE, or FAIL when the job raises or a render failed.
+    """
     dam = open_dam(config.dam, s3_endpoint=config.s3_endpoint)
     config.workdir.mkdir(parents=True, exist_ok=True)
+    lineage = LineageRun(
+        LineageConfig.from_env(job_type.value.lower(), config.workdir), job_type,
+        inputs=[briefs_dataset(config.briefs, BRIEF_ARROW_SCHEMA),
+                checkpoint_dataset(config.model, config.checkpoint_dir)],
+        outputs=[dam_dataset(dam.uri)],
+    )
+    lineage.start()
+    try:
+        result = _run_campaign(config, dam, log, select)
+    except BaseException as exc:
+        lineage.fail(exc)
+        lineage.close()
+        raise
+    lineage.outputs = [dam_dataset(dam.uri, rows=len(result.manifest),
+                                   file_count=sum(len(r.keys) for r in result.manifest),
+                                   size_bytes=sum(sum(r.sizes.values()) for r in result.manifest))]
+    if result.failed:
+        lineage.fail(f"{len(result.failed)} of {len(result.manifest)} renders failed")
+    else:
+        lineage.complete()
+    lineage.close()
+    return result
+
+
+def _run_campaign(config: CampaignConfig, dam: DAM, log: Callable[[str], None],
+                  select: Callable[[RenderRequest, dict[str, ManifestRow]], bool] | None) -> CampaignResult:
     planned = plan(config.briefs, model_id=config.model)
     write_plan(planned, config.workdir)
     log(f"planned {planned.requests.num_rows} renders from {planned.briefs_valid}/{planned.briefs_read} briefs "
         f"({planned.rejects.num_rows} rejects in {config.workdir / 'rejects.parquet'})")
 
     requests = [RenderRequest.model_validate(row) for row in planned.requests.to_pylist()]
+    previous = read_dam_manifest(dam)
+    if select is not None:
+        requests = [r for r in requests if select(r, previous)]
+        log(f"{len(requests)} of {planned.requests.num_rows} renders selected")
     by_id = {r.render_id: r for r in requests}
     archived = _already_archived(dam, requests)
     manifest: dict[str, ManifestRow] = {}
@@ -290,18 +352,40 @@ def run_campaign(config: CampaignConfig, log: Callable[[str], None] = print) -> 
                     + f"  {time.perf_counter() - started:.0f}s")
 
     rows = [manifest[r.render_id] for r in requests]
-    manifest_path, sheet_path = _write_reports(rows, dam, config.workdir)
+    manifest_path, sheet_path = _write_reports(rows, previous, dam, config.workdir)
     return CampaignResult(planned, rows, manifest_path, sheet_path, dam.uri)
 
 
-def _write_reports(rows: list[ManifestRow], dam: DAM, workdir: Path) -> tuple[Path, Path]:
-    """manifest.parquet and contact_sheet.html, to the work directory and then, last, to the DAM."""
+def _manifest_bytes(rows: list[ManifestRow]) -> bytes:
+    sink = io.BytesIO()
+    pq.write_table(pa.Table.from_pylist([r.model_dump() for r in rows], schema=MANIFEST_ARROW_SCHEMA), sink)
+    return sink.getvalue()
+
+
+def _put_if_changed(dam: DAM, key: str, data: bytes) -> None:
+    """Write ``key`` unless the DAM already holds exactly these bytes (a re-run uploads nothing)."""
+    stored = dam.head(key)
+    if stored is None or stored.sha256 != hashlib.sha256(data).hexdigest():
+        dam.put_bytes(key, data)
+
+
+def _write_reports(rows: list[ManifestRow], previous: dict[str, ManifestRow], dam: DAM,
+                   workdir: Path) -> tuple[Path, Path]:
+    """This run's manifest.parquet and contact_sheet.html in the work directory; then, last, the
+    DAM's: every render the DAM holds, this run's merged into what earlier runs recorded."""
     manifest_path = workdir / "manifest.parquet"
-    pq.write_table(pa.Table.from_pylist([r.model_dump() for r in rows], schema=MANIFEST_ARROW_SCHEMA),
-                   manifest_path)
+    manifest_path.write_bytes(_manifest_bytes(rows))
     sheet_path = workdir / "contact_sheet.html"
     local_root = dam.root.resolve().as_uri() + "/" if isinstance(dam, LocalDAM) else ""
     sheet_path.write_text(contact_sheet_html(rows, asset_base=local_root), encoding="utf-8")
-    dam.put_file("manifest.parquet", manifest_path)
-    dam.put_bytes("contact_sheet.html", contact_sheet_html(rows).encode("utf-8"))
+
+    merged = dict(previous)
+    for row in rows:
+        # A render skipped here keeps the row of the run that made it.
+        if not (row.status == "skipped" and row.render_id in previous):
+            merged[row.render_id] = row
+    dam_rows = sorted(merged.values(), key=lambda r: (r.campaign_id, r.brief_id, r.locale, r.aspect_ratio,
+                                                      r.variant_index, r.render_id))
+    _put_if_changed(dam, MANIFEST_KEY, _manifest_bytes(dam_rows))
+    _put_if_changed(dam, CONTACT_SHEET_KEY, contact_sheet_html(dam_rows).encode("utf-8"))
     return manifest_path, sheet_path

@@ -8,6 +8,7 @@ import boto3
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from openlineage_events import assert_valid, make_run_event_validator, read_jsonl
 from s3_server import start_s3_server
 
 from pipeline.archive import render_key_prefix
@@ -76,6 +77,39 @@ def test_campaign_lands_in_s3_and_reruns_upload_nothing(ray_session, s3_endpoint
     assert sum(r.bytes_uploaded for r in again.manifest) == 0
     versions = s3.list_objects_v2(Bucket="dam", Prefix="ads/campaign=")["KeyCount"]
     assert versions == 3 * 5  # four deliverables and one completion record per render, nothing twice
+    validator = make_run_event_validator()
+    events = read_jsonl(tmp_path / "work" / "lineage.jsonl")
+    for event in events:
+        assert_valid(validator, event)
+    assert [e["eventType"] for e in events] == ["START", "COMPLETE", "START", "COMPLETE"]
+    complete = events[1]
+    assert complete["job"]["facets"]["jobType"]["jobType"] == "CAMPAIGN_BATCH"
+    assert complete["inputs"][0]["name"].endswith("briefs.parquet")
+    assert complete["outputs"][0]["namespace"] == "s3://dam" and complete["outputs"][0]["name"] == "ads"
+    assert complete["outputs"][0]["outputFacets"]["outputStatistics"]["rowCount"] == 3
+
     record = json.loads(s3.get_object(Bucket="dam", Key=f"ads/{render_key_prefix('spring', 'talk', 'en-US', '16:9')}/"
                                       f"{result.manifest[0].render_id}.done.json")["Body"].read())
     assert record["review"]["review_status"] == result.manifest[0].review_status
+
+
+def test_a_failing_render_becomes_a_failure_row_and_the_job_goes_on(ray_session, tmp_path):
+    briefs = [BRIEFS[1], {**BRIEFS[1], "brief_id": "needs-image", "reference_image_uri": str(tmp_path / "missing.png")}]
+    pq.write_table(pa.Table.from_pylist(briefs, schema=BRIEF_ARROW_SCHEMA), tmp_path / "briefs.parquet")
+    config = CampaignConfig(briefs=tmp_path / "briefs.parquet", dam=str(tmp_path / "dam"),
+                            workdir=tmp_path / "work", model="tiny", device="cpu")
+    result = run_campaign(config, log=lambda line: None)
+
+    by_brief = {row.brief_id: row for row in result.manifest}
+    assert by_brief["ambient"].status == "done"
+    failed = by_brief["needs-image"]
+    assert failed.status == "failed" and "missing.png" in failed.error
+    assert failed.keys == {} and result.failed == [failed]
+    assert not list((tmp_path / "dam").rglob(f"{failed.render_id}*"))
+
+    events = read_jsonl(tmp_path / "work" / "lineage.jsonl")
+    validator = make_run_event_validator()
+    for event in events:
+        assert_valid(validator, event)
+    assert [e["eventType"] for e in events] == ["START", "FAIL"]
+    assert "1 of 2 renders failed" in events[1]["run"]["facets"]["errorMessage"]["message"]

@@ -150,3 +150,19 @@ def test_expectation_from_render_request():
     expected = ReviewExpectation.from_request(request)
     assert (expected.duration_s, expected.width, expected.height, expected.fps) == (5, 448, 256, 25)
     assert expected.has_dialogue and expected.forbidden_terms == ["gratis"]
+
+
+def test_delivered_loudness_replaces_the_raw_measure():
+    from pipeline.review import ReviewThresholds, with_delivered_loudness
+
+    thresholds = ReviewThresholds()
+    quiet = np.sin(np.linspace(0, 2000 * np.pi, 48000 * 3)).astype(np.float32)[:, None] * 0.01
+    frames = np.random.default_rng(0).integers(0, 255, (76, 32, 32, 3), dtype=np.uint8)
+    expected = ReviewExpectation(duration_s=3, width=32, height=32)
+    raw = review_clip(frames, quiet, 48000, 25.0, expected, thresholds)
+    assert raw.review_status == "needs_review" and raw.review_reasons[0].startswith("loudness")
+    delivered = with_delivered_loudness(raw, -14.2, -1.5, thresholds)
+    assert delivered.review_status == "auto_approved" and delivered.review_reasons == []
+    assert (delivered.integrated_lufs, delivered.true_peak_dbtp) == (-14.2, -1.5)
+    still_off = with_delivered_loudness(raw, -30.0, -12.0, thresholds)
+    assert still_off.review_status == "needs_review" and still_off.review_reasons == ["loudness -30.0 LUFS, target -14"]
