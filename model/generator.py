@@ -182,6 +182,7 @@ class AVGenerator:
                 f"{self.dit.arch.text_in_channels}"
             )
         self._sr_dits: dict[str, MagiHumanDiT] = {}
+        log.info("generator %r ready on %s (%s)", preset.name, self.device, self.dtype)
 
     def _released_paths(self) -> dict[str, Path]:
         """Every component's folder, checked up front so a missing one fails before any loading."""
@@ -217,6 +218,7 @@ class AVGenerator:
                 path = self.config.component_path(self.preset, SR_COMPONENT[resolution])
                 model = self._load_released_dit(path, arch)
             self._sr_dits[resolution] = model
+            log.info("super-resolution model for %s loaded", resolution)
         return self._sr_dits[resolution]
 
     def geometry(self, spec: ClipSpec) -> ClipGeometry:
