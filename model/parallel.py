@@ -23,12 +23,12 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, Iterable
 
 import torch
 import torch.distributed as dist
-from torch import nn
 
 from .magihuman.checkpoint import CheckpointError, CheckpointReader, OPTIONAL_KEYS, checkpoint_arch
 from .magihuman.config import ArchConfig
@@ -267,6 +267,28 @@ def fill_shard(model: MagiHumanDiT, tensors: Iterable[tuple[str, str, Any]], rep
         log.warning(message)
 
 
+def empty_shard(arch: ArchConfig, tp: TPGroup, device: str | torch.device, compute_dtype: torch.dtype) -> MagiHumanDiT:
+    """This rank's parallelized DiT with uninitialized weights on `device`, in eval mode."""
+    check_tp_size(arch, tp.world_size)
+    with torch.device("meta"):
+        model = parallelize_dit(MagiHumanDiT(arch, compute_dtype=compute_dtype), tp)
+    model.to_empty(device=torch.device(device))
+    model.adapter.rope.reset_bands()
+    return model.eval().requires_grad_(False)
+
+
+@torch.no_grad()
+def shard_dit(full: MagiHumanDiT, tp: TPGroup, device: str | torch.device | None = None) -> MagiHumanDiT:
+    """This rank's shard of a DiT already in memory (random weights, or a model built elsewhere)."""
+    model = empty_shard(full.arch, tp, device or full.device, full.compute_dtype)
+    model.local_attention_backend = full.local_attention_backend
+    report = ShardLoadReport(checkpoint_dir=getattr(getattr(full, "load_report", None), "checkpoint_dir", ""),
+                             rank=tp.rank, world_size=tp.world_size)
+    fill_shard(model, ((name, "", t) for name, t in full.state_dict().items()), report)
+    model.load_report = report
+    return model
+
+
 @torch.no_grad()
 def load_dit_shard(
     checkpoint_dir: str | Path | None,
@@ -285,20 +307,14 @@ def load_dit_shard(
     carries `load_report` (a ShardLoadReport) and `tp`.
     """
     arch = checkpoint_arch(checkpoint_dir, arch)
-    check_tp_size(arch, tp.world_size)
-    with torch.device("meta"):
-        model = parallelize_dit(MagiHumanDiT(arch, compute_dtype=compute_dtype), tp)
-    model.to_empty(device=torch.device(device))
-    model.adapter.rope.reset_bands()
-    model.eval().requires_grad_(False)
-    report = ShardLoadReport(checkpoint_dir=str(checkpoint_dir or ""), rank=tp.rank, world_size=tp.world_size)
     if checkpoint_dir is None:
         full = MagiHumanDiT(arch, compute_dtype=compute_dtype)
         full.init_weights(seed)
-        fill_shard(model, ((name, "", t) for name, t in full.state_dict().items()), report)
-    else:
-        reader = CheckpointReader(checkpoint_dir, scratch_dir=scratch_dir)
-        fill_shard(model, reader.iter_tensors(), report, strict=strict)
+        return shard_dit(full, tp, device)
+    model = empty_shard(arch, tp, device, compute_dtype)
+    report = ShardLoadReport(checkpoint_dir=str(checkpoint_dir), rank=tp.rank, world_size=tp.world_size)
+    reader = CheckpointReader(checkpoint_dir, scratch_dir=scratch_dir)
+    fill_shard(model, reader.iter_tensors(), report, strict=strict)
     model.load_report = report
     log.info("rank %d/%d read %.1f MB (%.1f MB sharded) from %s", tp.rank, tp.world_size,
              report.bytes_read / 1e6, report.sharded_bytes / 1e6, report.checkpoint_dir or "random init")
@@ -308,8 +324,6 @@ def load_dit_shard(
 def init_process_group(tp_size: int, rank: int, init_method: str, backend: str | None = None,
                        timeout_s: float = 600.0) -> TPGroup:
     """Join the default process group (NCCL when CUDA is usable, else gloo) and return this rank's TPGroup."""
-    from datetime import timedelta
-
     backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
     dist.init_process_group(backend, init_method=init_method, rank=rank, world_size=tp_size,
                             timeout=timedelta(seconds=timeout_s))

@@ -1,0 +1,148 @@
+"""TP replicas on a real local Ray: lockstep results equal TP=1, packing, and rank failures.
+
+Rank actors ask for 0.25 CPU so a TP=2 group fits the 2-CPU test instance beside other work.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+import ray
+import torch
+
+from model.parallel import TPGroup
+from model.replica import (
+    DenoiseRequest,
+    DiTModel,
+    FailedRequest,
+    ReplicaConfig,
+    ReplicaPool,
+    TPReplica,
+    pack_batches,
+)
+
+TEXT_CHANNELS = 96
+MODEL = DiTModel(arch="tiny", compute_dtype="float32", seed=3)
+CONFIG = ReplicaConfig(tp_size=2, use_gpu=False, cpus_per_rank=0.25, start_timeout_s=120, call_timeout_s=120,
+                       collective_timeout_s=60)
+BOUND = 1e-4  # relative L2 of an fp32 distilled denoise, TP vs TP=1 (see test_tp_equivalence.py)
+
+
+def request(seed: int, frames=2, height=4, width=4, audio=5, text_len=7) -> DenoiseRequest:
+    g = torch.Generator().manual_seed(1000 + seed)
+    return DenoiseRequest(torch.randn(text_len, TEXT_CHANNELS, generator=g), frames, height, width, audio, seed)
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a - b).norm() / b.norm()).item()
+
+
+def assert_matches_tp1(requests, results) -> None:
+    reference = MODEL.build(TPGroup(0, 1), torch.device("cpu")).generate(requests)
+    assert len(results) == len(requests)
+    for (video, audio), (ref_video, ref_audio) in zip(results, reference):
+        assert video.shape == ref_video.shape and audio.shape == ref_audio.shape
+        assert rel_err(video, ref_video) < BOUND and rel_err(audio, ref_audio) < BOUND
+
+
+@pytest.fixture(scope="module")
+def replica(ray_session):
+    replica = TPReplica(MODEL, CONFIG)
+    yield replica
+    replica.shutdown()
+
+
+def test_tp2_replica_equals_tp1_and_packs_clips_into_batches(replica):
+    # Two clips of one shape (one batch, prompts of different lengths) and one of another shape.
+    requests = [request(0), request(1, text_len=4), request(2, frames=3, audio=9)]
+    results = replica.generate(requests)
+    assert_matches_tp1(requests, results)
+    assert [info["rank"] for info in replica.rank_info] == [0, 1]
+    assert len(set(replica.node_ids())) == 1
+    # Each rank read half of the sharded weights plus the replicated ones: well under the whole model.
+    full_bytes = sum(t.numel() * t.element_size() for t in MODEL.build(TPGroup(0, 1), torch.device("cpu")).dit.state_dict().values())
+    assert all(info["bytes_read"] < 0.6 * full_bytes for info in replica.rank_info)
+
+
+def test_a_bad_request_fails_on_every_rank_alike_and_keeps_the_group(replica):
+    bad = DenoiseRequest(torch.randn(5, TEXT_CHANNELS), 2, 3, 4, 5)  # odd latent height
+    ranks_before = list(replica.ranks)
+    with pytest.raises(ValueError, match="H and W must be even"):
+        replica.generate([bad])
+    assert replica.ranks == ranks_before
+    assert_matches_tp1([request(4)], replica.generate([request(4)]))
+
+
+SLOW_MODEL = DiTModel(arch="tiny", compute_dtype="float32", seed=3, steps=40)
+
+
+def slow_requests(first_seed: int) -> list[DenoiseRequest]:
+    """Enough work (~1 s on an idle core) to kill a rank while it runs."""
+    return [request(first_seed + i, frames=6, height=8, width=8, audio=21) for i in range(2)]
+
+
+def kill_rank_mid_call(replica: TPReplica, rank: int) -> None:
+    """Wait until the ranks are inside a call, then kill one."""
+    started = replica.progress()
+    deadline = time.monotonic() + 60
+    while replica.progress()[rank] == started[rank]:
+        assert time.monotonic() < deadline, "the call never started"
+        time.sleep(0.02)
+    time.sleep(0.05)
+    ray.kill(replica.ranks[rank], no_restart=True)
+
+
+def assert_matches_slow_tp1(requests, results) -> None:
+    reference = SLOW_MODEL.build(TPGroup(0, 1), torch.device("cpu")).generate(requests)
+    for (video, audio), (ref_video, ref_audio) in zip(results, reference):
+        assert rel_err(video, ref_video) < BOUND and rel_err(audio, ref_audio) < BOUND
+
+
+@pytest.fixture(scope="module")
+def slow_replica(ray_session):
+    replica = TPReplica(SLOW_MODEL, CONFIG)
+    yield replica
+    replica.shutdown()
+
+
+def test_killing_a_rank_mid_call_rebuilds_the_group_and_retries(slow_replica):
+    requests = slow_requests(10)
+    old_ranks = list(slow_replica.ranks)
+    killer = threading.Thread(target=kill_rank_mid_call, args=(slow_replica, 1))
+    killer.start()
+    results = slow_replica.generate(requests)
+    killer.join()
+    assert slow_replica.restarts == 1 and not set(slow_replica.ranks) & set(old_ranks)
+    assert_matches_slow_tp1(requests, results)
+
+
+@pytest.mark.parametrize("max_retries", [1, 0])
+def test_pool_ends_every_request_done_or_failed_with_a_reason(ray_session, max_retries):
+    """A rank of one replica is killed mid-batch: with a retry the batch is rerun on another replica
+    (or on the rebuilt one), without one its requests come back as FailedRequest naming the dead rank."""
+    pool = ReplicaPool(SLOW_MODEL, CONFIG, num_replicas=2, max_retries=max_retries)
+    try:
+        requests = slow_requests(20) + slow_requests(30)
+        killer = threading.Thread(target=kill_rank_mid_call, args=(pool.replicas[0], 1))
+        killer.start()
+        results = pool.generate(requests, batches=[[0, 1], [2, 3]])
+        killer.join()
+        failed = [i for i, r in enumerate(results) if isinstance(r, FailedRequest)]
+        if max_retries:
+            assert failed == [] and pool.retried_batches == 1
+        else:
+            assert failed in ([0, 1], [2, 3])
+            assert all("rank 1 died" in results[i].reason and results[i].request is requests[i] for i in failed)
+        done = [i for i in range(len(requests)) if i not in failed]
+        assert_matches_slow_tp1([requests[i] for i in done], [results[i] for i in done])
+    finally:
+        pool.shutdown()
+
+
+def test_pack_batches_groups_by_shape_under_a_token_budget():
+    tokens = [100, 100, 100, 500, 30, 700]
+    keys = ["a", "a", "a", "b", "a", "b"]
+    assert pack_batches(tokens, keys, max_tokens=250) == [[0, 1], [2, 4], [3], [5]]
+    assert pack_batches(tokens, keys, max_tokens=10_000) == [[0, 1, 2, 4], [3, 5]]
