@@ -8,6 +8,7 @@ from pathlib import Path
 from collections.abc import Callable
 
 from pipeline.ingest import BriefsFileError
+from schemas.brief import ASPECT_RATIOS, RESOLUTIONS
 
 DEFAULT_MODEL = "tiny"
 
@@ -53,6 +54,36 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _generate(args: argparse.Namespace) -> int:
+    import shutil
+    import tempfile
+
+    from model.generator import AVGenerator, ClipSpec, GeneratorConfig
+    from pipeline.mux import mux_clip
+    from pipeline.run import resolve_device
+
+    out = Path(args.out)
+    if out.suffix.lower() != ".mp4":
+        raise CliError(f"--out {out}: give a .mp4 path")
+    if args.tp != 1:
+        raise CliError("--tp: tensor-parallel generation is not available yet; use --tp 1")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    config = GeneratorConfig(model=args.model, checkpoint_dir=args.checkpoint_dir, device=resolve_device(args.device),
+                             sr_resolutions=(args.resolution,) if args.resolution != "256p" else ())
+    spec = ClipSpec(prompt=args.prompt, duration_s=args.seconds, aspect_ratio=args.aspect,
+                    resolution=args.resolution, seed=args.seed, reference_image=args.image)
+    print(f"paddock generate: building the {args.model} generator on {config.device}", file=sys.stderr)
+    (clip,) = AVGenerator(config).generate([spec])
+    with tempfile.TemporaryDirectory(dir=out.parent, prefix=".paddock-generate-") as tmp:
+        muxed = mux_clip(clip.frames, clip.audio, clip.sample_rate, clip.fps, tmp, "clip")
+        shutil.move(muxed.mp4_path, out)
+    phases = ", ".join(f"{name} {seconds:.2f}s" for name, seconds in clip.timings.items())
+    height, width = clip.frames.shape[1:3]
+    print(f"wrote {out}: {clip.frames.shape[0]} frames {width}x{height} at {clip.fps} fps, "
+          f"audio {clip.audio.shape[0] / clip.sample_rate:.2f}s ({phases})")
+    return 0
+
+
 def _add_model_args(cmd: argparse.ArgumentParser) -> None:
     cmd.add_argument("--model", default=DEFAULT_MODEL, help="tiny | magihuman-distill | magihuman-base (default: %(default)s)")
     cmd.add_argument("--checkpoint-dir", type=Path, default=None, help="folder with the released weights (see README)")
@@ -80,6 +111,18 @@ def build_parser() -> argparse.ArgumentParser:
     run_cmd.add_argument("--batch-size", type=int, default=2, help="requests per replica call (default: %(default)s)")
     run_cmd.add_argument("--profile", default="web", help="loudness profile: web (-14 LUFS) | broadcast (-23 LUFS)")
     run_cmd.set_defaults(handler=_run)
+
+    gen_cmd = commands.add_parser("generate", help="make one clip by hand (H.264 + AAC MP4)")
+    gen_cmd.add_argument("--prompt", required=True, help="the model prompt (scene, Dialogue:, Background Sound:)")
+    gen_cmd.add_argument("--seconds", type=int, default=5, choices=range(2, 16), metavar="2..15",
+                         help="duration (default: %(default)s)")
+    gen_cmd.add_argument("--aspect", default="16:9", choices=ASPECT_RATIOS, help="(default: %(default)s)")
+    gen_cmd.add_argument("--resolution", default="256p", choices=RESOLUTIONS, help="(default: %(default)s)")
+    gen_cmd.add_argument("--seed", type=int, default=0, help="(default: %(default)s)")
+    gen_cmd.add_argument("--image", default=None, help="first-frame reference image (image-to-video)")
+    _add_model_args(gen_cmd)
+    gen_cmd.add_argument("--out", required=True, help="output .mp4 path")
+    gen_cmd.set_defaults(handler=_generate)
     return parser
 
 

@@ -21,6 +21,8 @@ from s3_server import S3_TEST_ENV  # noqa: E402
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.update(S3_TEST_ENV)
+# Two cores shared by the test process, Ray workers and ffmpeg: one torch thread each.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 for _name in ("AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
     os.environ.pop(_name, None)
 

@@ -1,4 +1,4 @@
-"""`paddock plan` as a user runs it: a subprocess, its exit code and what it prints."""
+"""The `paddock` CLI as a user runs it: a subprocess, its exit code and what it prints."""
 
 from __future__ import annotations
 
@@ -62,3 +62,23 @@ def test_unwritable_output(tmp_path):
     (tmp_path / "blocker").write_text("a file where a directory should go")
     proc = paddock("plan", str(ROOT / "examples" / "briefs.parquet"), "--out", "blocker/plan", cwd=tmp_path)
     assert_one_line_error(proc, "blocker")
+
+
+def test_generate_one_clip_by_hand(tmp_path):
+    import av
+
+    proc = paddock("generate", "--prompt", "A dog barks twice.", "--seconds", "2", "--aspect", "9:16",
+                   "--device", "cpu", "--out", "clips/dog.mp4", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "wrote clips/dog.mp4: 51 frames 256x448" in proc.stdout
+    with av.open(str(tmp_path / "clips" / "dog.mp4")) as container:
+        video, audio = container.streams.video[0], container.streams.audio[0]
+        assert (video.codec_context.name, video.width, video.height) == ("h264", 256, 448)
+        assert (audio.codec_context.name, audio.rate) == ("aac", 48000)
+        assert sum(1 for _ in container.decode(video=0)) == 51
+    assert [p.name for p in (tmp_path / "clips").iterdir()] == ["dog.mp4"]  # no scratch files left
+
+
+def test_generate_rejects_a_non_mp4_output(tmp_path):
+    proc = paddock("generate", "--prompt", "x", "--out", "clip.mov", cwd=tmp_path)
+    assert_one_line_error(proc, "--out clip.mov", ".mp4")
