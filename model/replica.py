@@ -477,3 +477,75 @@ def pack_batches(tokens: Sequence[int], keys: Sequence[Any], max_tokens: int) ->
             size += tokens[i]
         batches.append(batch)
     return batches
+
+
+def tp_generator_class():
+    """AVGenerator with every DiT replaced by this rank's TP shard (imported lazily: the generator
+    stack pulls in the text encoder and VAEs, which DiT-only ranks do not need)."""
+    from .generator import AVGenerator
+    from .magihuman.checkpoint import CONFIG_FILE
+    from .parallel import load_dit_shard, shard_dit
+
+    class TPGenerator(AVGenerator):
+        """Released DiTs are read slice by slice (`_load_released_dit`); the tiny preset's random
+        DiTs are built whole, then sharded. Text encoding and VAE decoding run on every rank alike;
+        the replica returns rank 0's clips."""
+
+        def __init__(self, config, tp: TPGroup):
+            self.tp = tp
+            super().__init__(config)
+            self.dit = self._shard(self.dit)
+            self.load_report = self.dit.load_report
+
+        def _shard(self, dit):
+            return dit if getattr(dit, "tp", None) is not None else shard_dit(dit, self.tp)
+
+        def _load_released_dit(self, path, preset_arch):
+            arch = None if (path / CONFIG_FILE).is_file() else preset_arch
+            return load_dit_shard(path, self.tp, arch=arch, device=self.device, compute_dtype=self.dtype)
+
+        def sr_dit(self, resolution: str):
+            model = super().sr_dit(resolution)
+            self._sr_dits[resolution] = self._shard(model)
+            return self._sr_dits[resolution]
+
+    return TPGenerator
+
+
+@dataclass(frozen=True)
+class GeneratorModel:
+    """The whole AVGenerator stack per rank (RankModel): requests are ClipSpec, results ClipOutput.
+    `config.device` is replaced by the rank's device."""
+
+    config: Any  # GeneratorConfig
+
+    def build(self, tp: TPGroup, device: torch.device):
+        return tp_generator_class()(self.config.model_copy(update={"device": str(device)}), tp)
+
+
+def make_replica(generator_config: Any, tp_size: int, **options: Any) -> TPReplica:
+    """A TP replica of the whole generator: `make_replica(config, 2).generate(list[ClipSpec]) -> list[ClipOutput]`,
+    as `AVGenerator(config).generate`. `options` are ReplicaConfig fields (use_gpu, cpus_per_rank, ...).
+    Inside an actor scheduled by `replica_remote_args_fn` the ranks use that actor's placement group."""
+    from .magihuman.config import resolve_arch
+    from .parallel import check_tp_size
+    from .presets import get_preset
+
+    check_tp_size(resolve_arch(get_preset(generator_config.model).dit_arch), tp_size)
+    return TPReplica(GeneratorModel(generator_config), ReplicaConfig(tp_size=tp_size, **options))
+
+
+def clip_batches(specs: Sequence[Any], model_name: str, max_tokens: int) -> list[list[int]]:
+    """`pack_batches` for ClipSpecs: clips of one geometry (and image conditioning) share batches of at
+    most `max_tokens` base-pass video + audio tokens."""
+    from .magihuman.sizes import clip_geometry
+    from .presets import get_preset
+
+    preset = get_preset(model_name)
+    geometries = [
+        clip_geometry(s.duration_s, s.aspect_ratio, s.resolution, base_sizes=preset.base_sizes, sr_sizes=preset.sr_sizes)
+        for s in specs
+    ]
+    tokens = [g.latent_frames * (g.base_latent_hw[0] // 2) * (g.base_latent_hw[1] // 2) + g.audio_latents for g in geometries]
+    keys = [(g, s.reference_image is not None) for g, s in zip(geometries, specs)]
+    return pack_batches(tokens, keys, max_tokens)
