@@ -34,6 +34,7 @@ Asset URLs: presigned GET URLs for an S3 DAM (valid ``presign_expires_s``),
 """
 
 import asyncio
+import functools
 import hmac
 import ipaddress
 import json
@@ -48,8 +49,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
 
+import boto3
 import pyarrow as pa
 import ray
+from botocore.config import Config
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi import status as http_status
 from fastapi.exceptions import RequestValidationError
@@ -59,6 +62,8 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from model.generator import GeneratorConfig
+from model.presets import ModelName
+from model.replica import replica_bundles
 from pipeline.archive import DAM, ArchiveRenders, ArchiveResult, LocalDAM, S3DAM, is_archived, open_dam, render_key_prefix
 from pipeline.expand import expand_brief
 from pipeline.generate import describe_error
@@ -93,7 +98,7 @@ class ServeConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    model: str = "tiny"
+    model: ModelName = "tiny"
     checkpoint_dir: Path | None = None
     device: Literal["auto", "cpu", "cuda"] = Field(
         "auto", description="auto: cuda when the Ray cluster has GPUs when the app is built, else cpu")
@@ -190,9 +195,8 @@ def renderer_options(tp: int, replicas: int, device: str) -> dict[str, Any]:
     if tp == 1:
         options["ray_actor_options"] = {"num_gpus": 1, "num_cpus": 1} if gpu else {"num_cpus": 1}
         return options
-    rank_bundle = {"CPU": 1, "GPU": 1} if gpu else {"CPU": 1}
     options["ray_actor_options"] = {"num_cpus": 1, "num_gpus": 0}
-    options["placement_group_bundles"] = [{"CPU": 1}] + [dict(rank_bundle) for _ in range(tp)]
+    options["placement_group_bundles"] = [{"CPU": 1}] + replica_bundles(tp, use_gpu=gpu)
     options["placement_group_strategy"] = "STRICT_PACK"
     return options
 
@@ -204,14 +208,13 @@ def renderer_options(tp: int, replicas: int, device: str) -> dict[str, Any]:
 class Renderer:
     """One model replica: RenderRequest rows in, rendered rows (assets, review, error) out."""
 
-    def __init__(self, config: ServeConfig, device: str):
-        # tp > 1 plugs in here: RenderClips would build its generator from the
-        # TP replica of model/replica.py (ranks in this replica's placement group)
-        # instead of a single-process AVGenerator; build_application refuses tp > 1 until then.
-        self.render_clips = RenderClips(
-            GeneratorConfig(model=config.model, checkpoint_dir=config.checkpoint_dir, device=device),
-            thresholds=config.thresholds, profile=CHANNEL_PROFILES[config.profile], batch_size=1,
-        )
+    def __init__(self, generator_config: GeneratorConfig, thresholds: ReviewThresholds, profile: str):
+        # tp > 1 plugs in here, once RenderClips forwards GenerateClips' make_generator:
+        # make_generator=partial(model.replica.make_replica, tp_size=tp, use_gpu=...), whose
+        # ranks take the rank bundles of this replica's placement group (renderer_options).
+        # build_application refuses tp > 1 until then.
+        self.render_clips = RenderClips(generator_config, thresholds=thresholds, profile=CHANNEL_PROFILES[profile],
+                                        batch_size=1)
 
     def __call__(self, requests: pa.Table) -> pa.Table:
         return self.render_clips(requests)
@@ -275,10 +278,18 @@ class RenderEntry:
         self.finished_at = datetime.now(timezone.utc)
 
 
+@functools.lru_cache(maxsize=8)
+def _presigning_client(endpoint_url: str | None, region_name: str | None):
+    # SigV4 explicitly: botocore may presign with SigV2, which newer regions refuse.
+    return boto3.session.Session().client("s3", endpoint_url=endpoint_url, region_name=region_name,
+                                          config=Config(signature_version="s3v4"))
+
+
 def asset_url(dam: DAM, key: str, expires_s: int) -> str:
     """Where a client fetches a DAM object: a presigned GET URL (S3) or a file:// URI (local)."""
     if isinstance(dam, S3DAM):
-        return dam.client.generate_presigned_url(
+        client = _presigning_client(dam.endpoint_url, dam.region_name)
+        return client.generate_presigned_url(
             "get_object", Params={"Bucket": dam.bucket, "Key": dam._full_key(key)}, ExpiresIn=expires_s)
     if isinstance(dam, LocalDAM):
         return (dam.root / key).as_uri()
@@ -491,7 +502,9 @@ def build_application(config: ServeConfig, api_tokens: str | None = None) -> ser
             "stage yet; use tp=1 (one GPU per replica) for now"
         )
     device = resolve_serve_device(config.device)
-    renderer = Renderer.options(**renderer_options(config.tp, config.replicas, device)).bind(config, device)
+    generator_config = GeneratorConfig(model=config.model, checkpoint_dir=config.checkpoint_dir, device=device)
+    renderer = Renderer.options(**renderer_options(config.tp, config.replicas, device)).bind(
+        generator_config, config.thresholds, config.profile)
     return Api.bind(config, renderer, api_tokens)
 
 

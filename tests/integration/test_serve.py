@@ -8,12 +8,14 @@ import json
 import socket
 import time
 from pathlib import Path
-from urllib.parse import unquote, urlparse
+from urllib.parse import quote, unquote, urlparse
 
+import boto3
 import pytest
 import requests
+from s3_server import start_s3_server
 
-from jobs.serve_app import MAX_BODY_BYTES, ServeConfig, run_server
+from jobs.serve_app import MAX_BODY_BYTES, ServeConfig, ServeSetupError, run_server
 
 TOKENS = {"alice": "tok-alice-3f9a", "bob": "tok-bob-77c1"}
 RENDER_WAIT_S = 180
@@ -35,8 +37,9 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start(dam: Path, port: int, queue_limit: int) -> str:
-    config = ServeConfig(model="tiny", device="cpu", dam=str(dam), queue_limit=queue_limit)
+def start(dam: Path | str, port: int, **settings) -> str:
+    """(Re)deploy the app; Serve replaces the deployments whose arguments changed."""
+    config = ServeConfig(model="tiny", device="cpu", dam=str(dam), **settings)
     tokens = ",".join(f"{client}:{token}" for client, token in TOKENS.items())
     return run_server(config, port=port, api_tokens=tokens, blocking=False, log=lambda line: None)
 
@@ -214,3 +217,40 @@ def test_a_restarted_server_forgets_statuses_but_answers_from_the_dam(server):
     assert status["status"] == "done" and set(status["assets"]) == {"mp4", "wav", "jpg", "vtt"}
     assert status["review_status"] in ("auto_approved", "needs_review", "rejected")
     assert json.loads((folder / f"{render_id}.done.json").read_text())["archived_at"] == archived_at
+
+
+def test_insecure_local_needs_no_token_and_binds_loopback_only(server):
+    url = server["url"]
+    with pytest.raises(ServeSetupError, match="loopback"):
+        run_server(ServeConfig(dam=str(server["dam"]), insecure_local=True), host="0.0.0.0", port=server["port"],
+                   blocking=False, log=lambda line: None)
+    start(server["dam"], server["port"], insecure_local=True)
+    response = requests.post(f"{url}/v1/renders", json=brief(), timeout=30)
+    assert response.status_code == 202, response.text
+    (render_id,) = response.json()["render_ids"]
+    status = requests.get(f"{url}/v1/renders/{render_id}", timeout=30).json()
+    assert status["status"] == "done"  # archived by an earlier test: answered from the DAM
+    # Any bearer token is ignored: there is one anonymous client.
+    assert requests.get(f"{url}/v1/renders/{render_id}", headers=auth("bob"), timeout=30).status_code == 200
+
+
+def test_renders_land_in_s3_and_come_back_as_presigned_urls(server):
+    url = server["url"]
+    with start_s3_server() as endpoint:
+        s3 = boto3.client("s3", endpoint_url=endpoint)
+        s3.create_bucket(Bucket="dam")
+        start("s3://dam/adhoc", server["port"], s3_endpoint=endpoint)
+        response = requests.post(f"{url}/v1/renders", json=brief("s3-talk"), headers=auth("alice"), timeout=30)
+        assert response.status_code == 202, response.text
+        (render_id,) = response.json()["render_ids"]
+        done = wait_until_finished(url, render_id)
+        assert done["status"] == "done", done["error"]
+        prefix = f"adhoc/campaign=adhoc/brief=s3-talk/locale=en-US/16x9/{render_id}"
+        for ext, asset in done["assets"].items():
+            assert asset.startswith(f"{endpoint}/dam/{quote(prefix)}.{ext}?") and "X-Amz-Signature=" in asset
+            fetched = requests.get(asset, timeout=30)
+            assert fetched.status_code == 200
+            head = s3.head_object(Bucket="dam", Key=f"{prefix}.{ext}")
+            assert hashlib.sha256(fetched.content).hexdigest() == head["Metadata"]["sha256"]
+            tags = {t["Key"]: t["Value"] for t in s3.get_object_tagging(Bucket="dam", Key=f"{prefix}.{ext}")["TagSet"]}
+            assert tags["review_status"] == done["review_status"]
