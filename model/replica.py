@@ -23,6 +23,7 @@ re-raised as is, and the group is kept.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import queue
@@ -95,13 +96,15 @@ def replica_bundles(tp_size: int, use_gpu: bool, cpus_per_rank: float = 1.0) -> 
 
 
 def replica_remote_args_fn(tp_size: int, use_gpu: bool, cpus_per_rank: float = 1.0,
-                           owner_cpus: float = 0.0) -> Callable[[], dict[str, Any]]:
+                           owner_cpus: float = 1.0) -> Callable[[], dict[str, Any]]:
     """`ray_remote_args_fn` for a Ray Data actor pool whose actors each own one TPReplica.
 
     Every call makes a fresh STRICT_PACK placement group: an owner bundle ({"CPU": owner_cpus},
-    when owner_cpus > 0) then the rank bundles, and schedules the actor in bundle 0 with child
-    capture, so the ranks it starts land in the same group. The actor itself must ask for no GPU
-    and at most `owner_cpus` CPUs (`map_batches(..., num_gpus=0, num_cpus=owner_cpus)`).
+    the layout Serve's `placement_group_bundles` use too) then the rank bundles, and schedules the
+    actor in bundle 0 with child capture, so the ranks it starts land in the same group. The actor
+    itself must ask for no GPU and at most `owner_cpus` CPUs
+    (`map_batches(..., num_gpus=0, num_cpus=owner_cpus)`). With owner_cpus=0 there is no owner
+    bundle and the actor (asking for nothing) may sit in any bundle.
     """
 
     def remote_args() -> dict[str, Any]:
@@ -193,6 +196,8 @@ class TPReplica(Generic[Request, Result]):
         self.ranks: list[Any] = []
         self.rank_info: list[dict] = []
         self.restarts = 0
+        # One call at a time: two calls interleaving their collectives on the same ranks would deadlock.
+        self._call_lock = threading.Lock()
         self._start()
 
     # -- group life cycle --------------------------------------------------------------------
@@ -255,6 +260,10 @@ class TPReplica(Generic[Request, Result]):
     def generate(self, requests: Sequence[Request]) -> list[Result]:
         """Rank 0's results for `requests`; rebuilds the group and retries after a rank failure."""
         requests = list(requests)
+        with self._call_lock:
+            return self._generate_with_retries(requests)
+
+    def _generate_with_retries(self, requests: list[Request]) -> list[Result]:
         failures = []
         for attempt in range(1 + self.config.max_retries):
             if not self.ranks:
@@ -331,7 +340,7 @@ class ReplicaPool(Generic[Request, Result]):
         if num_replicas < 1:
             raise ValueError(f"num_replicas={num_replicas} must be >= 1")
         # Replicas do not retry themselves: the pool moves a failed batch elsewhere while they rebuild.
-        replica_config = ReplicaConfig(**{**config.__dict__, "max_retries": 0})
+        replica_config = dataclasses.replace(config, max_retries=0)
         with ThreadPoolExecutor(num_replicas) as starter:
             self.replicas = list(starter.map(lambda _: TPReplica(model, replica_config), range(num_replicas)))
         self.max_retries = max_retries

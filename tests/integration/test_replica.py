@@ -21,6 +21,7 @@ from model.replica import (
     ReplicaPool,
     TPReplica,
     pack_batches,
+    replica_bundles,
 )
 
 TEXT_CHANNELS = 96
@@ -139,6 +140,11 @@ def test_pool_ends_every_request_done_or_failed_with_a_reason(ray_session, max_r
         assert_matches_slow_tp1([requests[i] for i in done], [results[i] for i in done])
     finally:
         pool.shutdown()
+
+
+def test_bundles_per_rank_and_owner_bundle_layout():
+    assert replica_bundles(2, use_gpu=True) == [{"CPU": 1.0, "GPU": 1}, {"CPU": 1.0, "GPU": 1}]
+    assert replica_bundles(3, use_gpu=False, cpus_per_rank=0.5) == [{"CPU": 0.5}] * 3
 
 
 def test_pack_batches_groups_by_shape_under_a_token_budget():
