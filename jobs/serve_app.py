@@ -299,16 +299,15 @@ def asset_url(dam: DAM, key: str, expires_s: int) -> str:
 def plan_renders(brief: CampaignBrief, model_id: str) -> list[RenderRequest]:
     """The brief's render requests, after the per-locale checks of ingest; a locale that
     cannot be rendered is a 422 naming it (an ad-hoc caller fixes the brief and posts again)."""
-    field_name = "locales" if brief.locales is not None else "source_locale"
     kept: list[str] = []
     for index, tag in enumerate(brief.target_locales):
+        # With no `locales`, the one target is the source locale.
         loc = ("body", "locales", index) if brief.locales is not None else ("body", "source_locale")
         try:
             locale = canonical_locale(tag)
+            fault = locale_fault(brief, locale)
         except LocaleError as exc:
-            raise RequestValidationError([{"type": "value_error", "loc": loc, "msg": f"{field_name}: {exc}",
-                                           "input": tag}]) from None
-        fault = locale_fault(brief, locale)
+            fault = f"{loc[1]}: {exc}"
         if fault:
             raise RequestValidationError([{"type": "value_error", "loc": loc, "msg": fault, "input": tag}])
         if locale not in kept:
@@ -336,7 +335,10 @@ app = FastAPI(
 )
 
 
-@serve.deployment(name="Api", num_replicas=1, ray_actor_options={"num_cpus": 0})
+# Handlers never wait for a render, so one replica takes many requests at once; past
+# max_queued_requests Serve itself answers 503 instead of queueing more.
+@serve.deployment(name="Api", num_replicas=1, max_ongoing_requests=64, max_queued_requests=256,
+                  ray_actor_options={"num_cpus": 0})
 @serve.ingress(app)
 class Api:
     """The ingress: the queue, the status table and the workers feeding the Renderer. One replica."""
