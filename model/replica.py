@@ -152,7 +152,11 @@ class RankWorker:
             # All GPUs of the group visible to every rank (as Ray Train does) so NCCL can use P2P/NVLink.
             os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(group_gpu_ids)
         use_cuda = bool(own) and torch.cuda.is_available()  # fake GPUs (test clusters) run on the CPU
-        device = torch.device("cuda", group_gpu_ids.index(own[0])) if use_cuda else torch.device("cpu")
+        device = torch.device("cpu")
+        if use_cuda:
+            # If CUDA was initialized before the change above, this process still sees its own GPU only.
+            shared = torch.cuda.device_count() == len(group_gpu_ids)
+            device = torch.device("cuda", group_gpu_ids.index(own[0]) if shared else 0)
         if use_cuda:
             torch.cuda.set_device(device)
         tp = init_process_group(self.tp_size, self.rank, init_method, "nccl" if use_cuda else "gloo",
