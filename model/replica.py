@@ -210,13 +210,24 @@ class TPReplica(Generic[Request, Result]):
         """The placement group and the index of the first rank bundle."""
         cfg = self.config
         if self.placement is None:
-            self.placement = placement_group(replica_bundles(cfg.tp_size, cfg.gpu(), cfg.cpus_per_rank),
-                                             strategy="STRICT_PACK")
+            bundles = replica_bundles(cfg.tp_size, cfg.gpu(), cfg.cpus_per_rank)
+            need = {key: sum(b.get(key, 0) for b in bundles) for key in bundles[0]}
+            if not any(node["Alive"] and all(node["Resources"].get(k, 0) >= v for k, v in need.items())
+                       for node in ray.nodes()):
+                raise ReplicaError(
+                    f"no node of this Ray cluster has {need} in total, and a TP group of {cfg.tp_size} ranks must fit "
+                    f"on one node; lower tp_size or cpus_per_rank (CPU ranks may take fractions of a CPU)"
+                )
+            self.placement = placement_group(bundles, strategy="STRICT_PACK")
             self._own_placement = True
         if not self.placement.wait(cfg.start_timeout_s):
+            if self._own_placement:
+                remove_placement_group(self.placement)
+                self.placement = None
             raise ReplicaError(
-                f"no node could hold a TP group of {cfg.tp_size} ranks ({replica_bundles(cfg.tp_size, cfg.gpu(), cfg.cpus_per_rank)[0]} each, "
-                f"all on one node) within {cfg.start_timeout_s:.0f} s; lower tp_size or add a node with enough free resources"
+                f"no node had room for a TP group of {cfg.tp_size} ranks ({cfg.cpus_per_rank} CPU"
+                f"{' + 1 GPU' if cfg.gpu() else ''} each, all on one node) within {cfg.start_timeout_s:.0f} s; "
+                "wait for other replicas to finish, lower tp_size or add a node"
             )
         offset = self.placement.bundle_count - cfg.tp_size
         if offset < 0:

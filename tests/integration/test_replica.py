@@ -18,6 +18,7 @@ from model.replica import (
     DiTModel,
     FailedRequest,
     ReplicaConfig,
+    ReplicaError,
     ReplicaPool,
     TPReplica,
     pack_batches,
@@ -140,6 +141,13 @@ def test_pool_ends_every_request_done_or_failed_with_a_reason(ray_session, max_r
         assert_matches_slow_tp1([requests[i] for i in done], [results[i] for i in done])
     finally:
         pool.shutdown()
+
+
+def test_a_group_no_node_can_hold_is_refused_at_once(ray_session):
+    started = time.monotonic()
+    with pytest.raises(ReplicaError, match=r"no node of this Ray cluster has \{'CPU': 4.0\}"):
+        TPReplica(MODEL, ReplicaConfig(tp_size=4, use_gpu=False, cpus_per_rank=1.0))
+    assert time.monotonic() - started < 10
 
 
 def test_bundles_per_rank_and_owner_bundle_layout():
