@@ -95,11 +95,6 @@ def head_shard(arch: ArchConfig, tp: TPGroup) -> HeadShard:
 # --------------------------------------------------------------------------------------------
 
 
-def _read(source: Any, index: tuple[slice, ...]) -> torch.Tensor:
-    """Read `index` of a safetensors slice or a tensor; only that part is materialized."""
-    return source[index]
-
-
 class ColumnParallelLinear(ModalityLinear):
     """A ModalityLinear holding some output rows of the full layer: per modality, the concatenation of
     `row_ranges` of that modality's block. No communication; its output is this rank's features."""
@@ -111,8 +106,9 @@ class ColumnParallelLinear(ModalityLinear):
         self.row_ranges = row_ranges
 
     def read_shard(self, source: Any) -> torch.Tensor:
+        """This rank's rows of `source` (a safetensors slice or a tensor); only they are read."""
         pieces = [
-            _read(source, (slice(m * self.full_out_features + a, m * self.full_out_features + b),))
+            source[m * self.full_out_features + a : m * self.full_out_features + b]
             for m in range(self.num_modalities)
             for a, b in self.row_ranges
         ]
@@ -134,7 +130,8 @@ class RowParallelLinear(ModalityLinear):
         self.tp = tp
 
     def read_shard(self, source: Any) -> torch.Tensor:
-        return _read(source, (slice(None), slice(*self.col_range)))
+        """This rank's columns of `source` (a safetensors slice or a tensor); only they are read."""
+        return source[:, self.col_range[0] : self.col_range[1]]
 
     def forward(self, x: torch.Tensor, layout: TokenLayout | None = None) -> torch.Tensor:
         out = super().forward(x, layout)
