@@ -201,35 +201,44 @@ def test_a_flood_past_the_queue_limit_gets_503_and_the_accepted_renders_finish(s
     assert requests.get(f"{url}/healthz", timeout=30).status_code == 200
 
 
+def test_a_render_that_cannot_be_archived_fails_and_a_repost_retries_it(server):
+    url, dam = server["url"], server["dam"]
+    blocker = dam / "campaign=blocked"
+    blocker.write_text("a file where the campaign folder should be")
+    body = brief("blocked-talk", campaign_id="blocked")
+    (render_id,) = requests.post(f"{url}/v1/renders", json=body, headers=auth("alice"), timeout=30).json()["render_ids"]
+    failed = wait_until_finished(url, render_id)
+    assert failed["status"] == "failed" and failed["error"].startswith("archive: ")
+    assert failed["assets"] == {} and failed["review_status"] is not None  # reviewed, then not archived
+    assert requests.get(f"{url}/healthz", timeout=30).status_code == 200
+
+    blocker.unlink()
+    again = requests.post(f"{url}/v1/renders", json=body, headers=auth("alice"), timeout=30)
+    assert again.status_code == 202 and again.json()["render_ids"] == [render_id]
+    done = wait_until_finished(url, render_id)
+    assert done["status"] == "done" and done["error"] is None and set(done["assets"]) == {"mp4", "wav", "jpg", "vtt"}
+
+
 def test_a_restarted_server_forgets_statuses_but_answers_from_the_dam(server):
+    """Restarted as --insecure-local: no token needed, loopback only."""
     url = server["url"]
     render_id = server.get("render_id")
     if render_id is None:
         pytest.skip("needs the render of test_a_render_goes_through_to_the_dam")
     folder = server["dam"] / "campaign=adhoc" / "brief=adhoc-talk" / "locale=en-US" / "16x9"
     archived_at = json.loads((folder / f"{render_id}.done.json").read_text())["archived_at"]
-    # New settings make Serve replace both deployments: a fresh Api with an empty status table.
-    assert start(server["dam"], server["port"], queue_limit=2) == url
-    assert requests.get(f"{url}/v1/renders/{render_id}", headers=auth("alice"), timeout=30).status_code == 404
-    response = requests.post(f"{url}/v1/renders", json=brief(), headers=auth("alice"), timeout=30)
-    assert response.status_code == 202 and response.json()["render_ids"] == [render_id]
-    status = requests.get(f"{url}/v1/renders/{render_id}", headers=auth("alice"), timeout=30).json()
-    assert status["status"] == "done" and set(status["assets"]) == {"mp4", "wav", "jpg", "vtt"}
-    assert status["review_status"] in ("auto_approved", "needs_review", "rejected")
-    assert json.loads((folder / f"{render_id}.done.json").read_text())["archived_at"] == archived_at
-
-
-def test_insecure_local_needs_no_token_and_binds_loopback_only(server):
-    url = server["url"]
     with pytest.raises(ServeSetupError, match="loopback"):
         run_server(ServeConfig(dam=str(server["dam"]), insecure_local=True), host="0.0.0.0", port=server["port"],
                    blocking=False, log=lambda line: None)
-    start(server["dam"], server["port"], insecure_local=True)
+    # New settings make Serve replace the deployments: a fresh Api with an empty status table.
+    assert start(server["dam"], server["port"], insecure_local=True) == url
+    assert requests.get(f"{url}/v1/renders/{render_id}", timeout=30).status_code == 404
     response = requests.post(f"{url}/v1/renders", json=brief(), timeout=30)
-    assert response.status_code == 202, response.text
-    (render_id,) = response.json()["render_ids"]
+    assert response.status_code == 202 and response.json()["render_ids"] == [render_id]
     status = requests.get(f"{url}/v1/renders/{render_id}", timeout=30).json()
-    assert status["status"] == "done"  # archived by an earlier test: answered from the DAM
+    assert status["status"] == "done" and set(status["assets"]) == {"mp4", "wav", "jpg", "vtt"}
+    assert status["review_status"] in ("auto_approved", "needs_review", "rejected")
+    assert json.loads((folder / f"{render_id}.done.json").read_text())["archived_at"] == archived_at
     # Any bearer token is ignored: there is one anonymous client.
     assert requests.get(f"{url}/v1/renders/{render_id}", headers=auth("bob"), timeout=30).status_code == 200
 
