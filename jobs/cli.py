@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 
+from pydantic import ValidationError
+
+from pipeline.archive import DAMError
 from pipeline.ingest import BriefsFileError
 from schemas.brief import ASPECT_RATIOS, RESOLUTIONS
 
@@ -15,6 +18,10 @@ DEFAULT_MODEL = "tiny"
 
 class CliError(Exception):
     """A problem the user can fix; printed as one line, no traceback."""
+
+
+# Errors that say what to fix in their message: one line on stderr, exit code 2.
+USER_ERRORS = (BriefsFileError, CliError, DAMError)
 
 
 def _plan(args: argparse.Namespace) -> int:
@@ -33,25 +40,47 @@ def _plan(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run(args: argparse.Namespace) -> int:
-    from pipeline.manifest import summary_lines
-    from pipeline.run import CampaignConfig, run_campaign
+def _campaign_config(args: argparse.Namespace):
+    from pipeline.run import CampaignConfig
 
-    config = CampaignConfig(
+    return CampaignConfig(
         briefs=args.briefs, dam=args.dam, s3_endpoint=args.s3_endpoint, model=args.model,
         checkpoint_dir=args.checkpoint_dir, device=args.device, tp_size=args.tp, replicas=args.replicas,
         workdir=args.workdir, batch_size=args.batch_size, profile=args.profile,
     )
-    result = run_campaign(config)
+
+
+def _report(result, command: str) -> int:
+    from pipeline.manifest import summary_lines
+
     print()
     print("\n".join(summary_lines(result.manifest)))
     print(f"clips:          {result.dam_uri}")
     print(f"manifest:       {result.manifest_path}")
     print(f"contact sheet:  {result.contact_sheet_path}")
     if result.failed:
-        print(f"paddock run: {len(result.failed)} of {len(result.manifest)} renders failed (see above)", file=sys.stderr)
+        print(f"paddock {command}: {len(result.failed)} of {len(result.manifest)} renders failed (see above)",
+              file=sys.stderr)
         return 1
     return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    from pipeline.run import run_campaign
+
+    return _report(run_campaign(_campaign_config(args)), "run")
+
+
+def _localize(args: argparse.Namespace) -> int:
+    from jobs.localize import localize
+
+    return _report(localize(_campaign_config(args)), "localize")
+
+
+def _submit(args: argparse.Namespace) -> int:
+    from jobs.submit import submit_campaign
+
+    return submit_campaign(args.address, args.job, args.run_args, wait=args.wait)
 
 
 def _generate(args: argparse.Namespace) -> int:
@@ -91,6 +120,18 @@ def _add_model_args(cmd: argparse.ArgumentParser) -> None:
     cmd.add_argument("--tp", type=int, default=1, help="tensor-parallel ranks per replica (default: %(default)s)")
 
 
+def _add_campaign_args(cmd: argparse.ArgumentParser) -> None:
+    cmd.add_argument("briefs", help="briefs Parquet file")
+    cmd.add_argument("--dam", default="./dam", help="./dir or s3://bucket/prefix (default: %(default)s)")
+    cmd.add_argument("--s3-endpoint", default=None, help="endpoint URL of an S3-compatible store")
+    _add_model_args(cmd)
+    cmd.add_argument("--replicas", type=int, default=1, help="model replicas in the pool (default: %(default)s)")
+    cmd.add_argument("--workdir", type=Path, default=Path("./work"), help="local work directory (default: %(default)s)")
+    cmd.add_argument("--batch-size", type=int, default=2, help="requests per replica call (default: %(default)s)")
+    cmd.add_argument("--profile", default="web", choices=("web", "broadcast"),
+                     help="loudness profile: web (-14 LUFS) | broadcast (-23 LUFS) (default: %(default)s)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="paddock", description="Briefs in, reviewed and archived ad clips out.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -102,15 +143,22 @@ def build_parser() -> argparse.ArgumentParser:
     plan_cmd.set_defaults(handler=_plan)
 
     run_cmd = commands.add_parser("run", help="make, review, encode and archive every clip of a briefs file")
-    run_cmd.add_argument("briefs", help="briefs Parquet file")
-    run_cmd.add_argument("--dam", default="./dam", help="./dir or s3://bucket/prefix (default: %(default)s)")
-    run_cmd.add_argument("--s3-endpoint", default=None, help="endpoint URL of an S3-compatible store")
-    _add_model_args(run_cmd)
-    run_cmd.add_argument("--replicas", type=int, default=1, help="model replicas in the pool (default: %(default)s)")
-    run_cmd.add_argument("--workdir", type=Path, default=Path("./work"), help="local work directory (default: %(default)s)")
-    run_cmd.add_argument("--batch-size", type=int, default=2, help="requests per replica call (default: %(default)s)")
-    run_cmd.add_argument("--profile", default="web", help="loudness profile: web (-14 LUFS) | broadcast (-23 LUFS)")
+    _add_campaign_args(run_cmd)
     run_cmd.set_defaults(handler=_run)
+
+    localize_cmd = commands.add_parser(
+        "localize", help="for a campaign already run, render only the locales new since the DAM's manifest")
+    _add_campaign_args(localize_cmd)
+    localize_cmd.set_defaults(handler=_localize)
+
+    submit_cmd = commands.add_parser(
+        "submit", help="submit a campaign to a Ray cluster as a Ray Job",
+        description="Submits `python -m jobs.<job> RUN_ARGS...` to the cluster; RUN_ARGS are those of `paddock run`.")
+    submit_cmd.add_argument("--address", required=True, help="the cluster's job server, e.g. http://head:8265")
+    submit_cmd.add_argument("--job", choices=("run_campaign", "localize"), default="run_campaign")
+    submit_cmd.add_argument("--wait", action="store_true", help="follow the job's logs until it ends")
+    submit_cmd.add_argument("run_args", nargs=argparse.REMAINDER, help="BRIEFS and the options of `paddock run`")
+    submit_cmd.set_defaults(handler=_submit)
 
     gen_cmd = commands.add_parser("generate", help="make one clip by hand (H.264 + AAC MP4)")
     gen_cmd.add_argument("--prompt", required=True, help="the model prompt (scene, Dialogue:, Background Sound:)")
@@ -131,7 +179,12 @@ def main(argv: list[str] | None = None) -> int:
     handler: Callable[[argparse.Namespace], int] = args.handler
     try:
         return handler(args)
-    except (BriefsFileError, CliError) as exc:
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = ".".join(str(p) for p in first["loc"])
+        print(f"paddock {args.command}: error: {field}: {first['msg']}", file=sys.stderr)
+        return 2
+    except USER_ERRORS as exc:
         print(f"paddock {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:  # an output path that cannot be written, a disk that is full

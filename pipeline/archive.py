@@ -29,6 +29,7 @@ import mimetypes
 import os
 import re
 import tempfile
+import time
 import uuid
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
@@ -685,7 +686,7 @@ class ArchiveRenders:
     Reads the render's identity columns (render_id, campaign_id, brief_id,
     locale, aspect_ratio, model_id, seed), ``review_json`` and ``assets``;
     replaces ``assets`` by ``assets_bytes`` and adds ``archive_json`` (an
-    ArchiveResult) or sets ``error``. Rows that arrive with no assets (a failed
+    ArchiveResult) or sets ``error``, and ``archive_s`` (seconds spent). Rows that arrive with no assets (a failed
     render) pass through.
     """
 
@@ -698,14 +699,19 @@ class ArchiveRenders:
             assets = dict(row.pop("assets") or [])
             row["assets_bytes"] = sum(len(data) for data in assets.values())
             row["archive_json"] = None
+            row["archive_s"] = None
             if not assets:
                 continue
+            started = time.perf_counter()
             try:
                 row["archive_json"] = self._archive(row, assets).model_dump_json()
             except Exception as exc:  # noqa: BLE001 - one render that cannot be archived is one failure row
                 row["error"] = f"archive: {exc}"
+            row["archive_s"] = time.perf_counter() - started
         schema = batch.schema.remove(batch.schema.get_field_index("assets"))
-        schema = schema.append(pa.field("assets_bytes", pa.int64())).append(pa.field("archive_json", pa.string()))
+        for name, arrow_type in (("assets_bytes", pa.int64()), ("archive_json", pa.string()),
+                                 ("archive_s", pa.float64())):
+            schema = schema.append(pa.field(name, arrow_type))
         return pa.Table.from_pylist(rows, schema=schema)
 
     def _archive(self, row: dict, assets: dict[str, bytes]) -> ArchiveResult:

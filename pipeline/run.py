@@ -43,9 +43,13 @@ PLAN_BLOCK_ROWS = 5_000
 
 
 def ensure_ray(address: str | None = None) -> None:
-    """Join the cluster at ``address`` (or RAY_ADDRESS), else start a local instance."""
+    """Join the cluster at ``address`` (or RAY_ADDRESS), else start a local instance.
+
+    Never joins a cluster by surprise: without an address, a fresh local
+    instance starts even when another Ray runs on this machine.
+    """
     if not ray.is_initialized():
-        ray.init(address=address or os.environ.get("RAY_ADDRESS"), include_dashboard=False,
+        ray.init(address=address or os.environ.get("RAY_ADDRESS") or "local", include_dashboard=False,
                  logging_level="WARNING", configure_logging=True)
     ctx = ray.data.DataContext.get_current()
     # paddock prints its own progress; Ray Data's per-operator log lines drown it.
@@ -344,7 +348,9 @@ def _run_campaign(config: CampaignConfig, dam: DAM, log: Callable[[str], None],
                 status = "done" if archive is not None else "failed"
                 manifest[request.render_id] = _manifest_row(
                     request, status, error=row["error"], review=review, archive=archive,
-                    timings=dict(row["timings_s"] or []), bytes_from_render=row["assets_bytes"])
+                    timings={**dict(row["timings_s"] or []),
+                             **({"archive": row["archive_s"]} if row["archive_s"] is not None else {})},
+                    bytes_from_render=row["assets_bytes"])
                 done = len(manifest) - len(archived)
                 log(f"[{done}/{len(todo)}] {request.brief_id} {request.locale} {request.aspect_ratio} "
                     f"v{request.variant_index}: {status}"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import sys
 from pathlib import Path
 
@@ -21,23 +22,35 @@ from s3_server import S3_TEST_ENV  # noqa: E402
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.update(S3_TEST_ENV)
+# `python` in Ray Job entrypoints is this interpreter, as on a cluster whose image installs paddock.
+os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
 # Two cores shared by the test process, Ray workers and ffmpeg: one torch thread each.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 for _name in ("AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
     os.environ.pop(_name, None)
 
 
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 @pytest.fixture(scope="session")
 def ray_session():
-    """A local Ray instance shared by every test that needs one."""
+    """A local Ray instance shared by every test that needs one; its job server
+    (for `ray job submit`) listens on loopback at ``ray_session.job_address``."""
     import ray
 
     from pipeline.run import ensure_ray
 
+    context = None
     if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING",
-                 runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}})
+        context = ray.init(address="local", num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1",
+                           dashboard_port=free_port(), logging_level="WARNING",
+                           runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}})
     ensure_ray()
+    ray.job_address = f"http://{context.dashboard_url}" if context and context.dashboard_url else None
     yield ray
     ray.shutdown()
 

@@ -1,0 +1,105 @@
+"""Pipeline overhead: the same requests through the model alone and through the
+whole campaign pipeline (plan, generate, review, mux, archive, manifest), in
+one run, side by side.
+
+Prints the wall time of each, their ratio, seconds per clip for every stage,
+and the bytes that leave the render actor per clip against the raw decoded
+frames and audio it keeps to itself. Writes bench/results/pipeline_overhead.json.
+
+    python bench/pipeline_overhead.py [--clips 6] [--seconds 2] [--model tiny]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from model.generator import AVGenerator, GeneratorConfig  # noqa: E402
+from pipeline.generate import clip_spec  # noqa: E402
+from pipeline.run import CampaignConfig, ensure_ray, plan, run_campaign  # noqa: E402
+from schemas.brief import BRIEF_ARROW_SCHEMA  # noqa: E402
+from schemas.render import RenderRequest  # noqa: E402
+
+
+def write_briefs(path: Path, clips: int, seconds: int) -> None:
+    rows = [{"brief_id": f"bench-{i}", "campaign_id": "bench", "source_locale": "en-US",
+             "prompt": f"A presenter holds the product and smiles, take {i}.",
+             "dialogue": [{"speaker": "Presenter", "line": "Fresh from the spring."}],
+             "duration_s": seconds, "resolution": "256p", "seed": i} for i in range(clips)]
+    pq.write_table(pa.Table.from_pylist(rows, schema=BRIEF_ARROW_SCHEMA), path)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--clips", type=int, default=6)
+    parser.add_argument("--seconds", type=int, default=2)
+    parser.add_argument("--model", default="tiny")
+    args = parser.parse_args()
+    # The pipeline's render actor asks Ray for one CPU, which gives it one torch thread: match it.
+    torch.set_num_threads(1)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        briefs = tmp / "briefs.parquet"
+        write_briefs(briefs, args.clips, args.seconds)
+        ensure_ray()
+        requests = [RenderRequest.model_validate(r) for r in plan(briefs, args.model).requests.to_pylist()]
+
+        # The model alone: one replica, in this process, the same requests one by one.
+        generator = AVGenerator(GeneratorConfig(model=args.model, device="cpu", sr_resolutions=()))
+        generator.generate([clip_spec(requests[0])])  # warm-up, as the pipeline's actor warms up on its first clip
+        started = time.perf_counter()
+        raw_bytes = []
+        for request in requests:
+            (clip,) = generator.generate([clip_spec(request)])
+            raw_bytes.append(clip.frames.nbytes + clip.audio.nbytes)
+        model_s = time.perf_counter() - started
+        del generator
+
+        # The whole pipeline on the same briefs, with a warm Ray and a fresh DAM.
+        config = CampaignConfig(briefs=briefs, dam=str(tmp / "dam"), workdir=tmp / "work", model=args.model,
+                                device="cpu", batch_size=1)
+        started = time.perf_counter()
+        result = run_campaign(config, log=lambda line: None)
+        pipeline_s = time.perf_counter() - started
+
+    assert not result.failed, [r.error for r in result.failed]
+    stages = ("text", "denoise", "super_resolution", "decode", "review", "mux", "archive")
+    per_clip = {stage: statistics.mean(r.timings_s.get(stage, 0.0) for r in result.manifest) for stage in stages}
+    figures = {
+        "clips": len(requests),
+        "clip_seconds": args.seconds,
+        "model": args.model,
+        "model_alone_s": round(model_s, 2),
+        "pipeline_s": round(pipeline_s, 2),
+        "pipeline_over_model": round(pipeline_s / model_s, 3),
+        "stage_s_per_clip": {k: round(v, 3) for k, v in per_clip.items()},
+        "bytes_from_render_actor_per_clip": int(statistics.mean(r.bytes_from_render for r in result.manifest)),
+        "raw_frames_and_audio_bytes_per_clip": int(statistics.mean(raw_bytes)),
+    }
+    print(f"{figures['clips']} clips of {args.seconds} s, model {args.model}, CPU")
+    print(f"  model alone      {figures['model_alone_s']:8.2f} s")
+    print(f"  whole pipeline   {figures['pipeline_s']:8.2f} s   ratio {figures['pipeline_over_model']:.2f} "
+          f"(goal: under 1.10)")
+    print("  seconds per clip by stage: " + ", ".join(f"{k} {v:.2f}" for k, v in per_clip.items()))
+    print(f"  bytes leaving the render actor per clip: {figures['bytes_from_render_actor_per_clip']:,} "
+          f"(raw frames + audio kept in the actor: {figures['raw_frames_and_audio_bytes_per_clip']:,})")
+    out = Path(__file__).resolve().parent / "results" / "pipeline_overhead.json"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps(figures, indent=2) + "\n")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,40 @@
+"""The localization job: render only the locales that are new since the last run.
+
+For a campaign that already ran, a content-ops team adds locales (and their
+`localized_dialogue`) to the briefs file and runs this job: every (brief,
+locale) pair the DAM's manifest already holds is left alone (not even checked
+again), and only the new pairs are rendered, reviewed, encoded and archived.
+The DAM's manifest then lists the old renders and the new ones.
+
+    python -m jobs.localize BRIEFS --dam DAM [same options as paddock run]
+"""
+
+from __future__ import annotations
+
+import sys
+
+from pipeline.archive import DAMError, open_dam
+from pipeline.lineage import JobType
+from pipeline.run import CampaignConfig, CampaignResult, read_dam_manifest, run_campaign
+
+
+def localize(config: CampaignConfig, log=print) -> CampaignResult:
+    previous = read_dam_manifest(open_dam(config.dam, s3_endpoint=config.s3_endpoint))
+    if not previous:
+        raise DAMError(f"{config.dam}: no manifest.parquet from an earlier run; run `paddock run` first")
+    rendered_locales = {(row.campaign_id, row.brief_id, row.locale) for row in previous.values()}
+
+    def is_new_locale(request, _previous) -> bool:
+        return (request.campaign_id, request.brief_id, request.locale) not in rendered_locales
+
+    return run_campaign(config, log, job_type=JobType.LOCALIZATION, select=is_new_locale)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from jobs.cli import main as cli_main
+
+    return cli_main(["localize", *(sys.argv[1:] if argv is None else argv)])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
