@@ -87,22 +87,28 @@ def _generate(args: argparse.Namespace) -> int:
     import shutil
     import tempfile
 
-    from model.generator import AVGenerator, ClipSpec, GeneratorConfig
+    from model.generator import ClipSpec, GeneratorConfig
     from pipeline.mux import mux_clip
-    from pipeline.run import resolve_device
+    from pipeline.run import ensure_ray, replica_factory, resolve_device
 
     out = Path(args.out)
     if out.suffix.lower() != ".mp4":
         raise CliError(f"--out {out}: give a .mp4 path")
-    if args.tp != 1:
-        raise CliError("--tp: tensor-parallel generation is not available yet; use --tp 1")
     out.parent.mkdir(parents=True, exist_ok=True)
     config = GeneratorConfig(model=args.model, checkpoint_dir=args.checkpoint_dir, device=resolve_device(args.device),
                              sr_resolutions=(args.resolution,) if args.resolution != "256p" else ())
     spec = ClipSpec(prompt=args.prompt, duration_s=args.seconds, aspect_ratio=args.aspect,
                     resolution=args.resolution, seed=args.seed, reference_image=args.image)
-    print(f"paddock generate: building the {args.model} generator on {config.device}", file=sys.stderr)
-    (clip,) = AVGenerator(config).generate([spec])
+    print(f"paddock generate: building the {args.model} generator on {config.device}"
+          + (f" as {args.tp} tensor-parallel ranks (Ray actors)" if args.tp > 1 else ""), file=sys.stderr)
+    if args.tp > 1:
+        ensure_ray()
+    generator = replica_factory(args.tp, config.device)(config)
+    try:
+        (clip,) = generator.generate([spec])
+    finally:
+        if args.tp > 1:
+            generator.shutdown()
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=".paddock-generate-") as tmp:
         muxed = mux_clip(clip.frames, clip.audio, clip.sample_rate, clip.fps, tmp, "clip")
         shutil.move(muxed.mp4_path, out)
@@ -110,6 +116,19 @@ def _generate(args: argparse.Namespace) -> int:
     height, width = clip.frames.shape[1:3]
     print(f"wrote {out}: {clip.frames.shape[0]} frames {width}x{height} at {clip.fps} fps, "
           f"audio {clip.audio.shape[0] / clip.sample_rate:.2f}s ({phases})")
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from jobs.serve_app import ServeConfig, ServeSetupError, run_server
+
+    config = ServeConfig(model=args.model, checkpoint_dir=args.checkpoint_dir, device=args.device, dam=args.dam,
+                         s3_endpoint=args.s3_endpoint, tp=args.tp, replicas=args.replicas,
+                         queue_limit=args.queue_limit, insecure_local=args.insecure_local, profile=args.profile)
+    try:
+        run_server(config, port=args.port, host=args.host)
+    except ServeSetupError as exc:
+        raise CliError(str(exc)) from None
     return 0
 
 
@@ -159,6 +178,23 @@ def build_parser() -> argparse.ArgumentParser:
     submit_cmd.add_argument("--wait", action="store_true", help="follow the job's logs until it ends")
     submit_cmd.add_argument("run_args", nargs=argparse.REMAINDER, help="BRIEFS and the options of `paddock run`")
     submit_cmd.set_defaults(handler=_submit)
+
+    serve_cmd = commands.add_parser(
+        "serve", help="the ad-hoc HTTP endpoint (Ray Serve): POST /v1/renders, GET /v1/renders/{id}",
+        description="Clients authenticate with a bearer token from $PADDOCK_API_TOKEN (one token, or "
+                    "client_id:token pairs separated by commas), unless --insecure-local.")
+    serve_cmd.add_argument("--port", type=int, default=8000, help="(default: %(default)s)")
+    serve_cmd.add_argument("--host", default="127.0.0.1", help="(default: %(default)s)")
+    serve_cmd.add_argument("--dam", default="./dam", help="./dir or s3://bucket/prefix (default: %(default)s)")
+    serve_cmd.add_argument("--s3-endpoint", default=None, help="endpoint URL of an S3-compatible store")
+    _add_model_args(serve_cmd)
+    serve_cmd.add_argument("--replicas", type=int, default=1, help="model replicas (default: %(default)s)")
+    serve_cmd.add_argument("--queue-limit", type=int, default=32,
+                           help="renders waiting at most; more get 503 + Retry-After (default: %(default)s)")
+    serve_cmd.add_argument("--profile", default="web", choices=("web", "broadcast"), help="(default: %(default)s)")
+    serve_cmd.add_argument("--insecure-local", action="store_true",
+                           help="no authentication; only allowed on a loopback host")
+    serve_cmd.set_defaults(handler=_serve)
 
     gen_cmd = commands.add_parser("generate", help="make one clip by hand (H.264 + AAC MP4)")
     gen_cmd.add_argument("--prompt", required=True, help="the model prompt (scene, Dialogue:, Background Sound:)")

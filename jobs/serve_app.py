@@ -70,7 +70,7 @@ from pipeline.generate import describe_error
 from pipeline.ingest import locale_fault
 from pipeline.mux import CHANNEL_PROFILES
 from pipeline.review import ReviewThresholds
-from pipeline.run import RenderClips, ensure_ray
+from pipeline.run import RenderClips, ensure_ray, replica_resources, resolve_device
 from schemas.brief import CampaignBrief
 from schemas.locales import LocaleError, canonical_locale
 from schemas.render import RENDER_REQUEST_ARROW_SCHEMA, RenderRequest
@@ -174,29 +174,23 @@ def is_loopback(host: str | None) -> bool:
 # --------------------------------------------------------------------------- placement
 
 
-def resolve_serve_device(device: str) -> str:
-    """"auto" is decided from the cluster, not this process: the app may be built on a head without GPUs."""
-    if device == "auto":
-        return "cuda" if ray.cluster_resources().get("GPU", 0) > 0 else "cpu"
-    return device
-
-
 def renderer_options(tp: int, replicas: int, device: str) -> dict[str, Any]:
     """Serve deployment options of the Renderer: one model replica per Serve replica.
 
     At tp 1 the replica actor holds the model and asks for its device. At tp > 1
-    every replica gets a STRICT_PACK placement group: bundle 0 ({"CPU": 1}) for the
-    replica actor, then one bundle per tensor-parallel rank ({"GPU": 1} or
-    {"CPU": 1}), where the TP replica of model/replica.py starts its rank actors
-    (it takes the last ``tp`` bundles of the placement group it runs in).
+    every replica gets a STRICT_PACK placement group: bundle 0 for the replica
+    actor, then one bundle per tensor-parallel rank (sizes from
+    ``pipeline.run.replica_resources``), where the TP replica of model/replica.py
+    starts its rank actors (it takes the last ``tp`` bundles of its group).
     """
     gpu = device.startswith("cuda")
     options: dict[str, Any] = {"num_replicas": replicas, "max_ongoing_requests": 1}
     if tp == 1:
         options["ray_actor_options"] = {"num_gpus": 1, "num_cpus": 1} if gpu else {"num_cpus": 1}
         return options
-    options["ray_actor_options"] = {"num_cpus": 1, "num_gpus": 0}
-    options["placement_group_bundles"] = [{"CPU": 1}] + replica_bundles(tp, use_gpu=gpu)
+    owner_cpus, cpus_per_rank = replica_resources(device)
+    options["ray_actor_options"] = {"num_cpus": owner_cpus, "num_gpus": 0}
+    options["placement_group_bundles"] = [{"CPU": owner_cpus}] + replica_bundles(tp, gpu, cpus_per_rank)
     options["placement_group_strategy"] = "STRICT_PACK"
     return options
 
@@ -208,13 +202,11 @@ def renderer_options(tp: int, replicas: int, device: str) -> dict[str, Any]:
 class Renderer:
     """One model replica: RenderRequest rows in, rendered rows (assets, review, error) out."""
 
-    def __init__(self, generator_config: GeneratorConfig, thresholds: ReviewThresholds, profile: str):
-        # tp > 1 plugs in here, once RenderClips forwards GenerateClips' make_generator:
-        # make_generator=partial(model.replica.make_replica, tp_size=tp, use_gpu=...), whose
-        # ranks take the rank bundles of this replica's placement group (renderer_options).
-        # build_application refuses tp > 1 until then.
+    def __init__(self, generator_config: GeneratorConfig, thresholds: ReviewThresholds, profile: str, tp: int):
+        # At tp > 1 the replica's rank actors take the rank bundles of this replica's
+        # placement group (renderer_options).
         self.render_clips = RenderClips(generator_config, thresholds=thresholds, profile=CHANNEL_PROFILES[profile],
-                                        batch_size=1)
+                                        batch_size=1, tp_size=tp)
 
     def __call__(self, requests: pa.Table) -> pa.Table:
         return self.render_clips(requests)
@@ -498,15 +490,10 @@ class Api:
 def build_application(config: ServeConfig, api_tokens: str | None = None) -> serve.Application:
     """The Serve application. ``api_tokens`` None: each Api replica reads PADDOCK_API_TOKEN
     from its own environment (how RayService pods get it, from a Secret)."""
-    if config.tp > 1:
-        raise ServeSetupError(
-            f"tp={config.tp}: the tensor-parallel replica (model/replica.py) is not wired into the render "
-            "stage yet; use tp=1 (one GPU per replica) for now"
-        )
-    device = resolve_serve_device(config.device)
+    device = resolve_device(config.device)
     generator_config = GeneratorConfig(model=config.model, checkpoint_dir=config.checkpoint_dir, device=device)
     renderer = Renderer.options(**renderer_options(config.tp, config.replicas, device)).bind(
-        generator_config, config.thresholds, config.profile)
+        generator_config, config.thresholds, config.profile, config.tp)
     return Api.bind(config, renderer, api_tokens)
 
 

@@ -8,6 +8,7 @@ up as a valid brief, a reject, or both (a brief with some locales rejected).
 
 from __future__ import annotations
 
+import io
 import json
 import math
 from collections.abc import Iterable
@@ -39,25 +40,47 @@ class BriefsFileError(Exception):
     """The briefs file as a whole cannot be used (missing, unreadable, wrong columns)."""
 
 
-def read_briefs_table(path: str | Path) -> pa.Table:
-    """Read a briefs Parquet file and number its rows (``row_index``, 0-based).
+def _read_s3_parquet(uri: str, s3_endpoint: str | None) -> pa.Table:
+    """A briefs file in S3 (small: read into memory), with the standard AWS credential chain."""
+    import boto3
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    bucket, _, key = uri.removeprefix("s3://").partition("/")
+    if not bucket or not key:
+        raise BriefsFileError(f"{uri}: give an S3 object as s3://bucket/path/briefs.parquet")
+    try:
+        body = boto3.client("s3", endpoint_url=s3_endpoint).get_object(Bucket=bucket, Key=key)["Body"].read()
+    except ClientError as exc:
+        code = exc.response.get("Error", {}).get("Code", "")
+        raise BriefsFileError(f"{uri}: cannot read the briefs file ({code or exc})") from None
+    except BotoCoreError as exc:
+        raise BriefsFileError(f"{uri}: cannot read the briefs file ({exc})") from None
+    return pq.read_table(io.BytesIO(body))
+
+
+def read_briefs_table(path: str | Path, s3_endpoint: str | None = None) -> pa.Table:
+    """Read a briefs Parquet file (a local path or s3://bucket/key) and number its rows (``row_index``).
 
     Raises BriefsFileError with one readable line for file-level faults.
     """
-    path = Path(path)
-    if not path.exists():
-        raise BriefsFileError(f"{path}: no such file (give the path of a briefs .parquet file)")
-    if path.is_dir():
-        raise BriefsFileError(f"{path}: is a directory, expected a briefs .parquet file")
+    where = str(path)
     try:
-        table = pq.read_table(path)
+        if where.startswith("s3://"):
+            table = _read_s3_parquet(where, s3_endpoint)
+        else:
+            local = Path(path)
+            if not local.exists():
+                raise BriefsFileError(f"{local}: no such file (give the path of a briefs .parquet file)")
+            if local.is_dir():
+                raise BriefsFileError(f"{local}: is a directory, expected a briefs .parquet file")
+            table = pq.read_table(local)
     except (pa.ArrowException, OSError) as exc:
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise BriefsFileError(f"{path}: not a readable Parquet file ({first_line})") from None
+        raise BriefsFileError(f"{where}: not a readable Parquet file ({first_line})") from None
     present = [c for c in REQUIRED_COLUMNS if c in table.column_names]
     if not present:
         raise BriefsFileError(
-            f"{path}: none of the required columns {', '.join(REQUIRED_COLUMNS)} are present "
+            f"{where}: none of the required columns {', '.join(REQUIRED_COLUMNS)} are present "
             f"(found: {', '.join(table.column_names) or 'no columns'}); see the brief format in README.md"
         )
     if ROW_INDEX in table.column_names:

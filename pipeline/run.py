@@ -13,16 +13,19 @@ from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import ray
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from ray.data.expressions import col
 
-from model.generator import GeneratorConfig
+from model.generator import AVGenerator, GeneratorConfig
+from model.replica import make_replica, replica_remote_args_fn
 from pipeline.archive import DAM, ArchiveRenders, ArchiveResult, LocalDAM, is_archived, open_dam, render_key_prefix
 from pipeline.expand import ExpandBriefs
 from pipeline.generate import FailedRender, GenerateClips, GeneratedClip, describe_error, shape_key
@@ -74,9 +77,9 @@ def _concat(refs: list, schema: pa.Schema) -> pa.Table:
     return pa.concat_tables([t.select(schema.names).cast(schema) for t in tables])
 
 
-def plan(briefs_path: str | Path, model_id: str) -> PlanResult:
-    """ingest + expand: a briefs file in, render requests and rejects out."""
-    table = read_briefs_table(briefs_path)
+def plan(briefs_path: str | Path, model_id: str, s3_endpoint: str | None = None) -> PlanResult:
+    """ingest + expand: a briefs file (local or s3://) in, render requests and rejects out."""
+    table = read_briefs_table(briefs_path, s3_endpoint)
     ensure_ray()
     first_row_of = first_row_by_brief_id(
         table.column("brief_id").to_pylist() if "brief_id" in table.column_names else []
@@ -114,7 +117,7 @@ class CampaignConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    briefs: Path
+    briefs: str = Field(description="briefs Parquet file: a local path or s3://bucket/key")
     dam: str = "./dam"
     s3_endpoint: str | None = None
     model: str = "tiny"
@@ -127,6 +130,11 @@ class CampaignConfig(BaseModel):
     profile: str = "web"
     thresholds: ReviewThresholds = ReviewThresholds()
 
+    @field_validator("briefs", mode="before")
+    @classmethod
+    def _path_as_text(cls, value):
+        return os.fspath(value) if isinstance(value, os.PathLike) else value
+
 
 class RenderClips:
     """Actor-pool stage: generate, review and mux in one process, so decoded
@@ -134,8 +142,9 @@ class RenderClips:
     deliverables (MP4, WAV, poster, captions) travel on to archive."""
 
     def __init__(self, generator_config: GeneratorConfig, thresholds: ReviewThresholds, profile: ChannelProfile,
-                 batch_size: int):
-        self.generate = GenerateClips(generator_config, max_batch=batch_size)
+                 batch_size: int, tp_size: int = 1):
+        self.generate = GenerateClips(generator_config, max_batch=batch_size,
+                                      make_generator=replica_factory(tp_size, generator_config.device))
         self.thresholds = thresholds
         self.profile = profile
         # The actor runs two calls at once: one holds the model while the other
@@ -209,21 +218,47 @@ def _manifest_row(request: RenderRequest, status: str, *, error: str | None = No
 
 
 def resolve_device(device: str) -> str:
-    """"auto" means the GPU when this machine has one."""
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
+    """"auto": CUDA when the Ray cluster has GPUs (the driver may run on a head
+    without any), or, with no Ray running, when this machine has one."""
+    if device != "auto":
+        return device
+    if ray.is_initialized():
+        return "cuda" if ray.cluster_resources().get("GPU", 0) > 0 else "cpu"
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def replica_resources(device: str) -> tuple[float, float]:
+    """(owner_cpus, cpus_per_rank) of a tensor-parallel replica. GPU ranks each
+    hold a GPU and a core; CPU ranks (gloo, for trying TP by hand or in tests)
+    share the machine's cores, so they ask for half a core each."""
+    return (1.0, 1.0) if device.startswith("cuda") else (0.5, 0.5)
+
+
+def replica_factory(tp_size: int, device: str) -> Callable[[GeneratorConfig], Any]:
+    """How one model replica is built: in this process at tp_size 1, else as a
+    tensor-parallel group of rank actors (model/replica.py)."""
+    if tp_size == 1:
+        return AVGenerator
+    _, cpus_per_rank = replica_resources(device)
+    return partial(make_replica, tp_size=tp_size, use_gpu=device.startswith("cuda"), cpus_per_rank=cpus_per_rank)
 
 
 def replica_map_batches_args(tp_size: int, replicas: int, device: str) -> dict:
     """How the render stage's actor pool is declared: one actor per model replica.
 
-    At tp_size 1 the actor holds the replica itself and asks for its device.
+    At tp_size 1 the actor holds the replica itself and asks for its device. Above,
+    each actor gets its own STRICT_PACK placement group (owner bundle + one bundle
+    per rank) from ``ray_remote_args_fn`` and starts its rank actors inside it,
+    as Ray's own batch LLM stage does; the actor itself asks for no GPU.
     """
-    resources = {"num_gpus": 1} if device.startswith("cuda") else {"num_cpus": 1}
     pool = ray.data.ActorPoolStrategy(size=replicas, max_concurrent_calls_per_actor=2,
                                       enable_true_multi_threading=True)
-    return {"compute": pool, **resources}
+    use_gpu = device.startswith("cuda")
+    if tp_size == 1:
+        return {"compute": pool, **({"num_gpus": 1} if use_gpu else {"num_cpus": 1})}
+    owner_cpus, cpus_per_rank = replica_resources(device)
+    return {"compute": pool, "num_cpus": owner_cpus, "num_gpus": 0,
+            "ray_remote_args_fn": replica_remote_args_fn(tp_size, use_gpu, cpus_per_rank, owner_cpus)}
 
 
 @dataclass
@@ -295,7 +330,7 @@ def run_campaign(config: CampaignConfig, log: Callable[[str], None] = print, *,
 
 def _run_campaign(config: CampaignConfig, dam: DAM, log: Callable[[str], None],
                   select: Callable[[RenderRequest, dict[str, ManifestRow]], bool] | None) -> CampaignResult:
-    planned = plan(config.briefs, model_id=config.model)
+    planned = plan(config.briefs, model_id=config.model, s3_endpoint=config.s3_endpoint)
     write_plan(planned, config.workdir)
     log(f"planned {planned.requests.num_rows} renders from {planned.briefs_valid}/{planned.briefs_read} briefs "
         f"({planned.rejects.num_rows} rejects in {config.workdir / 'rejects.parquet'})")
@@ -333,7 +368,7 @@ def _run_campaign(config: CampaignConfig, dam: DAM, log: Callable[[str], None],
                 RenderClips,
                 fn_constructor_kwargs={"generator_config": generator_config, "thresholds": config.thresholds,
                                        "profile": CHANNEL_PROFILES[config.profile],
-                                       "batch_size": config.batch_size},
+                                       "batch_size": config.batch_size, "tp_size": config.tp_size},
                 batch_size=config.batch_size, batch_format="pyarrow",
                 **replica_map_batches_args(config.tp_size, config.replicas, generator_config.device),
             )

@@ -82,3 +82,13 @@ def test_generate_one_clip_by_hand(tmp_path):
 def test_generate_rejects_a_non_mp4_output(tmp_path):
     proc = paddock("generate", "--prompt", "x", "--out", "clip.mov", cwd=tmp_path)
     assert_one_line_error(proc, "--out clip.mov", ".mp4")
+
+
+def test_serve_refuses_to_start_without_a_token(tmp_path):
+    proc = paddock("serve", "--dam", "dam", cwd=tmp_path)
+    assert_one_line_error(proc, "PADDOCK_API_TOKEN is not set", "--insecure-local")
+
+
+def test_serve_insecure_local_binds_loopback_only(tmp_path):
+    proc = paddock("serve", "--insecure-local", "--host", "0.0.0.0", cwd=tmp_path)
+    assert_one_line_error(proc, "loopback only", "0.0.0.0")

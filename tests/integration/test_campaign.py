@@ -39,7 +39,8 @@ def write_briefs(path):
 def test_campaign_lands_in_s3_and_reruns_upload_nothing(ray_session, s3_endpoint, tmp_path):
     s3 = boto3.client("s3", endpoint_url=s3_endpoint)
     s3.create_bucket(Bucket="dam")
-    config = CampaignConfig(briefs=write_briefs(tmp_path / "briefs.parquet"), dam="s3://dam/ads",
+    s3.upload_file(str(write_briefs(tmp_path / "briefs.parquet")), "dam", "incoming/briefs.parquet")
+    config = CampaignConfig(briefs="s3://dam/incoming/briefs.parquet", dam="s3://dam/ads",
                             s3_endpoint=s3_endpoint, workdir=tmp_path / "work", model="tiny", device="cpu")
     logged: list[str] = []
     result = run_campaign(config, log=logged.append)
@@ -84,7 +85,7 @@ def test_campaign_lands_in_s3_and_reruns_upload_nothing(ray_session, s3_endpoint
     assert [e["eventType"] for e in events] == ["START", "COMPLETE", "START", "COMPLETE"]
     complete = events[1]
     assert complete["job"]["facets"]["jobType"]["jobType"] == "CAMPAIGN_BATCH"
-    assert complete["inputs"][0]["name"].endswith("briefs.parquet")
+    assert (complete["inputs"][0]["namespace"], complete["inputs"][0]["name"]) == ("s3://dam", "incoming/briefs.parquet")
     assert complete["outputs"][0]["namespace"] == "s3://dam" and complete["outputs"][0]["name"] == "ads"
     assert complete["outputs"][0]["outputFacets"]["outputStatistics"]["rowCount"] == 3
 
@@ -113,3 +114,22 @@ def test_a_failing_render_becomes_a_failure_row_and_the_job_goes_on(ray_session,
         assert_valid(validator, event)
     assert [e["eventType"] for e in events] == ["START", "FAIL"]
     assert "1 of 2 renders failed" in events[1]["run"]["facets"]["errorMessage"]["message"]
+
+
+def test_a_tensor_parallel_pool_renders_the_campaign(ray_session, tmp_path):
+    """tp_size 2 on CPU: each render actor owns a placement group with two gloo rank actors."""
+    pq.write_table(pa.Table.from_pylist([BRIEFS[1]], schema=BRIEF_ARROW_SCHEMA), tmp_path / "briefs.parquet")
+    config = CampaignConfig(briefs=tmp_path / "briefs.parquet", dam=str(tmp_path / "dam"), workdir=tmp_path / "work",
+                            model="tiny", device="cpu", tp_size=2)
+    result = run_campaign(config, log=lambda line: None)
+    assert [r.status for r in result.manifest] == ["done"], [r.error for r in result.manifest]
+    assert result.manifest[0].timings_s["denoise"] > 0
+    assert list((tmp_path / "dam").rglob(f"{result.manifest[0].render_id}.mp4"))
+
+
+def test_a_missing_s3_briefs_file_is_one_clear_error(s3_endpoint):
+    from pipeline.ingest import BriefsFileError, read_briefs_table
+
+    boto3.client("s3", endpoint_url=s3_endpoint).create_bucket(Bucket="empty")
+    with pytest.raises(BriefsFileError, match=r"s3://empty/nope.parquet: cannot read the briefs file \(NoSuchKey\)"):
+        read_briefs_table("s3://empty/nope.parquet", s3_endpoint)

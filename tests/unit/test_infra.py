@@ -230,7 +230,10 @@ def test_rayservice_builds_the_serve_app_on_exactly_its_gpus():
     module, _, attr_name = app["import_path"].partition(":")
     assert module == "jobs.serve_app" and attr_name == "build_app"
     args = app["args"]
-    assert set(args) == {"model", "checkpoint_dir", "dam", "tp", "replicas"}
+    from jobs.serve_app import ServeConfig
+
+    config = ServeConfig.model_validate(args)  # the app's own contract: no unknown or malformed arg
+    assert config.device == "cuda", "auto would decide before the GPU workers have joined"
     cluster = RAYSERVICE["spec"]["rayClusterConfig"]
     (gpu,) = _gpu_groups(cluster)
     assert gpu["minReplicas"] == gpu["replicas"] == gpu["maxReplicas"]
