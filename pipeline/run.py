@@ -10,7 +10,8 @@ import tempfile
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
@@ -243,22 +244,37 @@ def replica_factory(tp_size: int, device: str) -> Callable[[GeneratorConfig], An
     return partial(make_replica, tp_size=tp_size, use_gpu=device.startswith("cuda"), cpus_per_rank=cpus_per_rank)
 
 
-def replica_map_batches_args(tp_size: int, replicas: int, device: str) -> dict:
-    """How the render stage's actor pool is declared: one actor per model replica.
+@contextmanager
+def replica_pool(tp_size: int, replicas: int, device: str) -> Iterator[dict]:
+    """The render stage's actor pool, as ``map_batches`` arguments: one actor per model replica.
 
     At tp_size 1 the actor holds the replica itself and asks for its device. Above,
     each actor gets its own STRICT_PACK placement group (owner bundle + one bundle
     per rank) from ``ray_remote_args_fn`` and starts its rank actors inside it,
-    as Ray's own batch LLM stage does; the actor itself asks for no GPU.
+    as Ray's own batch LLM stage does; the actor itself asks for no GPU. Ray keeps
+    a driver's placement groups until the driver exits, so those made here are
+    removed when the block ends.
     """
     pool = ray.data.ActorPoolStrategy(size=replicas, max_concurrent_calls_per_actor=2,
                                       enable_true_multi_threading=True)
     use_gpu = device.startswith("cuda")
     if tp_size == 1:
-        return {"compute": pool, **({"num_gpus": 1} if use_gpu else {"num_cpus": 1})}
+        yield {"compute": pool, **({"num_gpus": 1} if use_gpu else {"num_cpus": 1})}
+        return
     owner_cpus, cpus_per_rank = replica_resources(device)
-    return {"compute": pool, "num_cpus": owner_cpus, "num_gpus": 0,
-            "ray_remote_args_fn": replica_remote_args_fn(tp_size, use_gpu, cpus_per_rank, owner_cpus)}
+    make_remote_args = replica_remote_args_fn(tp_size, use_gpu, cpus_per_rank, owner_cpus)
+    groups = []
+
+    def remote_args() -> dict:
+        args = make_remote_args()
+        groups.append(args["scheduling_strategy"].placement_group)
+        return args
+
+    try:
+        yield {"compute": pool, "num_cpus": owner_cpus, "num_gpus": 0, "ray_remote_args_fn": remote_args}
+    finally:
+        for group in groups:
+            ray.util.remove_placement_group(group)
 
 
 @dataclass
@@ -362,35 +378,36 @@ def _run_campaign(config: CampaignConfig, dam: DAM, log: Callable[[str], None],
         table = pa.Table.from_pylist([r.model_dump() for r in todo], schema=RENDER_REQUEST_ARROW_SCHEMA)
         # One block per replica call, so every replica of the pool gets work.
         blocks = [table.slice(start, config.batch_size) for start in range(0, table.num_rows, config.batch_size)]
-        rendered = (
-            ray.data.from_arrow(blocks)
-            .map_batches(
-                RenderClips,
-                fn_constructor_kwargs={"generator_config": generator_config, "thresholds": config.thresholds,
-                                       "profile": CHANNEL_PROFILES[config.profile],
-                                       "batch_size": config.batch_size, "tp_size": config.tp_size},
-                batch_size=config.batch_size, batch_format="pyarrow",
-                **replica_map_batches_args(config.tp_size, config.replicas, generator_config.device),
+        with replica_pool(config.tp_size, config.replicas, generator_config.device) as pool_args:
+            rendered = (
+                ray.data.from_arrow(blocks)
+                .map_batches(
+                    RenderClips,
+                    fn_constructor_kwargs={"generator_config": generator_config, "thresholds": config.thresholds,
+                                           "profile": CHANNEL_PROFILES[config.profile],
+                                           "batch_size": config.batch_size, "tp_size": config.tp_size},
+                    batch_size=config.batch_size, batch_format="pyarrow",
+                    **pool_args,
+                )
+                .map_batches(ArchiveRenders(dam), batch_format="pyarrow", batch_size=1, num_cpus=0.5)
             )
-            .map_batches(ArchiveRenders(dam), batch_format="pyarrow", batch_size=1, num_cpus=0.5)
-        )
-        started = time.perf_counter()
-        for batch in rendered.iter_batches(batch_format="pyarrow", batch_size=None):
-            for row in batch.to_pylist():
-                request = by_id[row["render_id"]]
-                review = ReviewResult.model_validate_json(row["review_json"]) if row["review_json"] else None
-                archive = ArchiveResult.model_validate_json(row["archive_json"]) if row["archive_json"] else None
-                status = "done" if archive is not None else "failed"
-                manifest[request.render_id] = _manifest_row(
-                    request, status, error=row["error"], review=review, archive=archive,
-                    timings={**dict(row["timings_s"] or []),
-                             **({"archive": row["archive_s"]} if row["archive_s"] is not None else {})},
-                    bytes_from_render=row["assets_bytes"])
-                done = len(manifest) - len(archived)
-                log(f"[{done}/{len(todo)}] {request.brief_id} {request.locale} {request.aspect_ratio} "
-                    f"v{request.variant_index}: {status}"
-                    + (f", {review.review_status}" if review else "") + (f" ({row['error']})" if row["error"] else "")
-                    + f"  {time.perf_counter() - started:.0f}s")
+            started = time.perf_counter()
+            for batch in rendered.iter_batches(batch_format="pyarrow", batch_size=None):
+                for row in batch.to_pylist():
+                    request = by_id[row["render_id"]]
+                    review = ReviewResult.model_validate_json(row["review_json"]) if row["review_json"] else None
+                    archive = ArchiveResult.model_validate_json(row["archive_json"]) if row["archive_json"] else None
+                    status = "done" if archive is not None else "failed"
+                    manifest[request.render_id] = _manifest_row(
+                        request, status, error=row["error"], review=review, archive=archive,
+                        timings={**dict(row["timings_s"] or []),
+                                 **({"archive": row["archive_s"]} if row["archive_s"] is not None else {})},
+                        bytes_from_render=row["assets_bytes"])
+                    done = len(manifest) - len(archived)
+                    log(f"[{done}/{len(todo)}] {request.brief_id} {request.locale} {request.aspect_ratio} "
+                        f"v{request.variant_index}: {status}"
+                        + (f", {review.review_status}" if review else "") + (f" ({row['error']})" if row["error"] else "")
+                        + f"  {time.perf_counter() - started:.0f}s")
 
     rows = [manifest[r.render_id] for r in requests]
     manifest_path, sheet_path = _write_reports(rows, previous, dam, config.workdir)

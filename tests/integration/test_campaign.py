@@ -125,6 +125,9 @@ def test_a_tensor_parallel_pool_renders_the_campaign(ray_session, tmp_path):
     assert [r.status for r in result.manifest] == ["done"], [r.error for r in result.manifest]
     assert result.manifest[0].timings_s["denoise"] > 0
     assert list((tmp_path / "dam").rglob(f"{result.manifest[0].render_id}.mp4"))
+    # The replica's placement group goes with the run; a leak would starve every later job of CPUs.
+    states = [group["state"] for group in ray_session.util.placement_group_table().values()]
+    assert states and set(states) == {"REMOVED"}
 
 
 def test_a_missing_s3_briefs_file_is_one_clear_error(s3_endpoint):
