@@ -51,7 +51,6 @@ from typing import Any, Literal
 
 import boto3
 import pyarrow as pa
-import ray
 from botocore.config import Config
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi import status as http_status

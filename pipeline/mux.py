@@ -16,6 +16,7 @@ size actually encoded.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -178,12 +179,12 @@ def encode_mp4(
     # stderr goes to a file: a pipe nobody drains would fill up and stall the encoder.
     with tempfile.TemporaryFile() as log:
         proc = subprocess.Popen(args, stdin=subprocess.PIPE, stderr=log)
-        try:
+        # ffmpeg may exit early (writing or the flush on close then breaks the pipe);
+        # its status and log say why.
+        with contextlib.suppress(BrokenPipeError):
             for frame in frames:
                 proc.stdin.write(np.ascontiguousarray(frame, dtype=np.uint8).data)
-        except BrokenPipeError:
-            pass  # ffmpeg exited early; its status and log say why
-        finally:
+        with contextlib.suppress(BrokenPipeError):
             proc.stdin.close()
         returncode = proc.wait()
         if returncode != 0:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import sys
 from pathlib import Path
@@ -58,3 +59,12 @@ def ray_session():
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
     return DATA
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint_dir(tmp_path_factory) -> Path:
+    """The MagiHuman test-vector weights as a released checkpoint directory."""
+    path = tmp_path_factory.mktemp("tiny-checkpoint")
+    shutil.copy(DATA / "magihuman-tiny" / "base.weights.safetensors", path / "model.safetensors")
+    shutil.copy(DATA / "magihuman-tiny" / "base.json", path / "config.json")
+    return path

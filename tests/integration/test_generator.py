@@ -13,16 +13,6 @@ from model.magihuman.sizes import FINAL_SIZES
 from model.presets import PRESETS
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_cpu_thread():
-    """One intra-op thread: on a shared 2-core box, two spinning OpenMP threads per process
-    slow these small convolutions down several times."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def generator():
     return AVGenerator(GeneratorConfig(model="tiny", return_latents=True))

@@ -9,9 +9,7 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from urllib.parse import urlparse
 
-import jsonschema
 import pytest
 
 from pipeline.lineage import (

@@ -16,7 +16,6 @@ Any wrong head, kv group or MLP slice moves the output by O(1) (checked with a m
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
@@ -83,29 +82,21 @@ def rank_main(rank: int, store: str, checkpoint: str, out: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def checkpoint_dir(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("tiny-checkpoint")
-    shutil.copy(DATA / "base.weights.safetensors", path / "model.safetensors")
-    shutil.copy(DATA / "base.json", path / "config.json")
-    return path
-
-
-@pytest.fixture(scope="module")
-def rank_results(checkpoint_dir, tmp_path_factory) -> list[dict]:
+def rank_results(tiny_checkpoint_dir, tmp_path_factory) -> list[dict]:
     out = tmp_path_factory.mktemp("tp-out")
-    mp.spawn(rank_main, args=(str(out / "store"), str(checkpoint_dir), str(out)), nprocs=WORLD, join=True)
+    mp.spawn(rank_main, args=(str(out / "store"), str(tiny_checkpoint_dir), str(out)), nprocs=WORLD, join=True)
     return [torch.load(out / f"rank{r}.pt") for r in range(WORLD)]
 
 
 @pytest.fixture(scope="module")
-def reference(checkpoint_dir) -> dict[str, dict[str, torch.Tensor]]:
+def reference(tiny_checkpoint_dir) -> dict[str, dict[str, torch.Tensor]]:
     inputs = make_inputs()
-    return {dtype_name: run_model(load_dit(checkpoint_dir, compute_dtype=dtype), inputs)
+    return {dtype_name: run_model(load_dit(tiny_checkpoint_dir, compute_dtype=dtype), inputs)
             for dtype_name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16))}
 
 
-def test_tp4_has_one_query_head_per_rank_and_replicated_kv_groups(checkpoint_dir):
-    arch = load_dit(checkpoint_dir).arch
+def test_tp4_has_one_query_head_per_rank_and_replicated_kv_groups(tiny_checkpoint_dir):
+    arch = load_dit(tiny_checkpoint_dir).arch
     shards = [head_shard(arch, TPGroup(r, 4)) for r in range(4)]
     assert [s.q for s in shards] == [(0, 1), (1, 2), (2, 3), (3, 4)]
     assert [s.kv for s in shards] == [(0, 1), (0, 1), (1, 2), (1, 2)]

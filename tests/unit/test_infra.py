@@ -132,7 +132,7 @@ def test_image_tag_is_the_package_version_and_every_paddock_pod_uses_it():
                 assert container["image"].startswith("registry.k8s.io/kubectl:v")
             else:
                 assert container["image"] == IMAGE, f"{where}/{container['name']}: {container['image']} != infra/IMAGE"
-    assert f'"$(cat infra/IMAGE)"' in DOCKERFILE  # the build command tags from the same file
+    assert '"$(cat infra/IMAGE)"' in DOCKERFILE  # the build command tags from the same file
 
 
 def test_dockerfile_ray_version_matches_every_cluster():

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
@@ -14,14 +13,6 @@ from model.parallel import TPGroup, check_tp_size, even_range, head_shard, load_
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "magihuman-tiny"
 TINY = PRESETS["tiny"]
-
-
-@pytest.fixture(scope="module")
-def checkpoint_dir(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("tiny-checkpoint")
-    shutil.copy(DATA / "base.weights.safetensors", path / "model.safetensors")
-    shutil.copy(DATA / "base.json", path / "config.json")
-    return path
 
 
 def test_even_range_covers_everything_once():
@@ -47,19 +38,19 @@ def test_15b_heads_at_tp8_give_five_query_heads_and_one_kv_group_per_rank():
     assert [s.kv for s in shards] == [(r, r + 1) for r in range(8)]
 
 
-def test_tp1_shard_is_the_whole_model(checkpoint_dir):
-    full = load_dit(checkpoint_dir)
-    shard = load_dit_shard(checkpoint_dir, TPGroup(0, 1))
+def test_tp1_shard_is_the_whole_model(tiny_checkpoint_dir):
+    full = load_dit(tiny_checkpoint_dir)
+    shard = load_dit_shard(tiny_checkpoint_dir, TPGroup(0, 1))
     full_state, shard_state = full.state_dict(), shard.state_dict()
     assert full_state.keys() == shard_state.keys()
     assert all(torch.equal(full_state[k], shard_state[k]) for k in full_state)
 
 
 @pytest.mark.parametrize("tp_size", [2, 4])
-def test_shards_put_back_together_are_the_checkpoint(checkpoint_dir, tp_size):
+def test_shards_put_back_together_are_the_checkpoint(tiny_checkpoint_dir, tp_size):
     """Concatenating every rank's q / k / v / gate rows and MLP / projection slices rebuilds each tensor."""
-    full = load_dit(checkpoint_dir).state_dict()
-    shards = [load_dit_shard(checkpoint_dir, TPGroup(r, tp_size)).state_dict() for r in range(tp_size)]
+    full = load_dit(tiny_checkpoint_dir).state_dict()
+    shards = [load_dit_shard(tiny_checkpoint_dir, TPGroup(r, tp_size)).state_dict() for r in range(tp_size)]
     hq, hkv, d = TINY.num_heads_q, TINY.num_heads_kv, TINY.head_dim
     kv_owners = sorted({head_shard(TINY, TPGroup(r, tp_size)).kv for r in range(tp_size)})
     first_rank_of = {kv: next(r for r in range(tp_size) if head_shard(TINY, TPGroup(r, tp_size)).kv == kv) for kv in kv_owners}
@@ -84,14 +75,14 @@ def test_shards_put_back_together_are_the_checkpoint(checkpoint_dir, tp_size):
             assert torch.equal(torch.cat([parts[first_rank_of[kv]].split(split)[2] for kv in kv_owners]), v)
 
 
-def checkpoint_bytes(checkpoint_dir: Path) -> dict[str, int]:
-    with safe_open(str(checkpoint_dir / "model.safetensors"), framework="pt") as f:
+def checkpoint_bytes(tiny_checkpoint_dir: Path) -> dict[str, int]:
+    with safe_open(str(tiny_checkpoint_dir / "model.safetensors"), framework="pt") as f:
         return {k: f.get_slice(k)[:].numel() * f.get_slice(k)[:].element_size() for k in f.keys()}
 
 
 @pytest.mark.parametrize("tp_size", [2, 4])
-def test_each_rank_reads_one_nth_of_the_sharded_part_plus_the_replicated_part(checkpoint_dir, tp_size):
-    sizes = checkpoint_bytes(checkpoint_dir)
+def test_each_rank_reads_one_nth_of_the_sharded_part_plus_the_replicated_part(tiny_checkpoint_dir, tp_size):
+    sizes = checkpoint_bytes(tiny_checkpoint_dir)
     sharded_names = {n for n in sizes if n.rsplit(".", 2)[-2] in ("linear_qkv", "linear_proj", "up_gate_proj", "down_proj")}
     sharded = sum(sizes[n] for n in sharded_names)
     replicated = sum(sizes.values()) - sharded
@@ -100,7 +91,7 @@ def test_each_rank_reads_one_nth_of_the_sharded_part_plus_the_replicated_part(ch
     qkv_rows = (TINY.num_heads_q + 2 * TINY.num_heads_kv) * TINY.head_dim + TINY.num_heads_q
     kv = sum(sizes[n] * kv_rows // qkv_rows for n in sharded_names if "linear_qkv" in n)
     kv_extra = kv // min(tp_size, TINY.num_heads_kv) - kv // tp_size
-    reports = [load_dit_shard(checkpoint_dir, TPGroup(r, tp_size)).load_report for r in range(tp_size)]
+    reports = [load_dit_shard(tiny_checkpoint_dir, TPGroup(r, tp_size)).load_report for r in range(tp_size)]
     for rank, report in enumerate(reports):
         assert report.replicated_bytes == replicated
         assert report.sharded_bytes == sharded // tp_size + kv_extra, f"rank {rank}"
@@ -110,10 +101,10 @@ def test_each_rank_reads_one_nth_of_the_sharded_part_plus_the_replicated_part(ch
           f"(sharded {sharded} B / {tp_size} + kv replication {kv_extra} B + replicated {replicated} B)")
 
 
-def test_sliced_loading_reads_index_shards_and_zst(checkpoint_dir, tmp_path):
-    full = load_dit(checkpoint_dir)
+def test_sliced_loading_reads_index_shards_and_zst(tiny_checkpoint_dir, tmp_path):
+    full = load_dit(tiny_checkpoint_dir)
     save_checkpoint(full.state_dict(), tmp_path, arch=TINY, max_shard_bytes=1_000_000, compress=True)
-    a = load_dit_shard(checkpoint_dir, TPGroup(1, 2)).state_dict()
+    a = load_dit_shard(tiny_checkpoint_dir, TPGroup(1, 2)).state_dict()
     report = (b := load_dit_shard(tmp_path, TPGroup(1, 2))).load_report
     assert len(report.files) > 1
     assert all(torch.equal(a[k], v) for k, v in b.state_dict().items())
@@ -127,8 +118,8 @@ def test_random_weights_shard_like_the_full_random_model():
     assert torch.equal(shard["final_linear_video.weight"], full["final_linear_video.weight"])
 
 
-def test_checkpoint_of_another_architecture_is_named(checkpoint_dir):
+def test_checkpoint_of_another_architecture_is_named(tiny_checkpoint_dir):
     with pytest.raises(CheckpointError, match="linear_qkv.weight.*shape"):
-        load_dit_shard(checkpoint_dir, TPGroup(0, 2), arch=TINY.replace(num_query_groups=4))
+        load_dit_shard(tiny_checkpoint_dir, TPGroup(0, 2), arch=TINY.replace(num_query_groups=4))
     with pytest.raises(ValueError, match="tp_size=3"):
-        load_dit_shard(checkpoint_dir, TPGroup(0, 3))
+        load_dit_shard(tiny_checkpoint_dir, TPGroup(0, 3))

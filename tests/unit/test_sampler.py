@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from model.magihuman import Guidance, denoise, load_dit, prepare_sr_latents
+from model.magihuman import denoise, load_dit, prepare_sr_latents
 from model.magihuman.sampler import make_scheduler, zero_snr_signal_levels
 
 

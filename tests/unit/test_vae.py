@@ -7,16 +7,6 @@ from model.magihuman.audio_vae import AudioVAE, resample
 from model.magihuman.video_vae import VideoVAE, fit_frames
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_cpu_thread():
-    """One intra-op thread: on a shared 2-core box, two spinning OpenMP threads per process
-    slow these small convolutions down several times."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def video_vae():
     return VideoVAE.tiny()
