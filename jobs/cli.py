@@ -25,10 +25,14 @@ USER_ERRORS = (BriefsFileError, CliError, DAMError)
 
 
 def _plan(args: argparse.Namespace) -> int:
+    from pipeline.ingest import read_briefs_table
+
+    # A bad file or output path fails here, before the model stack is even imported.
+    briefs = read_briefs_table(args.briefs)
+    Path(args.out).mkdir(parents=True, exist_ok=True)
     from pipeline.run import plan, write_plan
 
-    Path(args.out).mkdir(parents=True, exist_ok=True)  # fail before any work when it cannot be written
-    result = plan(args.briefs, model_id=args.model)
+    result = plan(briefs, model_id=args.model)
     requests_path, rejects_path = write_plan(result, args.out)
     print(
         f"paddock plan: {result.briefs_read} briefs read, {result.briefs_valid} valid, "

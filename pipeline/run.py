@@ -78,9 +78,10 @@ def _concat(refs: list, schema: pa.Schema) -> pa.Table:
     return pa.concat_tables([t.select(schema.names).cast(schema) for t in tables])
 
 
-def plan(briefs_path: str | Path, model_id: str, s3_endpoint: str | None = None) -> PlanResult:
-    """ingest + expand: a briefs file (local or s3://) in, render requests and rejects out."""
-    table = read_briefs_table(briefs_path, s3_endpoint)
+def plan(briefs: str | Path | pa.Table, model_id: str, s3_endpoint: str | None = None) -> PlanResult:
+    """ingest + expand: a briefs file (local or s3://, or the table read_briefs_table made
+    of it) in, render requests and rejects out."""
+    table = briefs if isinstance(briefs, pa.Table) else read_briefs_table(briefs, s3_endpoint)
     ensure_ray()
     first_row_of = first_row_by_brief_id(
         table.column("brief_id").to_pylist() if "brief_id" in table.column_names else []
