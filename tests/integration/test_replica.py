@@ -80,9 +80,9 @@ def test_a_bad_request_fails_on_every_rank_alike_and_keeps_the_group(replica):
 SLOW_MODEL = DiTModel(arch="tiny", compute_dtype="float32", seed=3, steps=40)
 
 
-def slow_requests(first_seed: int) -> list[DenoiseRequest]:
-    """Enough work (~1 s on an idle core) to kill a rank while it runs."""
-    return [request(first_seed + i, frames=6, height=8, width=8, audio=21) for i in range(2)]
+def slow_requests(first_seed: int, frames: int = 6) -> list[DenoiseRequest]:
+    """Enough work (~1 s on an idle core at 6 frames) to kill a rank while it runs."""
+    return [request(first_seed + i, frames=frames, height=8, width=8, audio=4 * frames - 3) for i in range(2)]
 
 
 def kill_rank_mid_call(replica: TPReplica, rank: int) -> None:
@@ -126,7 +126,9 @@ def test_pool_ends_every_request_done_or_failed_with_a_reason(ray_session, max_r
     (or on the rebuilt one), without one its requests come back as FailedRequest naming the dead rank."""
     pool = ReplicaPool(SLOW_MODEL, CONFIG, num_replicas=2, max_retries=max_retries)
     try:
-        requests = slow_requests(20) + slow_requests(30)
+        # Calls several seconds long: the killer's progress polls answer slowly on a loaded
+        # machine, and a kill that lands after the call would test nothing.
+        requests = slow_requests(20, frames=24) + slow_requests(30, frames=24)
         killer = threading.Thread(target=kill_rank_mid_call, args=(pool.replicas[0], 1))
         killer.start()
         results = pool.generate(requests, batches=[[0, 1], [2, 3]])
