@@ -10,7 +10,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from pipeline.archive import DAMError
-from pipeline.ingest import BriefsFileError
+from pipeline.ingest import BriefsFileError, read_briefs_table
 from schemas.brief import ASPECT_RATIOS, RESOLUTIONS
 
 DEFAULT_MODEL = "tiny"
@@ -25,8 +25,6 @@ USER_ERRORS = (BriefsFileError, CliError, DAMError)
 
 
 def _plan(args: argparse.Namespace) -> int:
-    from pipeline.ingest import read_briefs_table
-
     # A bad file or output path fails here, before the model stack is even imported.
     briefs = read_briefs_table(args.briefs)
     Path(args.out).mkdir(parents=True, exist_ok=True)
