@@ -14,6 +14,7 @@ from pipeline.ingest import BriefsFileError, read_briefs_table
 from schemas.brief import ASPECT_RATIOS, RESOLUTIONS
 
 DEFAULT_MODEL = "tiny"
+MODELS = ("tiny", "magihuman-distill", "magihuman-base")
 
 
 class CliError(Exception):
@@ -26,7 +27,7 @@ USER_ERRORS = (BriefsFileError, CliError, DAMError)
 
 def _plan(args: argparse.Namespace) -> int:
     # A bad file or output path fails here, before the model stack is even imported.
-    briefs = read_briefs_table(args.briefs)
+    briefs = read_briefs_table(args.briefs, args.s3_endpoint)
     Path(args.out).mkdir(parents=True, exist_ok=True)
     from pipeline.run import plan, write_plan
 
@@ -68,15 +69,22 @@ def _report(result, command: str) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from pipeline.run import run_campaign
+    from pipeline.run import RunSetupError, run_campaign
 
-    return _report(run_campaign(_campaign_config(args)), "run")
+    try:
+        return _report(run_campaign(_campaign_config(args)), "run")
+    except RunSetupError as exc:
+        raise CliError(str(exc)) from None
 
 
 def _localize(args: argparse.Namespace) -> int:
     from jobs.localize import localize
+    from pipeline.run import RunSetupError
 
-    return _report(localize(_campaign_config(args)), "localize")
+    try:
+        return _report(localize(_campaign_config(args)), "localize")
+    except RunSetupError as exc:
+        raise CliError(str(exc)) from None
 
 
 def _submit(args: argparse.Namespace) -> int:
@@ -135,7 +143,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _add_model_args(cmd: argparse.ArgumentParser) -> None:
-    cmd.add_argument("--model", default=DEFAULT_MODEL, help="tiny | magihuman-distill | magihuman-base (default: %(default)s)")
+    cmd.add_argument("--model", default=DEFAULT_MODEL, choices=MODELS, help="(default: %(default)s)")
     cmd.add_argument("--checkpoint-dir", type=Path, default=None, help="folder with the released weights (see README)")
     cmd.add_argument("--device", default="auto", help="auto | cpu | cuda (default: %(default)s)")
     cmd.add_argument("--tp", type=int, default=1, help="tensor-parallel ranks per replica (default: %(default)s)")
@@ -160,7 +168,9 @@ def build_parser() -> argparse.ArgumentParser:
     plan_cmd = commands.add_parser("plan", help="validate briefs and fan them out into render requests")
     plan_cmd.add_argument("briefs", help="briefs Parquet file")
     plan_cmd.add_argument("--out", required=True, help="directory for requests.parquet and rejects.parquet")
-    plan_cmd.add_argument("--model", default=DEFAULT_MODEL, help="model id the requests are planned for (default: %(default)s)")
+    plan_cmd.add_argument("--model", default=DEFAULT_MODEL, choices=MODELS,
+                          help="model the requests are planned for (default: %(default)s)")
+    plan_cmd.add_argument("--s3-endpoint", default=None, help="endpoint URL of an S3-compatible store (for s3:// briefs)")
     plan_cmd.set_defaults(handler=_plan)
 
     run_cmd = commands.add_parser("run", help="make, review, encode and archive every clip of a briefs file")
@@ -228,6 +238,14 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:  # an output path that cannot be written, a disk that is full
         print(f"paddock {args.command}: error: {exc.strerror or exc}: {exc.filename or ''}", file=sys.stderr)
         return 2
+    except Exception as exc:
+        if not type(exc).__module__.startswith("ray."):
+            raise
+        # An error raised in a Ray worker: its last line is the worker's own exception.
+        lines = [line for line in str(exc).strip().splitlines() if line.strip()]
+        print(f"paddock {args.command}: error in a Ray worker: {lines[-1] if lines else type(exc).__name__}",
+              file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"paddock {args.command}: interrupted", file=sys.stderr)
         return 130

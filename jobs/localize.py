@@ -22,7 +22,9 @@ def localize(config: CampaignConfig, log=print) -> CampaignResult:
     previous = read_dam_manifest(open_dam(config.dam, s3_endpoint=config.s3_endpoint))
     if not previous:
         raise DAMError(f"{config.dam}: no manifest.parquet from an earlier run; run `paddock run` first")
-    rendered_locales = {(row.campaign_id, row.brief_id, row.locale) for row in previous.values()}
+    # A locale that failed last time is not rendered yet: it is tried again.
+    rendered_locales = {(row.campaign_id, row.brief_id, row.locale) for row in previous.values()
+                        if row.status != "failed"}
 
     def is_new_locale(request, _previous) -> bool:
         return (request.campaign_id, request.brief_id, request.locale) not in rendered_locales

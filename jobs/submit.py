@@ -28,7 +28,11 @@ def submit_campaign(address: str, job: str, run_args: list[str], wait: bool = Fa
     run_args = [a for a in run_args if a != "--"]
     if not run_args:
         raise CliError("give the briefs file and the options of `paddock run` after the submit options")
-    build_parser().parse_args(["run", *run_args])  # a typo fails here, not on the cluster
+    parsed = build_parser().parse_args(["run", *run_args])  # a typo fails here, not on the cluster
+    for flag, value in (("BRIEFS", parsed.briefs), ("--dam", parsed.dam)):
+        if not str(value).startswith("s3://"):
+            print(f"paddock submit: warning: {flag} {value} is a path on the cluster's nodes, not on this "
+                  "machine; a multi-node cluster wants s3:// here", file=sys.stderr)
     try:
         client = JobSubmissionClient(address)
     except (ConnectionError, RuntimeError, ValueError) as exc:

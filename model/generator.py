@@ -87,6 +87,21 @@ class GeneratorConfig(BaseModel):
             return _DTYPES[self.dtype]
         return torch.bfloat16 if self.device.startswith("cuda") else torch.float32
 
+    def released_paths(self) -> dict[str, Path]:
+        """Every component folder of a released preset, checked up front (by a replica, and by a
+        job's driver before any work) so a missing one fails before anything loads."""
+        preset = get_preset(self.model)
+        components = ["dit", "text_encoder", "video_vae", "audio_vae"]
+        components += [SR_COMPONENT[r] for r in self.sr_resolutions]
+        paths = {c: self.component_path(preset, c) for c in components}
+        missing = [f"{c}: {p}" for c, p in paths.items() if not p.is_dir()]
+        if missing:
+            raise FileNotFoundError(
+                f"model {preset.name!r} is missing components (expected folders): {'; '.join(missing)}. "
+                "See model/presets.py for the repositories they come from."
+            )
+        return paths
+
     def component_path(self, preset: ModelPreset, component: str) -> Path:
         if component in self.paths:
             return Path(self.paths[component])
@@ -169,7 +184,7 @@ class AVGenerator:
             self.audio_vae = AudioVAE.tiny(tiny.audio_vae, device=self.device)
             self.dit = load_dit(None, arch=preset.dit_arch, device=self.device, compute_dtype=self.dtype, seed=0)
         else:
-            paths = self._released_paths()
+            paths = config.released_paths()
             self.text_encoder = TextEncoder.from_pretrained(
                 paths["text_encoder"], preset.negative_prompt, self.device, self.dtype, config.text_cache_size
             )
@@ -183,19 +198,6 @@ class AVGenerator:
             )
         self._sr_dits: dict[str, MagiHumanDiT] = {}
         log.info("generator %r ready on %s (%s)", preset.name, self.device, self.dtype)
-
-    def _released_paths(self) -> dict[str, Path]:
-        """Every component's folder, checked up front so a missing one fails before any loading."""
-        components = ["dit", "text_encoder", "video_vae", "audio_vae"]
-        components += [SR_COMPONENT[r] for r in self.config.sr_resolutions]
-        paths = {c: self.config.component_path(self.preset, c) for c in components}
-        missing = [f"{c}: {p}" for c, p in paths.items() if not p.is_dir()]
-        if missing:
-            raise FileNotFoundError(
-                f"model {self.preset.name!r} is missing components (expected folders): {'; '.join(missing)}. "
-                "See model/presets.py for the repositories they come from."
-            )
-        return paths
 
     def _load_released_dit(self, path: Path, preset_arch: ArchConfig) -> MagiHumanDiT:
         # A checkpoint's own config.json says what it is; the preset's architecture is the fallback.

@@ -162,7 +162,8 @@ class ValidateBriefs:
 
         if brief_id is not None and self.first_row_of.get(brief_id, row_index) != row_index:
             first = self.first_row_of[brief_id]
-            return [reject(f"brief_id: duplicate (got {brief_id!r}, first at row {first}, which is kept)")]
+            return [reject(f"brief_id: duplicate (got {brief_id!r}, which row {first} already uses; "
+                           "only that row can make it)")]
         try:
             # Parquet null means "not given": the field's default applies.
             given = {k: v for k, v in row.items() if k != ROW_INDEX and v is not None}

@@ -22,10 +22,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import ray
 import torch
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from ray.data.expressions import col
 
 from model.generator import AVGenerator, GeneratorConfig
+from model.presets import get_preset
 from model.replica import make_replica, replica_remote_args_fn
 from pipeline.archive import DAM, ArchiveRenders, ArchiveResult, LocalDAM, is_archived, open_dam, render_key_prefix
 from pipeline.expand import ExpandBriefs
@@ -46,20 +47,42 @@ CONTACT_SHEET_KEY = "contact_sheet.html"
 PLAN_BLOCK_ROWS = 5_000
 
 
+logger = logging.getLogger(__name__)
+
+# Whether ensure_ray started this process's Ray itself (no cluster autoscaler to wait for).
+_started_local_instance = False
+
+
 def ensure_ray(address: str | None = None) -> None:
     """Join the cluster at ``address`` (or RAY_ADDRESS), else start a local instance.
 
     Never joins a cluster by surprise: without an address, a fresh local
     instance starts even when another Ray runs on this machine.
     """
+    global _started_local_instance
     if not ray.is_initialized():
-        ray.init(address=address or os.environ.get("RAY_ADDRESS") or "local", include_dashboard=False,
-                 logging_level="WARNING", configure_logging=True)
-    ctx = ray.data.DataContext.get_current()
+        address = address or os.environ.get("RAY_ADDRESS") or "local"
+        ray.init(address=address, include_dashboard=False, logging_level="WARNING", configure_logging=True)
+        _started_local_instance = address == "local"
     # paddock prints its own progress; Ray Data's per-operator log lines drown it.
-    ctx.enable_progress_bars = False
-    ctx.execution_options.preserve_order = True
+    ray.data.DataContext.get_current().enable_progress_bars = False
     logging.getLogger("ray.data").setLevel(logging.WARNING)
+
+
+class RunSetupError(ValueError):
+    """The job cannot start as configured; the message names the setting and the fix."""
+
+
+@contextmanager
+def _rows_in_input_order() -> Iterator[None]:
+    """Planning keeps the briefs file's order; rendering must not (a finished clip
+    would wait for every earlier one before it is archived)."""
+    options = ray.data.DataContext.get_current().execution_options
+    before, options.preserve_order = options.preserve_order, True
+    try:
+        yield
+    finally:
+        options.preserve_order = before
 
 
 @dataclass
@@ -86,19 +109,20 @@ def plan(briefs: str | Path | pa.Table, model_id: str, s3_endpoint: str | None =
     first_row_of = first_row_by_brief_id(
         table.column("brief_id").to_pylist() if "brief_id" in table.column_names else []
     )
-    blocks = [table.slice(start, PLAN_BLOCK_ROWS) for start in range(0, max(table.num_rows, 1), PLAN_BLOCK_ROWS)]
-    validated = (
-        ray.data.from_arrow(blocks)
-        .map_batches(ValidateBriefs(first_row_of), batch_format="pyarrow", batch_size=None)
-        .materialize()
-    )
-    valid = validated.filter(expr=col("reason").is_null())
-    rejects = _concat(validated.filter(expr=col("reason").is_not_null()).to_arrow_refs(), REJECTS_SCHEMA)
-    requests = _concat(
-        valid.map_batches(ExpandBriefs(model_id), batch_format="pyarrow", batch_size=None).to_arrow_refs(),
-        RENDER_REQUEST_ARROW_SCHEMA,
-    )
-    reasons = Counter(reason_category(r) for r in rejects.column("reason").to_pylist())
+    with _rows_in_input_order():
+        blocks = [table.slice(start, PLAN_BLOCK_ROWS) for start in range(0, max(table.num_rows, 1), PLAN_BLOCK_ROWS)]
+        validated = (
+            ray.data.from_arrow(blocks)
+            .map_batches(ValidateBriefs(first_row_of), batch_format="pyarrow", batch_size=None)
+            .materialize()
+        )
+        valid = validated.filter(expr=col("reason").is_null())
+        rejects = _concat(validated.filter(expr=col("reason").is_not_null()).to_arrow_refs(), REJECTS_SCHEMA)
+        requests = _concat(
+            valid.map_batches(ExpandBriefs(model_id), batch_format="pyarrow", batch_size=None).to_arrow_refs(),
+            RENDER_REQUEST_ARROW_SCHEMA,
+        )
+        reasons = Counter(reason_category(r) for r in rejects.column("reason").to_pylist())
     return PlanResult(requests, rejects, table.num_rows, valid.count(), reasons)
 
 
@@ -291,11 +315,43 @@ class CampaignResult:
         return [row for row in self.manifest if row.status == "failed"]
 
 
+def _generator_config(config: CampaignConfig, todo: list[RenderRequest]) -> GeneratorConfig:
+    """The replicas' generator, checked in the driver before any actor starts: a model
+    that cannot be built, or GPUs the cluster does not have, fail here in one line."""
+    device = resolve_device(config.device)
+    try:
+        generator_config = GeneratorConfig(
+            model=config.model, checkpoint_dir=config.checkpoint_dir, device=device,
+            sr_resolutions=tuple(sorted({r.resolution for r in todo} - {"256p"})))
+        if get_preset(config.model).tiny is None:
+            generator_config.released_paths()
+    except (ValueError, FileNotFoundError) as exc:
+        raise RunSetupError(f"--model {config.model}: {exc}") from None
+    if device.startswith("cuda"):
+        gpus = ray.cluster_resources().get("GPU", 0)
+        if gpus < config.tp_size:
+            needs = f"this Ray has {gpus:g} GPUs and a replica needs {config.tp_size} (--tp)"
+            if _started_local_instance:
+                raise RunSetupError(f"--device {device}: {needs}; use --device cpu, or a machine or cluster "
+                                    "with GPUs (RAY_ADDRESS)")
+            logger.warning("%s; waiting for the cluster's autoscaler to add GPU nodes", needs)
+    return generator_config
+
+
 def _already_archived(dam: DAM, requests: list[RenderRequest]) -> dict[str, dict]:
-    """render_id -> completion record, for renders a previous run finished."""
+    """render_id -> completion record, for renders a previous run finished (a record whose
+    review no longer reads as a ReviewResult is treated as not finished: the render is redone)."""
     def check(request: RenderRequest):
         prefix = render_key_prefix(request.campaign_id, request.brief_id, request.locale, request.aspect_ratio)
-        return request.render_id, is_archived(dam, prefix, request.render_id)
+        record = is_archived(dam, prefix, request.render_id)
+        try:
+            if record is not None and record.get("review"):
+                ReviewResult.model_validate(record["review"])
+        except ValidationError:
+            logger.warning("%s: the completion record of %s has an unreadable review; redoing it",
+                           dam.uri, request.render_id)
+            record = None
+        return request.render_id, record
 
     with ThreadPoolExecutor(max_workers=16) as pool:
         return {render_id: record for render_id, record in pool.map(check, requests) if record is not None}
@@ -374,8 +430,7 @@ def _run_campaign(config: CampaignConfig, dam: DAM, log: Callable[[str], None],
     if todo:
         # Grouped by shape so a replica's batches share latent sizes.
         todo.sort(key=shape_key)
-        generator_config = GeneratorConfig(model=config.model, checkpoint_dir=config.checkpoint_dir,
-                                           device=resolve_device(config.device))
+        generator_config = _generator_config(config, todo)
         table = pa.Table.from_pylist([r.model_dump() for r in todo], schema=RENDER_REQUEST_ARROW_SCHEMA)
         # One block per replica call, so every replica of the pool gets work.
         blocks = [table.slice(start, config.batch_size) for start in range(0, table.num_rows, config.batch_size)]
@@ -411,7 +466,7 @@ def _run_campaign(config: CampaignConfig, dam: DAM, log: Callable[[str], None],
                         + f"  {time.perf_counter() - started:.0f}s")
 
     rows = [manifest[r.render_id] for r in requests]
-    manifest_path, sheet_path = _write_reports(rows, previous, dam, config.workdir)
+    manifest_path, sheet_path = _write_reports(rows, dam, config.workdir)
     return CampaignResult(planned, rows, manifest_path, sheet_path, dam.uri)
 
 
@@ -428,8 +483,7 @@ def _put_if_changed(dam: DAM, key: str, data: bytes) -> None:
         dam.put_bytes(key, data)
 
 
-def _write_reports(rows: list[ManifestRow], previous: dict[str, ManifestRow], dam: DAM,
-                   workdir: Path) -> tuple[Path, Path]:
+def _write_reports(rows: list[ManifestRow], dam: DAM, workdir: Path) -> tuple[Path, Path]:
     """This run's manifest.parquet and contact_sheet.html in the work directory; then, last, the
     DAM's: every render the DAM holds, this run's merged into what earlier runs recorded."""
     manifest_path = workdir / "manifest.parquet"
@@ -438,6 +492,8 @@ def _write_reports(rows: list[ManifestRow], previous: dict[str, ManifestRow], da
     local_root = dam.root.resolve().as_uri() + "/" if isinstance(dam, LocalDAM) else ""
     sheet_path.write_text(contact_sheet_html(rows, asset_base=local_root), encoding="utf-8")
 
+    # Read again: another job may have written the DAM's manifest since this one started.
+    previous = read_dam_manifest(dam)
     merged = dict(previous)
     for row in rows:
         # A render skipped here keeps the row of the run that made it.

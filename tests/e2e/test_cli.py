@@ -92,3 +92,19 @@ def test_serve_refuses_to_start_without_a_token(tmp_path):
 def test_serve_insecure_local_binds_loopback_only(tmp_path):
     proc = paddock("serve", "--insecure-local", "--host", "0.0.0.0", cwd=tmp_path)
     assert_one_line_error(proc, "loopback only", "0.0.0.0")
+
+
+def test_run_with_a_model_it_cannot_build_is_one_clear_error(tmp_path):
+    proc = paddock("run", str(ROOT / "examples" / "briefs.parquet"), "--model", "magihuman-distill",
+                   "--checkpoint-dir", "weights", "--dam", "dam", "--workdir", "work", cwd=tmp_path)
+    last = [line for line in proc.stderr.splitlines() if line.strip()][-1]
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert last.startswith("paddock run: error: --model magihuman-distill:") and "weights/distill" in last
+
+
+def test_run_on_gpus_this_machine_lacks_is_one_clear_error(tmp_path):
+    proc = paddock("run", str(ROOT / "examples" / "briefs.parquet"), "--device", "cuda", "--dam", "dam",
+                   "--workdir", "work", cwd=tmp_path)
+    last = [line for line in proc.stderr.splitlines() if line.strip()][-1]
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert "--device cuda: this Ray has 0 GPUs and a replica needs 1" in last

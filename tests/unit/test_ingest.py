@@ -93,7 +93,7 @@ def test_duplicate_brief_id_keeps_the_first():
     assert json.loads(valid[0]["brief_json"])["prompt"] == "first"
     assert len(rejects) == 1 and rejects[0]["row_index"] == 2
     assert rejects[0]["reason"].startswith("brief_id: duplicate")
-    assert "first at row 0" in rejects[0]["reason"]
+    assert "row 0 already uses" in rejects[0]["reason"]
 
 
 def test_unsupported_language_rejects_that_locale_only():
