@@ -11,7 +11,7 @@ from pydantic import ValidationError
 
 from pipeline.archive import DAMError
 from pipeline.ingest import BriefsFileError, read_briefs_table
-from schemas.brief import ASPECT_RATIOS, RESOLUTIONS
+from schemas.formats import ASPECT_RATIOS, RESOLUTIONS
 
 DEFAULT_MODEL = "tiny"
 MODELS = ("tiny", "magihuman-distill", "magihuman-base")

@@ -26,7 +26,7 @@ def localize(config: CampaignConfig, log=print) -> CampaignResult:
     rendered_locales = {(row.campaign_id, row.brief_id, row.locale) for row in previous.values()
                         if row.status != "failed"}
 
-    def is_new_locale(request, _previous) -> bool:
+    def is_new_locale(request) -> bool:
         return (request.campaign_id, request.brief_id, request.locale) not in rendered_locales
 
     return run_campaign(config, log, job_type=JobType.LOCALIZATION, select=is_new_locale)

@@ -34,7 +34,6 @@ from pydantic import BaseModel, ConfigDict, Field
 from pipeline.media import FFmpegError, ffmpeg_exe, load_audio, write_raw_audio
 from pipeline.review import integrated_loudness, luma_thumbnails, true_peak_dbtp
 from schemas.brief import DialogueLine
-from schemas.render import FPS
 
 OUTPUT_SAMPLE_RATE = 48000
 
@@ -329,54 +328,3 @@ def mux_clip(
         loudnorm_input_lufs=input_lufs,
         loudnorm_mode=loudnorm_mode,
     )
-
-
-MUX_COLUMNS = (
-    "mp4_path", "wav_path", "poster_path", "vtt_path", "encoded_width", "encoded_height",
-    "output_lufs", "output_true_peak_dbtp",
-)  # fmt: skip
-
-
-class MuxStage:
-    """Batch wrapper: muxes every clip of a batch of columns into `out_dir`.
-
-    Reads `render_id` (the file stem), `frames`, `audio`, `sample_rate`,
-    `dialogue`, `review_speech_spans` and, if present, `fps` (default 25).
-    Adds `mp4_path`, `wav_path`, `poster_path`, `vtt_path` (str), `encoded_width`,
-    `encoded_height`, `output_lufs`, `output_true_peak_dbtp`.
-    """
-
-    def __init__(self, out_dir: str | Path, profile: ChannelProfile | None = None):
-        self.out_dir = Path(out_dir)
-        self.profile = profile or ChannelProfile()
-
-    def __call__(self, batch: Mapping[str, Sequence[Any]]) -> dict[str, list[Any]]:
-        rows = []
-        for i, render_id in enumerate(batch["render_id"]):
-            assets = mux_clip(
-                np.asarray(batch["frames"][i]),
-                np.asarray(batch["audio"][i]),
-                int(batch["sample_rate"][i]),
-                float(batch["fps"][i]) if "fps" in batch else float(FPS),
-                self.out_dir,
-                render_id,
-                dialogue=list(batch["dialogue"][i]),
-                speech_spans=[tuple(span) for span in batch["review_speech_spans"][i]],
-                profile=self.profile,
-            )
-            rows.append(
-                {
-                    "mp4_path": str(assets.mp4_path),
-                    "wav_path": str(assets.wav_path),
-                    "poster_path": str(assets.poster_path),
-                    "vtt_path": str(assets.vtt_path),
-                    "encoded_width": assets.width,
-                    "encoded_height": assets.height,
-                    "output_lufs": assets.output_lufs,
-                    "output_true_peak_dbtp": assets.output_true_peak_dbtp,
-                }
-            )
-        out: dict[str, list[Any]] = {key: list(values) for key, values in batch.items()}
-        for column in MUX_COLUMNS:
-            out[column] = [row[column] for row in rows]
-        return out

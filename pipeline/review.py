@@ -23,8 +23,8 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from collections.abc import Mapping, Sequence
-from typing import Any, Literal
+from collections.abc import Sequence
+from typing import Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -494,44 +494,3 @@ def with_delivered_loudness(result: ReviewResult, lufs: float | None, true_peak:
         status = "needs_review" if reasons else "auto_approved"
     return result.model_copy(update={"integrated_lufs": lufs, "true_peak_dbtp": true_peak,
                                      "review_reasons": reasons, "review_status": status})
-
-
-class ReviewStage:
-    """Batch wrapper: reviews every clip of a batch of columns and adds `review_*` columns.
-
-    Reads `frames`, `audio`, `sample_rate`, `duration_s`, `width`, `height`,
-    `dialogue` (lists of {"speaker", "line"}), `forbidden_terms` and, if present,
-    `fps` (default 25). Adds `review_status`, `review_reasons` and every other
-    ReviewResult field as `review_<field>`.
-    """
-
-    def __init__(self, thresholds: ReviewThresholds | None = None):
-        self.thresholds = thresholds or ReviewThresholds()
-
-    def __call__(self, batch: Mapping[str, Sequence[Any]]) -> dict[str, list[Any]]:
-        out: dict[str, list[Any]] = {key: list(values) for key, values in batch.items()}
-        results = []
-        for i in range(len(batch["frames"])):
-            expected = ReviewExpectation(
-                duration_s=batch["duration_s"][i],
-                width=batch["width"][i],
-                height=batch["height"][i],
-                fps=batch["fps"][i] if "fps" in batch else FPS,
-                dialogue=list(batch["dialogue"][i]),
-                forbidden_terms=list(batch["forbidden_terms"][i]),
-            )
-            results.append(
-                review_clip(
-                    np.asarray(batch["frames"][i]),
-                    np.asarray(batch["audio"][i]),
-                    int(batch["sample_rate"][i]),
-                    float(expected.fps),
-                    expected,
-                    self.thresholds,
-                )
-            )
-        for field in ReviewResult.model_fields:
-            column = field if field.startswith("review_") else f"review_{field}"
-            out[column] = [getattr(r, field) for r in results]
-        out["review_speech_spans"] = [[list(span) for span in r.speech_spans] for r in results]
-        return out

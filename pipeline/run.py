@@ -338,23 +338,31 @@ def _generator_config(config: CampaignConfig, todo: list[RenderRequest]) -> Gene
     return generator_config
 
 
-def _already_archived(dam: DAM, requests: list[RenderRequest]) -> dict[str, dict]:
-    """render_id -> completion record, for renders a previous run finished (a record whose
-    review no longer reads as a ReviewResult is treated as not finished: the render is redone)."""
-    def check(request: RenderRequest):
+def _already_archived(dam: DAM, requests: list[RenderRequest]) -> dict[str, ManifestRow]:
+    """render_id -> its "skipped" manifest row, for renders a previous run finished. A
+    record whose review no longer reads as a ReviewResult counts as not finished: the
+    render is redone."""
+    def check(request: RenderRequest) -> ManifestRow | None:
         prefix = render_key_prefix(request.campaign_id, request.brief_id, request.locale, request.aspect_ratio)
         record = is_archived(dam, prefix, request.render_id)
+        if record is None:
+            return None
         try:
-            if record is not None and record.get("review"):
-                ReviewResult.model_validate(record["review"])
+            review = ReviewResult.model_validate(record["review"]) if record.get("review") else None
         except ValidationError:
             logger.warning("%s: the completion record of %s has an unreadable review; redoing it",
                            dam.uri, request.render_id)
-            record = None
-        return request.render_id, record
+            return None
+        objects = record["objects"]
+        return _manifest_row(request, "skipped", review=review).model_copy(update={
+            "dam_uri": dam.uri,
+            "keys": {ext: obj["key"] for ext, obj in objects.items()},
+            "sha256": {ext: obj["sha256"] for ext, obj in objects.items()},
+            "sizes": {ext: obj["size"] for ext, obj in objects.items()},
+        })
 
     with ThreadPoolExecutor(max_workers=16) as pool:
-        return {render_id: record for render_id, record in pool.map(check, requests) if record is not None}
+        return {row.render_id: row for row in pool.map(check, requests) if row is not None}
 
 
 def read_dam_manifest(dam: DAM) -> dict[str, ManifestRow]:
@@ -368,10 +376,10 @@ def read_dam_manifest(dam: DAM) -> dict[str, ManifestRow]:
 
 def run_campaign(config: CampaignConfig, log: Callable[[str], None] = print, *,
                  job_type: JobType = JobType.CAMPAIGN_BATCH,
-                 select: Callable[[RenderRequest, dict[str, ManifestRow]], bool] | None = None) -> CampaignResult:
+                 select: Callable[[RenderRequest], bool] | None = None) -> CampaignResult:
     """The campaign batch job: plan, skip what the DAM has, render, review, mux, archive, report.
 
-    ``select(request, previous_manifest)`` narrows the planned requests (the
+    ``select(request)`` narrows the planned requests (the
     localization job keeps only new locales). One OpenLineage run covers the
     job: START, then COMPLETE, or FAIL when the job raises or a render failed.
     """
@@ -402,28 +410,19 @@ def run_campaign(config: CampaignConfig, log: Callable[[str], None] = print, *,
 
 
 def _run_campaign(config: CampaignConfig, dam: DAM, log: Callable[[str], None],
-                  select: Callable[[RenderRequest, dict[str, ManifestRow]], bool] | None) -> CampaignResult:
+                  select: Callable[[RenderRequest], bool] | None) -> CampaignResult:
     planned = plan(config.briefs, model_id=config.model, s3_endpoint=config.s3_endpoint)
     write_plan(planned, config.workdir)
     log(f"planned {planned.requests.num_rows} renders from {planned.briefs_valid}/{planned.briefs_read} briefs "
         f"({planned.rejects.num_rows} rejects in {config.workdir / 'rejects.parquet'})")
 
     requests = [RenderRequest.model_validate(row) for row in planned.requests.to_pylist()]
-    previous = read_dam_manifest(dam)
     if select is not None:
-        requests = [r for r in requests if select(r, previous)]
+        requests = [r for r in requests if select(r)]
         log(f"{len(requests)} of {planned.requests.num_rows} renders selected")
     by_id = {r.render_id: r for r in requests}
     archived = _already_archived(dam, requests)
-    manifest: dict[str, ManifestRow] = {}
-    for render_id, record in archived.items():
-        review = ReviewResult.model_validate(record["review"]) if record.get("review") else None
-        keys = {ext: obj["key"] for ext, obj in record["objects"].items()}
-        manifest[render_id] = _manifest_row(by_id[render_id], "skipped", review=review).model_copy(update={
-            "dam_uri": dam.uri, "keys": keys,
-            "sha256": {ext: obj["sha256"] for ext, obj in record["objects"].items()},
-            "sizes": {ext: obj["size"] for ext, obj in record["objects"].items()},
-        })
+    manifest: dict[str, ManifestRow] = dict(archived)
     todo = [r for r in requests if r.render_id not in archived]
     log(f"{len(archived)} renders already in {dam.uri}, {len(todo)} to make")
 

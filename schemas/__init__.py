@@ -1,16 +1,15 @@
 """pydantic contracts shared by every stage; Arrow schemas derive from them."""
 
 from schemas.brief import (
-    ASPECT_RATIOS,
     BRIEF_ARROW_SCHEMA,
     REQUIRED_COLUMNS,
-    RESOLUTIONS,
     CampaignBrief,
     DialogueLine,
     LocalizedDialogue,
 )
+from schemas.formats import ASPECT_RATIOS, FPS, RESOLUTIONS
 from schemas.locales import LANGUAGES, LocaleError, canonical_locale, language_for_locale
-from schemas.render import FPS, RENDER_REQUEST_ARROW_SCHEMA, RenderRequest
+from schemas.render import RENDER_REQUEST_ARROW_SCHEMA, RenderRequest
 
 __all__ = [
     "ASPECT_RATIOS",

@@ -7,18 +7,14 @@ from __future__ import annotations
 
 import hashlib
 import re
-from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from schemas.arrow import arrow_schema
+from schemas.formats import AspectRatio, Resolution
 from schemas.locales import canonical_locale
 
 ID_PATTERN = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}$")
-ASPECT_RATIOS = ("16:9", "9:16", "1:1")
-RESOLUTIONS = ("256p", "540p", "1080p")
-AspectRatio = Literal["16:9", "9:16", "1:1"]
-Resolution = Literal["256p", "540p", "1080p"]
 SEED_LIMIT = 2**63
 
 # Columns a briefs file must have; the rest have defaults.

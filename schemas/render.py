@@ -5,9 +5,9 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, Field
 
 from schemas.arrow import arrow_schema
-from schemas.brief import AspectRatio, DialogueLine, Resolution
+from schemas.brief import DialogueLine
+from schemas.formats import FPS, AspectRatio, Resolution
 
-FPS = 25
 
 
 class RenderRequest(BaseModel):

@@ -14,9 +14,8 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
+from schemas.formats import FPS
 
-FPS = 25
 VAE_STRIDE = (4, 16, 16)
 PATCH_SIZE = (1, 2, 2)
 VIDEO_LATENT_CHANNELS = 48
@@ -24,10 +23,6 @@ AUDIO_LATENT_CHANNELS = 64
 AUDIO_HOP = 2048  # waveform samples per audio latent
 AUDIO_VIRTUAL_RATE = AUDIO_HOP * FPS  # 51200 Hz: one audio latent per video frame
 
-AspectRatio = Literal["16:9", "9:16", "1:1"]
-Resolution = Literal["256p", "540p", "1080p"]
-ASPECT_RATIOS: tuple[str, ...] = ("16:9", "9:16", "1:1")
-RESOLUTIONS: tuple[str, ...] = ("256p", "540p", "1080p")
 
 # (width, height) the base DiT generates at. 1:1 keeps the 16:9 pixel budget (448*256 ~ 339^2),
 # rounded to the nearest multiple of 32.

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from pipeline.media import FFmpegError, load_audio, run_ffmpeg
-from pipeline.mux import CHANNEL_PROFILES, ChannelProfile, MuxStage, mux_clip, poster_frame_index
+from pipeline.mux import CHANNEL_PROFILES, ChannelProfile, mux_clip, poster_frame_index
 from pipeline.review import integrated_loudness
 
 SR, FPS = 44100, 25.0
@@ -167,23 +167,6 @@ def test_silent_audio_is_muxed_without_normalization(tmp_path):
     assert assets.loudnorm_mode == "none" and assets.loudnorm_input_lufs is None
     assert assets.output_lufs is None
     assert parse_vtt(assets.vtt_path.read_text(encoding="utf-8")) == []
-
-
-def test_mux_stage_writes_one_set_of_files_per_row(tmp_path):
-    batch = {
-        "render_id": ["r1", "r2"],
-        "frames": [moving_frames(51, 48, 64), moving_frames(51, 48, 64)],
-        "audio": [speechlike_tone(2.04, 0.05), speechlike_tone(2.04, 0.1)],
-        "sample_rate": [SR, SR],
-        "dialogue": [DIALOGUE[:2], []],
-        "review_speech_spans": [[[0.0, 2.0]], []],
-    }
-    out = MuxStage(tmp_path)(batch)
-    assert out["render_id"] == ["r1", "r2"]
-    assert out["mp4_path"] == [str(tmp_path / "r1.mp4"), str(tmp_path / "r2.mp4")]
-    assert all((tmp_path / f"r{i}.{ext}").is_file() for i in (1, 2) for ext in ("mp4", "wav", "jpg", "vtt"))
-    assert out["output_lufs"] == [pytest.approx(-14.0, abs=1.0)] * 2
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # temp dirs are cleaned up
 
 
 def test_bad_inputs_name_the_problem(tmp_path):

@@ -7,7 +7,6 @@ import pytest
 
 from pipeline.review import (
     ReviewExpectation,
-    ReviewStage,
     ReviewThresholds,
     find_forbidden_terms,
     integrated_loudness,
@@ -117,27 +116,6 @@ def test_bad_array_shapes_name_the_problem():
         review_clip(np.zeros((51, 48, 64), np.uint8), speechlike_audio(2.04), 44100, 25.0, expected)
     with pytest.raises(ValueError, match=r"audio must be \[samples, channels\]"):
         review_clip(moving_frames(51), np.zeros((2, 3, 4)), 44100, 25.0, expected)
-
-
-def test_review_stage_adds_review_columns_per_clip():
-    batch = {
-        "render_id": ["ok", "bad"],
-        "frames": [moving_frames(51), moving_frames(51, width=32)],
-        "audio": [speechlike_audio(2.04), speechlike_audio(2.04)],
-        "sample_rate": [44100, 44100],
-        "duration_s": [2, 2],
-        "width": [64, 64],
-        "height": [48, 48],
-        "dialogue": [[{"speaker": "Ana", "line": "Hola"}], []],
-        "forbidden_terms": [[], []],
-    }
-    out = ReviewStage()(batch)
-    assert out["render_id"] == ["ok", "bad"]
-    assert out["review_status"] == ["auto_approved", "rejected"]
-    assert out["review_reasons"][1] == ["size 32x48, requested 64x48"]
-    assert out["review_width"] == [64, 32]
-    assert out["review_speech_spans"][0] == [[0.0, pytest.approx(2.04, abs=0.02)]]
-    assert all(isinstance(v, float) for v in out["review_integrated_lufs"])
 
 
 def test_expectation_from_render_request():

@@ -1,15 +1,14 @@
 import pytest
 
 from model.magihuman.sizes import (
-    ASPECT_RATIOS,
     AUDIO_VIRTUAL_RATE,
     BASE_SIZES,
     FINAL_SIZES,
-    RESOLUTIONS,
     SR_SIZES,
     clip_geometry,
     frame_count,
 )
+from schemas.formats import ASPECT_RATIOS, RESOLUTIONS
 
 
 @pytest.mark.parametrize("duration_s", [1, 2, 4, 5, 15])
