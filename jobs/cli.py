@@ -11,10 +11,12 @@ from pydantic import ValidationError
 
 from pipeline.archive import DAMError
 from pipeline.ingest import BriefsFileError, read_briefs_table
+from pipeline.media import FFmpegSetupError, check_ffmpeg
 from schemas.formats import ASPECT_RATIOS, RESOLUTIONS
 
 DEFAULT_MODEL = "tiny"
 MODELS = ("tiny", "magihuman-distill", "magihuman-base")
+PROFILES = ("web", "broadcast", "draft")  # pipeline.mux.CHANNEL_PROFILES, without importing the media stack
 
 
 class CliError(Exception):
@@ -22,7 +24,7 @@ class CliError(Exception):
 
 
 # Errors that say what to fix in their message: one line on stderr, exit code 2.
-USER_ERRORS = (BriefsFileError, CliError, DAMError)
+USER_ERRORS = (BriefsFileError, CliError, DAMError, FFmpegSetupError)
 
 
 def _plan(args: argparse.Namespace) -> int:
@@ -105,6 +107,7 @@ def _generate(args: argparse.Namespace) -> int:
     if out.suffix.lower() != ".mp4":
         raise CliError(f"--out {out}: give a .mp4 path")
     out.parent.mkdir(parents=True, exist_ok=True)
+    check_ffmpeg()
     config = GeneratorConfig(model=args.model, checkpoint_dir=args.checkpoint_dir, device=resolve_device(args.device),
                              sr_resolutions=(args.resolution,) if args.resolution != "256p" else ())
     spec = ClipSpec(prompt=args.prompt, duration_s=args.seconds, aspect_ratio=args.aspect,
@@ -157,8 +160,9 @@ def _add_campaign_args(cmd: argparse.ArgumentParser) -> None:
     cmd.add_argument("--replicas", type=int, default=1, help="model replicas in the pool (default: %(default)s)")
     cmd.add_argument("--workdir", type=Path, default=Path("./work"), help="local work directory (default: %(default)s)")
     cmd.add_argument("--batch-size", type=int, default=2, help="requests per replica call (default: %(default)s)")
-    cmd.add_argument("--profile", default="web", choices=("web", "broadcast"),
-                     help="loudness profile: web (-14 LUFS) | broadcast (-23 LUFS) (default: %(default)s)")
+    cmd.add_argument("--profile", default="web", choices=PROFILES,
+                     help="delivery profile: web (-14 LUFS) | broadcast (-23 LUFS) | draft (web loudness, fastest "
+                          "x264 preset) (default: %(default)s)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -203,7 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve_cmd.add_argument("--replicas", type=int, default=1, help="model replicas (default: %(default)s)")
     serve_cmd.add_argument("--queue-limit", type=int, default=32,
                            help="renders waiting at most; more get 503 + Retry-After (default: %(default)s)")
-    serve_cmd.add_argument("--profile", default="web", choices=("web", "broadcast"), help="(default: %(default)s)")
+    serve_cmd.add_argument("--profile", default="web", choices=PROFILES, help="(default: %(default)s)")
     serve_cmd.add_argument("--insecure-local", action="store_true",
                            help="no authentication; only allowed on a loopback host")
     serve_cmd.set_defaults(handler=_serve)

@@ -67,6 +67,7 @@ from pipeline.archive import DAM, ArchiveRenders, ArchiveResult, LocalDAM, S3DAM
 from pipeline.expand import expand_brief
 from pipeline.generate import describe_error
 from pipeline.ingest import locale_fault
+from pipeline.media import check_ffmpeg
 from pipeline.mux import CHANNEL_PROFILES
 from pipeline.review import ReviewThresholds
 from pipeline.run import RenderClips, ensure_ray, replica_resources, resolve_device
@@ -520,6 +521,7 @@ def run_server(config: ServeConfig, *, port: int = 8000, host: str = "127.0.0.1"
         api_tokens = api_tokens if api_tokens is not None else os.environ.get(TOKEN_ENV)
         parse_api_tokens(api_tokens)
     open_dam(config.dam, s3_endpoint=config.s3_endpoint)  # a DAM that cannot be opened fails here, in one line
+    check_ffmpeg()  # and an ffmpeg that cannot mux (each renderer replica checks its own node's again)
     ensure_ray()
     serve.start(http_options={"host": host, "port": port})
     serve.run(build_application(config, api_tokens), name=APP_NAME, route_prefix="/")

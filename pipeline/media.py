@@ -1,60 +1,227 @@
-"""ffmpeg and PyAV helpers shared by the review and mux stages.
+"""ffmpeg and PyAV: which ffmpeg runs, what it can do, and the one way paddock runs it.
 
-ffmpeg comes from PATH when it is installed there, else from the static build
-that the `imageio-ffmpeg` wheel ships, so a pip install is all paddock needs.
-There is no ffprobe: files are probed and decoded with PyAV.
+Which binary: `PADDOCK_FFMPEG` (a path) wins; else the `ffmpeg` on PATH; else
+the static build the `imageio-ffmpeg` wheel ships, so a pip install is all
+paddock needs. Deployments use whatever their image has (Debian's 5.1, Ubuntu's
+4.4, a recent static build), so every input paddock hands ffmpeg names its
+format completely and every filter graph is valid from ffmpeg 4.2 on;
+`check_ffmpeg` refuses, in one line, a binary that lacks a piece mux needs.
+
+Every call goes through `run_ffmpeg`, with a timeout that grows with the clip
+(`ffmpeg_timeout_s`): a hung or crashed encode becomes an `FFmpegError` that
+carries ffmpeg's last lines, never a stuck worker. Files are probed and
+decoded with PyAV (no ffprobe needed).
 """
 
 from __future__ import annotations
 
 import functools
+import os
+import re
 import shutil
 import subprocess
-from dataclasses import dataclass
+import tempfile
+import threading
+from collections.abc import Iterable
 from pathlib import Path
 
 import av
 import numpy as np
+from pydantic import BaseModel, ConfigDict
+
+FFMPEG_ENV = "PADDOCK_FFMPEG"
+TIMEOUT_SCALE_ENV = "PADDOCK_FFMPEG_TIMEOUT_SCALE"
+MIN_VERSION = (4, 2)
+# libavutil of ffmpeg 4.2, for builds whose version string is a git snapshot ("N-12345-g...").
+MIN_LIBAVUTIL = (56, 31)
+# What mux asks of ffmpeg: its encoders, filters, demuxers (raw inputs) and muxers.
+REQUIRED_ENCODERS = ("libx264", "aac", "pcm_s24le", "mjpeg")
+REQUIRED_FILTERS = ("loudnorm", "aresample", "aformat", "crop")
+REQUIRED_DEMUXERS = ("f32le", "rawvideo", "wav")
+REQUIRED_MUXERS = ("mp4", "wav", "image2", "null")
+# Raw audio carries no layout: name it, or older builds refuse to negotiate one.
+CHANNEL_LAYOUTS = {1: "mono", 2: "stereo"}
+TAIL_LINES = 15
 
 
 class FFmpegError(RuntimeError):
-    """An ffmpeg command failed; the message carries the command and the tail of its stderr."""
+    """An ffmpeg command failed or timed out; the message says which step and carries ffmpeg's last lines."""
 
 
-@functools.lru_cache(maxsize=1)
+class FFmpegSetupError(RuntimeError):
+    """The ffmpeg paddock would run cannot do the job; one line naming the binary, what it lacks and the fix."""
+
+
+class FFmpegInfo(BaseModel):
+    """What a probe of one ffmpeg binary found."""
+
+    model_config = ConfigDict(frozen=True)
+
+    path: str
+    version: str
+    version_ok: bool
+    missing: tuple[str, ...] = ()
+
+    @property
+    def ok(self) -> bool:
+        return self.version_ok and not self.missing
+
+    def problem(self) -> str | None:
+        """One line naming what is wrong and the fix, or None."""
+        lacks = ([] if self.version_ok else [f"version {'.'.join(map(str, MIN_VERSION))} or later"]) + list(
+            self.missing
+        )
+        if not lacks:
+            return None
+        return (
+            f"ffmpeg {self.path} (version {self.version}) lacks {', '.join(lacks)}: install an ffmpeg "
+            f"with them (Debian/Ubuntu: apt-get install ffmpeg) or set {FFMPEG_ENV} to the path of one"
+        )
+
+
 def ffmpeg_exe() -> str:
-    """Path of the ffmpeg binary: the one on PATH if any, else imageio-ffmpeg's bundled build."""
+    """Path of the ffmpeg binary paddock runs: $PADDOCK_FFMPEG, else PATH's, else imageio-ffmpeg's."""
+    chosen = os.environ.get(FFMPEG_ENV)
+    if chosen:
+        if not (os.path.isfile(chosen) and os.access(chosen, os.X_OK)):
+            raise FFmpegSetupError(f"{FFMPEG_ENV}={chosen} is not an executable file: point it at an ffmpeg binary")
+        return chosen
     on_path = shutil.which("ffmpeg")
     if on_path:
         return on_path
     try:
         import imageio_ffmpeg
-    except ImportError as exc:  # pragma: no cover - both are declared dependencies
-        raise FFmpegError(
-            "ffmpeg is not on PATH and imageio-ffmpeg is not installed; "
-            "install ffmpeg or `pip install imageio-ffmpeg`"
+    except ImportError as exc:  # pragma: no cover - a declared dependency
+        raise FFmpegSetupError(
+            f"no ffmpeg on PATH and imageio-ffmpeg is not installed: install ffmpeg or set {FFMPEG_ENV}"
         ) from exc
     return imageio_ffmpeg.get_ffmpeg_exe()
 
 
-def run_ffmpeg(args: list[str], *, stdin: bytes | None = None) -> str:
-    """Run ffmpeg with `args` (without the binary) and return its stderr, where filters log."""
-    cmd = [ffmpeg_exe(), "-hide_banner", *(["-nostdin"] if stdin is None else []), *args]
-    proc = subprocess.run(cmd, input=stdin, capture_output=True)
-    stderr = proc.stderr.decode("utf-8", "replace")
-    if proc.returncode != 0:
-        raise FFmpegError(f"ffmpeg exited {proc.returncode}: {' '.join(cmd)}\n{stderr[-2000:]}")
+def _listed_names(text: str) -> set[str]:
+    """Names in `ffmpeg -encoders/-filters/-muxers/-demuxers` output: the word after the flags column."""
+    names = set()
+    body = text.split("---", 1)[-1] if "---" in text else text
+    for line in body.splitlines():
+        parts = line.split()
+        if len(parts) >= 2 and re.fullmatch(r"[A-Z.|]{1,8}", parts[0]):
+            names.update(parts[1].split(","))  # muxers list aliases as "mov,mp4,m4a"
+    return names
+
+
+def _version_ok(version_text: str) -> tuple[str, bool]:
+    first = version_text.splitlines()[0] if version_text else ""
+    match = re.search(r"ffmpeg version (\S+)", first)
+    version = match.group(1) if match else "unknown"
+    numbers = re.match(r"n?(\d+)\.(\d+)", version)
+    if numbers:
+        return version, (int(numbers[1]), int(numbers[2])) >= MIN_VERSION
+    avutil = re.search(r"libavutil\s+(\d+)\.\s*(\d+)", version_text)
+    return version, bool(avutil) and (int(avutil[1]), int(avutil[2])) >= MIN_LIBAVUTIL
+
+
+@functools.lru_cache(maxsize=8)
+def _probe(path: str, mtime_ns: int) -> FFmpegInfo:
+    def ask(*args: str) -> str:
+        try:
+            proc = subprocess.run([path, "-hide_banner", *args], capture_output=True, timeout=30, stdin=subprocess.DEVNULL)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise FFmpegSetupError(f"ffmpeg {path} does not run ({exc}): install ffmpeg or set {FFMPEG_ENV}") from exc
+        return proc.stdout.decode("utf-8", "replace") + proc.stderr.decode("utf-8", "replace")
+
+    version, version_ok = _version_ok(ask("-version"))
+    missing = []
+    for kind, wanted in (
+        ("encoder", REQUIRED_ENCODERS),
+        ("filter", REQUIRED_FILTERS),
+        ("demuxer", REQUIRED_DEMUXERS),
+        ("muxer", REQUIRED_MUXERS),
+    ):
+        have = _listed_names(ask(f"-{kind}s"))
+        missing += [f"the {name} {kind}" for name in wanted if name not in have]
+    return FFmpegInfo(path=path, version=version, version_ok=version_ok, missing=tuple(missing))
+
+
+def probe_ffmpeg(path: str | None = None) -> FFmpegInfo:
+    """Version, and which of the encoders, filters and formats mux needs are missing (cached per binary)."""
+    path = path or ffmpeg_exe()
+    try:
+        mtime_ns = os.stat(path).st_mtime_ns
+    except OSError as exc:
+        raise FFmpegSetupError(f"ffmpeg {path} not found: install ffmpeg or set {FFMPEG_ENV}") from exc
+    return _probe(path, mtime_ns)
+
+
+def check_ffmpeg(path: str | None = None) -> FFmpegInfo:
+    """Refuse, before any model work, an ffmpeg that would fail every mux."""
+    info = probe_ffmpeg(path)
+    problem = info.problem()
+    if problem:
+        raise FFmpegSetupError(problem)
+    return info
+
+
+def ffmpeg_timeout_s(duration_s: float, width: int = 0, height: int = 0) -> float:
+    """How long one ffmpeg call on a clip may take: grows with its length and its pixels (x $PADDOCK_FFMPEG_TIMEOUT_SCALE)."""
+    pixels_vs_720p = max(1.0, width * height / (1280 * 720))
+    scale = float(os.environ.get(TIMEOUT_SCALE_ENV) or 1.0)
+    return scale * (30.0 + 8.0 * max(duration_s, 1.0) * pixels_vs_720p)
+
+
+def log_tail(log: str, lines: int = TAIL_LINES) -> str:
+    """The last lines of a tool's log, where ffmpeg says what went wrong."""
+    kept = [line for line in log.strip().splitlines() if line.strip()]
+    return "\n".join(kept[-lines:])
+
+
+def run_ffmpeg(
+    args: list[str], *, timeout_s: float = 120.0, what: str = "ffmpeg", stdin: bytes | Iterable[bytes] | None = None
+) -> str:
+    """Run our ffmpeg with `args` (without the binary); return its stderr, where filters log.
+
+    `stdin` may be bytes or an iterable of chunks (frames are streamed, never
+    held twice). The process is killed at `timeout_s`; a non-zero exit or a
+    timeout raises FFmpegError naming `what` with ffmpeg's last lines.
+    """
+    cmd = [ffmpeg_exe(), "-hide_banner", "-nostats", *(["-nostdin"] if stdin is None else []), *args]
+    timed_out = threading.Event()
+    # stderr goes to a file: a pipe nobody drains would fill up and stall ffmpeg.
+    with tempfile.TemporaryFile() as log:
+        proc = subprocess.Popen(
+            cmd, stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log
+        )
+
+        def kill() -> None:
+            timed_out.set()
+            proc.kill()
+
+        watchdog = threading.Timer(timeout_s, kill)
+        watchdog.daemon = True
+        watchdog.start()
+        try:
+            if stdin is not None:
+                chunks = [stdin] if isinstance(stdin, (bytes, bytearray, memoryview)) else stdin
+                # ffmpeg may exit early, breaking the pipe: its status and log say why.
+                try:
+                    for chunk in chunks:
+                        proc.stdin.write(chunk)
+                    proc.stdin.close()
+                except (BrokenPipeError, ValueError, OSError):
+                    pass
+            returncode = proc.wait()
+        finally:
+            watchdog.cancel()
+            if proc.poll() is None:  # an exception while feeding it
+                proc.kill()
+                proc.wait()
+        log.seek(0)
+        stderr = log.read().decode("utf-8", "replace")
+    if timed_out.is_set():
+        raise FFmpegError(f"{what}: ffmpeg {cmd[0]} timed out after {timeout_s:.0f} s and was killed; its last lines:\n"
+                          f"{log_tail(stderr)}")
+    if returncode != 0:
+        raise FFmpegError(f"{what}: ffmpeg {cmd[0]} exited with status {returncode}; its last lines:\n{log_tail(stderr)}")
     return stderr
-
-
-@dataclass
-class DecodedClip:
-    """A clip as the generate stage hands it over: frames uint8 [T, H, W, 3], audio float32 [samples, channels]."""
-
-    frames: np.ndarray
-    audio: np.ndarray
-    sample_rate: int
-    fps: float
 
 
 def load_audio(path: str | Path) -> tuple[np.ndarray, int]:
@@ -91,32 +258,8 @@ def load_audio(path: str | Path) -> tuple[np.ndarray, int]:
     return audio, sample_rate
 
 
-def load_clip(path: str | Path) -> DecodedClip:
-    """Decode a media file (MP4, MKV, ...) with PyAV into RGB frames and float audio,
-    aligned so that sample 0 and frame 0 share a timestamp, as in a generated clip."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"clip file not found: {path}")
-    with av.open(str(path)) as container:
-        if not container.streams.video:
-            raise ValueError(f"{path}: no video stream")
-        stream = container.streams.video[0]
-        fps = float(stream.average_rate or stream.guessed_rate)
-        frames = []
-        video_start_s = None
-        for frame in container.decode(stream):
-            if video_start_s is None:
-                video_start_s = frame.time or 0.0
-            frames.append(frame.to_ndarray(format="rgb24"))
-    if not frames:
-        raise ValueError(f"{path}: the video stream has no frames")
-    audio, sample_rate = load_audio(path)
-    audio = audio[max(0, round(video_start_s * sample_rate)) :]
-    return DecodedClip(frames=np.stack(frames), audio=audio, sample_rate=sample_rate, fps=fps)
-
-
 def write_raw_audio(path: str | Path, audio: np.ndarray) -> None:
-    """Write float32 interleaved samples (ffmpeg input `-f f32le -ar SR -ac CH`)."""
+    """Write float32 interleaved samples (ffmpeg input `-f f32le -ar SR -ac CH -channel_layout L`)."""
     samples = np.asarray(audio, dtype="<f4")
     if samples.ndim != 2:
         raise ValueError(f"audio must be [samples, channels], got shape {samples.shape}")

@@ -16,14 +16,12 @@ size actually encoded.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
 import re
-import subprocess
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -31,7 +29,15 @@ import ffmpeg
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from pipeline.media import FFmpegError, ffmpeg_exe, load_audio, write_raw_audio
+from pipeline.media import (
+    CHANNEL_LAYOUTS,
+    FFmpegError,
+    ffmpeg_timeout_s,
+    load_audio,
+    log_tail,
+    run_ffmpeg,
+    write_raw_audio,
+)
 from pipeline.review import integrated_loudness, luma_thumbnails, true_peak_dbtp
 from schemas.brief import DialogueLine
 
@@ -55,6 +61,8 @@ class ChannelProfile(BaseModel):
 CHANNEL_PROFILES: dict[str, ChannelProfile] = {
     "web": ChannelProfile(),
     "broadcast": ChannelProfile(name="broadcast", integrated_lufs=-23.0, true_peak_dbtp=-1.0, lra=15.0),
+    # web loudness with x264's fastest preset: drafts and runs where the encode is not the point (tests)
+    "draft": ChannelProfile(name="draft", video_preset="ultrafast"),
 }
 
 
@@ -73,43 +81,52 @@ class MuxedAssets(BaseModel):
     loudnorm_mode: Literal["linear", "dynamic", "none"]
 
 
-# --------------------------------------------------------------------------- loudness
+# --------------------------------------------------------------------------- ffmpeg
 
 
-def _run(stream: Any) -> str:
-    """Run an ffmpeg-python graph with our ffmpeg binary; return stderr (where filters log)."""
-    stream = stream.global_args("-hide_banner", "-nostdin")
-    try:
-        _, stderr = stream.run(cmd=ffmpeg_exe(), capture_stdout=True, capture_stderr=True, overwrite_output=True)
-    except ffmpeg.Error as exc:
-        log = exc.stderr.decode("utf-8", "replace")[-2000:]
-        raise FFmpegError(f"ffmpeg failed: {' '.join(stream.compile(cmd=ffmpeg_exe()))}\n{log}") from exc
-    return stderr.decode("utf-8", "replace")
+def _run(stream: Any, what: str, timeout_s: float, stdin: bytes | Iterable[bytes] | None = None) -> str:
+    """Run an ffmpeg-python graph through the one runner; return stderr (where filters log)."""
+    return run_ffmpeg(stream.overwrite_output().get_args(), timeout_s=timeout_s, what=what, stdin=stdin)
 
 
 def _raw_audio_input(raw_path: Path, sample_rate: int, channels: int) -> Any:
-    return ffmpeg.input(str(raw_path), format="f32le", ar=sample_rate, ac=channels)
+    # Raw samples carry no format: name all of it (older builds refuse to guess the layout).
+    if channels not in CHANNEL_LAYOUTS:
+        raise ValueError(f"audio must have 1 or 2 channels, got {channels}")
+    return ffmpeg.input(
+        str(raw_path), format="f32le", ar=sample_rate, ac=channels, channel_layout=CHANNEL_LAYOUTS[channels]
+    )
+
+
+def _delivery_format(audio: Any, channels: int) -> Any:
+    # loudnorm works at 192 kHz; bring it back to the delivery rate, in the WAV stem's sample format and layout.
+    return audio.filter("aresample", OUTPUT_SAMPLE_RATE).filter(
+        "aformat", sample_fmts="s32", sample_rates=OUTPUT_SAMPLE_RATE, channel_layouts=CHANNEL_LAYOUTS[channels]
+    )
 
 
 def _loudnorm_report(log: str, source: Path) -> dict[str, str]:
     # loudnorm prints one JSON object after its "[Parsed_loudnorm_N ...]" line
     match = re.search(r"\{[^{}]*\"input_i\"[^{}]*\}", log)
     if match is None:
-        raise FFmpegError(f"loudnorm printed no measurement for {source}:\n{log[-2000:]}")
+        raise FFmpegError(f"loudnorm printed no measurement for {source}:\n{log_tail(log)}")
     return json.loads(match.group(0))
 
 
-def measure_loudnorm(raw_path: Path, sample_rate: int, channels: int, profile: ChannelProfile) -> dict[str, float]:
+def measure_loudnorm(
+    raw_path: Path, sample_rate: int, channels: int, profile: ChannelProfile, timeout_s: float
+) -> dict[str, float]:
     """First loudnorm pass: ffmpeg's measurement of the input (input_i, input_tp, input_lra, input_thresh, target_offset)."""
     graph = _raw_audio_input(raw_path, sample_rate, channels).filter(
         "loudnorm", I=profile.integrated_lufs, TP=profile.true_peak_dbtp, LRA=profile.lra, print_format="json"
     )
-    report = _loudnorm_report(_run(graph.output("-", format="null")), raw_path)
+    log = _run(graph.output("-", format="null"), "measuring loudness (loudnorm pass 1)", timeout_s)
+    report = _loudnorm_report(log, raw_path)
     return {key: float(value) for key, value in report.items() if key != "normalization_type"}
 
 
 def normalize_to_wav(
-    raw_path: Path, sample_rate: int, channels: int, profile: ChannelProfile, wav_path: Path
+    raw_path: Path, sample_rate: int, channels: int, profile: ChannelProfile, wav_path: Path, timeout_s: float
 ) -> tuple[float | None, str]:
     """Second loudnorm pass (linear, with the first pass's measurements) into a 48 kHz 24-bit WAV.
 
@@ -119,7 +136,7 @@ def normalize_to_wav(
     loudness range is 0, as for a steady tone), or "none" for audio with no gated
     loudness (silence), which cannot be normalized and is written as it is.
     """
-    measured = measure_loudnorm(raw_path, sample_rate, channels, profile)
+    measured = measure_loudnorm(raw_path, sample_rate, channels, profile, timeout_s)
     audio = _raw_audio_input(raw_path, sample_rate, channels)
     silent = not (math.isfinite(measured["input_i"]) and measured["input_i"] > -70.0)
     if not silent:
@@ -136,9 +153,8 @@ def normalize_to_wav(
             linear="true",
             print_format="json",
         )
-    # loudnorm works at 192 kHz; bring it back to the delivery rate.
-    audio = audio.filter("aresample", OUTPUT_SAMPLE_RATE)
-    log = _run(audio.output(str(wav_path), acodec="pcm_s24le", ar=OUTPUT_SAMPLE_RATE))
+    output = _delivery_format(audio, channels).output(str(wav_path), acodec="pcm_s24le", ar=OUTPUT_SAMPLE_RATE)
+    log = _run(output, f"normalizing loudness into {wav_path.name} (loudnorm pass 2)", timeout_s)
     if silent:
         return None, "none"
     return measured["input_i"], _loudnorm_report(log, raw_path)["normalization_type"]
@@ -152,13 +168,17 @@ def even_size(width: int, height: int) -> tuple[int, int]:
     return width - width % 2, height - height % 2
 
 
+def _raw_video_input(width: int, height: int, fps: float) -> Any:
+    return ffmpeg.input("pipe:", format="rawvideo", pix_fmt="rgb24", s=f"{width}x{height}", framerate=fps)
+
+
 def encode_mp4(
-    frames: np.ndarray, fps: float, audio_wav: Path, mp4_path: Path, profile: ChannelProfile
+    frames: np.ndarray, fps: float, audio_wav: Path, mp4_path: Path, profile: ChannelProfile, timeout_s: float
 ) -> tuple[int, int]:
     """Pipe raw RGB frames into libx264 and mux them with the WAV as AAC 48 kHz, faststart. Returns the encoded size."""
     num_frames, height, width = frames.shape[:3]
     out_width, out_height = even_size(width, height)
-    video = ffmpeg.input("pipe:", format="rawvideo", pix_fmt="rgb24", s=f"{width}x{height}", framerate=fps)
+    video = _raw_video_input(width, height, fps)
     if (out_width, out_height) != (width, height):
         video = video.filter("crop", out_width, out_height, 0, 0)
     output = ffmpeg.output(
@@ -167,6 +187,7 @@ def encode_mp4(
         str(mp4_path),
         vcodec="libx264",
         pix_fmt="yuv420p",
+        r=fps,
         crf=profile.video_crf,
         preset=profile.video_preset,
         acodec="aac",
@@ -174,24 +195,8 @@ def encode_mp4(
         movflags="+faststart",
         **{"b:a": profile.audio_bitrate},
     )
-    args = output.global_args("-hide_banner").overwrite_output().compile(cmd=ffmpeg_exe())
-    # stderr goes to a file: a pipe nobody drains would fill up and stall the encoder.
-    with tempfile.TemporaryFile() as log:
-        proc = subprocess.Popen(args, stdin=subprocess.PIPE, stderr=log)
-        # ffmpeg may exit early (writing or the flush on close then breaks the pipe);
-        # its status and log say why.
-        with contextlib.suppress(BrokenPipeError):
-            for frame in frames:
-                proc.stdin.write(np.ascontiguousarray(frame, dtype=np.uint8).data)
-        with contextlib.suppress(BrokenPipeError):
-            proc.stdin.close()
-        returncode = proc.wait()
-        if returncode != 0:
-            log.seek(0)
-            raise FFmpegError(
-                f"encoding {mp4_path} ({num_frames} frames {width}x{height}) failed with status {returncode}:\n"
-                f"{log.read().decode('utf-8', 'replace')[-2000:]}"
-            )
+    frame_bytes = (np.ascontiguousarray(frame, dtype=np.uint8).data for frame in frames)
+    _run(output, f"encoding {mp4_path} ({num_frames} frames {width}x{height})", timeout_s, stdin=frame_bytes)
     return out_width, out_height
 
 
@@ -203,17 +208,10 @@ def poster_frame_index(frames: np.ndarray) -> int:
     return start + int(np.argmax(luma.reshape(luma.shape[0], -1).std(axis=1)))
 
 
-def write_poster(frame: np.ndarray, jpg_path: Path) -> None:
+def write_poster(frame: np.ndarray, jpg_path: Path, timeout_s: float) -> None:
     height, width = frame.shape[:2]
-    graph = ffmpeg.input("pipe:", format="rawvideo", pix_fmt="rgb24", s=f"{width}x{height}").output(
-        str(jpg_path), vframes=1, **{"q:v": 2}
-    )
-    try:
-        graph.global_args("-hide_banner").run(
-            cmd=ffmpeg_exe(), input=np.ascontiguousarray(frame).tobytes(), capture_stderr=True, overwrite_output=True
-        )
-    except ffmpeg.Error as exc:
-        raise FFmpegError(f"writing poster {jpg_path} failed:\n{exc.stderr.decode('utf-8', 'replace')[-2000:]}") from exc
+    graph = _raw_video_input(width, height, 1).output(str(jpg_path), vframes=1, **{"q:v": 2})
+    _run(graph, f"writing poster {jpg_path}", timeout_s, stdin=np.ascontiguousarray(frame).tobytes())
 
 
 # --------------------------------------------------------------------------- captions
@@ -308,9 +306,12 @@ def mux_clip(
         work = {ext: Path(tmp) / path.name for ext, path in final.items()}
         raw = Path(tmp) / "audio.f32"
         write_raw_audio(raw, audio)
-        input_lufs, loudnorm_mode = normalize_to_wav(raw, sample_rate, audio.shape[1], profile, work["wav"])
-        width, height = encode_mp4(frames, fps, work["wav"], work["mp4"], profile)
-        write_poster(frames[poster_frame_index(frames)], work["jpg"])
+        timeout_s = ffmpeg_timeout_s(frames.shape[0] / fps, frames.shape[2], frames.shape[1])
+        input_lufs, loudnorm_mode = normalize_to_wav(
+            raw, sample_rate, audio.shape[1], profile, work["wav"], timeout_s
+        )
+        width, height = encode_mp4(frames, fps, work["wav"], work["mp4"], profile, timeout_s)
+        write_poster(frames[poster_frame_index(frames)], work["jpg"], timeout_s)
         write_vtt(caption_cues(lines, speech_spans, frames.shape[0] / fps), work["vtt"])
         delivered, delivered_rate = load_audio(work["mp4"])
         for ext, path in work.items():

@@ -33,6 +33,7 @@ from pipeline.expand import ExpandBriefs
 from pipeline.generate import FailedRender, GenerateClips, GeneratedClip, describe_error, shape_key
 from pipeline.ingest import REJECTS_SCHEMA, ValidateBriefs, first_row_by_brief_id, read_briefs_table, reason_category
 from pipeline.lineage import JobType, LineageConfig, LineageRun, briefs_dataset, checkpoint_dataset, dam_dataset
+from pipeline.media import check_ffmpeg
 from pipeline.manifest import MANIFEST_ARROW_SCHEMA, ManifestRow, contact_sheet_html
 from pipeline.mux import CHANNEL_PROFILES, ChannelProfile, mux_clip
 from pipeline.review import ReviewExpectation, ReviewResult, ReviewThresholds, review_clip, with_delivered_loudness
@@ -169,6 +170,7 @@ class RenderClips:
 
     def __init__(self, generator_config: GeneratorConfig, thresholds: ReviewThresholds, profile: ChannelProfile,
                  batch_size: int, tp_size: int = 1):
+        check_ffmpeg()  # once per actor (a Serve replica, a pool actor): its node's ffmpeg, before the model loads
         self.generate = GenerateClips(generator_config, max_batch=batch_size,
                                       make_generator=replica_factory(tp_size, generator_config.device))
         self.thresholds = thresholds
@@ -383,6 +385,7 @@ def run_campaign(config: CampaignConfig, log: Callable[[str], None] = print, *,
     localization job keeps only new locales). One OpenLineage run covers the
     job: START, then COMPLETE, or FAIL when the job raises or a render failed.
     """
+    check_ffmpeg()  # before any model work: a build that cannot mux would fail every render
     dam = open_dam(config.dam, s3_endpoint=config.s3_endpoint)
     config.workdir.mkdir(parents=True, exist_ok=True)
     lineage = LineageRun(

@@ -6,9 +6,13 @@ sys.path). Clips are tiny: 64x48 at 25 fps, a few seconds, H.264 + AAC in MP4.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.media import run_ffmpeg
+import av
+import numpy as np
+
+from pipeline.media import load_audio, run_ffmpeg
 
 WIDTH, HEIGHT, FPS, SAMPLE_RATE = 64, 48, 25, 44100
 
@@ -51,3 +55,31 @@ def flash_and_beep(path: Path, flash_frame: int, beep_start_s: float, length_fra
     video = f"{still_black_video()},drawbox=c=white:t=fill:enable='between(n,{flash_frame},{last})'"
     audio = tone_audio(f"0.5*sin(2*PI*1000*t)*gte(t,{beep_start_s})*lt(t,{beep_end_s})")
     return make_clip(path, video, audio)
+
+
+@dataclass
+class DecodedClip:
+    """A clip as the generate stage hands it over: frames uint8 [T, H, W, 3], audio float32 [samples, channels]."""
+
+    frames: np.ndarray
+    audio: np.ndarray
+    sample_rate: int
+    fps: float
+
+
+def load_clip(path: str | Path) -> DecodedClip:
+    """Decode a media file (MP4, MKV, ...) with PyAV into RGB frames and float audio,
+    aligned so that sample 0 and frame 0 share a timestamp, as in a generated clip."""
+    path = Path(path)
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        fps = float(stream.average_rate or stream.guessed_rate)
+        frames = []
+        video_start_s = None
+        for frame in container.decode(stream):
+            if video_start_s is None:
+                video_start_s = frame.time or 0.0
+            frames.append(frame.to_ndarray(format="rgb24"))
+    audio, sample_rate = load_audio(path)
+    audio = audio[max(0, round(video_start_s * sample_rate)) :]
+    return DecodedClip(frames=np.stack(frames), audio=audio, sample_rate=sample_rate, fps=fps)

@@ -5,9 +5,8 @@ from __future__ import annotations
 import math
 
 import pytest
-from synthetic_clips import FPS, HEIGHT, WIDTH, flash_and_beep, make_clip, moving_video, tone_audio
+from synthetic_clips import FPS, HEIGHT, WIDTH, flash_and_beep, load_clip, make_clip, moving_video, tone_audio
 
-from pipeline.media import load_clip
 from pipeline.review import ReviewExpectation, ReviewResult, ReviewThresholds, review_clip
 
 STEADY_TONE = tone_audio("0.3*sin(2*PI*440*t)")
