@@ -4,7 +4,11 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: test demo install clean bench
+# A 4.x ffmpeg for the compatibility tests: imageio-ffmpeg wheels up to 0.5.1 bundle
+# 4.2.2, the oldest build paddock supports (standing for Ubuntu 20.04/22.04's 4.x).
+FFMPEG42 := $(VENV)/ffmpeg-4.2
+
+.PHONY: test test-fast demo install clean bench
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -13,12 +17,16 @@ $(STAMP): pyproject.toml
 	# `torch` would pull several GB of CUDA packages.
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q --no-deps --target $(FFMPEG42) imageio-ffmpeg==0.5.1
 	touch $(STAMP)
 
 install: $(STAMP)
 
 test: $(STAMP)
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q --durations=15 tests
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -q tests/unit
 
 demo: $(STAMP)
 	$(PY) -m jobs.cli run examples/briefs.parquet --dam ./dam --workdir ./work

@@ -42,6 +42,7 @@ from pipeline.review import integrated_loudness, luma_thumbnails, true_peak_dbtp
 from schemas.brief import DialogueLine
 
 OUTPUT_SAMPLE_RATE = 48000
+LOUDNORM_WINDOW_S = 3
 
 
 class ChannelProfile(BaseModel):
@@ -98,10 +99,13 @@ def _raw_audio_input(raw_path: Path, sample_rate: int, channels: int) -> Any:
     )
 
 
-def _delivery_format(audio: Any, channels: int) -> Any:
-    # loudnorm works at 192 kHz; bring it back to the delivery rate, in the WAV stem's sample format and layout.
-    return audio.filter("aresample", OUTPUT_SAMPLE_RATE).filter(
-        "aformat", sample_fmts="s32", sample_rates=OUTPUT_SAMPLE_RATE, channel_layouts=CHANNEL_LAYOUTS[channels]
+def _delivery_format(audio: Any, channels: int, delivered_samples: int) -> Any:
+    # loudnorm works at 192 kHz; bring it back to the delivery rate and the clip's exact length,
+    # in the WAV stem's sample format and layout.
+    return (
+        audio.filter("aresample", OUTPUT_SAMPLE_RATE)
+        .filter("atrim", end_sample=delivered_samples)
+        .filter("aformat", sample_fmts="s32", sample_rates=OUTPUT_SAMPLE_RATE, channel_layouts=CHANNEL_LAYOUTS[channels])
     )
 
 
@@ -128,19 +132,31 @@ def measure_loudnorm(
 def normalize_to_wav(
     raw_path: Path, sample_rate: int, channels: int, profile: ChannelProfile, wav_path: Path, timeout_s: float
 ) -> tuple[float | None, str]:
-    """Second loudnorm pass (linear, with the first pass's measurements) into a 48 kHz 24-bit WAV.
+    """Normalize to the profile into a 48 kHz 24-bit WAV of the clip's exact length.
 
-    Returns the first pass's input loudness and the mode loudnorm ran in:
-    "linear" (one gain for the whole clip), "dynamic" (loudnorm falls back to it
-    when the gain would break the true-peak ceiling, or when the measured
-    loudness range is 0, as for a steady tone), or "none" for audio with no gated
-    loudness (silence), which cannot be normalized and is written as it is.
+    Returns loudnorm's measured input loudness and the mode used: "linear" (one
+    gain for the whole clip, whenever that gain keeps the true peak under the
+    ceiling: loudnorm's own rule), "dynamic" (loudnorm's dynamic mode, for audio
+    whose peaks the linear gain would push over the ceiling), or "none" for
+    audio with no gated loudness (silence), which is written as it is.
+
+    The linear gain is applied with `volume`, not loudnorm's linear mode: before
+    ffmpeg 5, loudnorm leaves a clip shorter than its 3 s window untouched in
+    linear mode, and every clip of 2 s is that short.
     """
     measured = measure_loudnorm(raw_path, sample_rate, channels, profile, timeout_s)
     audio = _raw_audio_input(raw_path, sample_rate, channels)
     silent = not (math.isfinite(measured["input_i"]) and measured["input_i"] > -70.0)
-    if not silent:
-        audio = audio.filter(
+    gain_db = profile.integrated_lufs - measured["input_i"]
+    if silent:
+        mode = "none"
+    elif measured["input_tp"] + gain_db <= profile.true_peak_dbtp:
+        mode = "linear"
+        audio = audio.filter("volume", f"{gain_db:.3f}dB", precision="double")
+    else:
+        mode = "dynamic"
+        # trailing silence (gated out of every measure, trimmed again below) gives short clips a full window
+        audio = audio.filter("apad", pad_len=LOUDNORM_WINDOW_S * sample_rate).filter(
             "loudnorm",
             I=profile.integrated_lufs,
             TP=profile.true_peak_dbtp,
@@ -149,15 +165,16 @@ def normalize_to_wav(
             measured_TP=measured["input_tp"],
             measured_LRA=measured["input_lra"],
             measured_thresh=measured["input_thresh"],
-            offset=measured["target_offset"],
-            linear="true",
-            print_format="json",
+            # loudnorm reports an infinite offset for some inputs and then refuses it as an option
+            offset=measured["target_offset"] if math.isfinite(measured["target_offset"]) else 0.0,
         )
-    output = _delivery_format(audio, channels).output(str(wav_path), acodec="pcm_s24le", ar=OUTPUT_SAMPLE_RATE)
-    log = _run(output, f"normalizing loudness into {wav_path.name} (loudnorm pass 2)", timeout_s)
-    if silent:
-        return None, "none"
-    return measured["input_i"], _loudnorm_report(log, raw_path)["normalization_type"]
+    num_samples = raw_path.stat().st_size // (4 * channels)
+    delivered_samples = round(num_samples * OUTPUT_SAMPLE_RATE / sample_rate)
+    output = _delivery_format(audio, channels, delivered_samples).output(
+        str(wav_path), acodec="pcm_s24le", ar=OUTPUT_SAMPLE_RATE
+    )
+    _run(output, f"normalizing loudness into {wav_path.name}", timeout_s)
+    return (None if silent else measured["input_i"]), mode
 
 
 # --------------------------------------------------------------------------- video

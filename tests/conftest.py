@@ -68,3 +68,28 @@ def tiny_checkpoint_dir(tmp_path_factory) -> Path:
     shutil.copy(DATA / "magihuman-tiny" / "base.weights.safetensors", path / "model.safetensors")
     shutil.copy(DATA / "magihuman-tiny" / "base.json", path / "config.json")
     return path
+
+
+def require_tool(path: str | None, what: str) -> str:
+    """A tool the test needs: skip without it on a developer's machine, fail under CI (which installs it)."""
+    if path and os.path.isfile(path) and os.access(path, os.X_OK):
+        return path
+    message = f"{what} is not installed ({path or 'not found'}); .ci/run installs it"
+    if os.environ.get("CI") == "true":
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+def ffmpeg_builds() -> dict[str, str | None]:
+    """The ffmpeg builds a deployment may run, by name: imageio-ffmpeg's bundled build, the
+    distribution's (/usr/bin, as apt installs it) and a 4.2 build (the Makefile installs it)."""
+    import glob
+
+    import imageio_ffmpeg
+
+    old = sorted(glob.glob(str(ROOT / ".venv" / "ffmpeg-4.2" / "imageio_ffmpeg" / "binaries" / "ffmpeg-*")))
+    return {
+        "bundled": imageio_ffmpeg.get_ffmpeg_exe(),
+        "distribution": "/usr/bin/ffmpeg",
+        "4.2": old[0] if old else None,
+    }

@@ -6,6 +6,7 @@ sys.path). Clips are tiny: 64x48 at 25 fps, a few seconds, H.264 + AAC in MP4.
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -83,3 +84,18 @@ def load_clip(path: str | Path) -> DecodedClip:
     audio, sample_rate = load_audio(path)
     audio = audio[max(0, round(video_start_s * sample_rate)) :]
     return DecodedClip(frames=np.stack(frames), audio=audio, sample_rate=sample_rate, fps=fps)
+
+
+def top_level_boxes(path) -> list[str]:
+    """The MP4's top-level box types in file order (faststart puts moov before mdat)."""
+    data = path.read_bytes()
+    boxes, offset = [], 0
+    while offset + 8 <= len(data):
+        size, kind = struct.unpack(">I4s", data[offset : offset + 8])
+        if size == 1:  # 64-bit size follows
+            size = struct.unpack(">Q", data[offset + 8 : offset + 16])[0]
+        boxes.append(kind.decode("latin-1"))
+        if size == 0:
+            break
+        offset += size
+    return boxes

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import re
-import struct
 
 import av
 import numpy as np
 import pytest
+from synthetic_clips import top_level_boxes
 
 from pipeline.media import FFmpegError, load_audio, run_ffmpeg
 from pipeline.mux import CHANNEL_PROFILES, ChannelProfile, mux_clip, poster_frame_index
 from pipeline.review import integrated_loudness
+
 
 SR, FPS = 44100, 25.0
 DIALOGUE = [
@@ -34,20 +35,6 @@ def speechlike_tone(seconds: float, amplitude: float, channels: int = 2) -> np.n
     t = np.arange(round(seconds * SR)) / SR
     mono = amplitude * np.sin(2 * np.pi * 440 * t) * (1 + 0.5 * np.sin(2 * np.pi * 1.5 * t))
     return np.repeat(mono[:, None], channels, axis=1).astype(np.float32)
-
-
-def top_level_boxes(path) -> list[str]:
-    data = path.read_bytes()
-    boxes, offset = [], 0
-    while offset + 8 <= len(data):
-        size, kind = struct.unpack(">I4s", data[offset : offset + 8])
-        if size == 1:  # 64-bit size follows
-            size = struct.unpack(">Q", data[offset + 8 : offset + 16])[0]
-        boxes.append(kind.decode("latin-1"))
-        if size == 0:
-            break
-        offset += size
-    return boxes
 
 
 def parse_vtt(text: str) -> list[tuple[float, float, str]]:
