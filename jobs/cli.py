@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -10,6 +11,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from pipeline.archive import DAMError
+from pipeline.console import VERBOSE_ENV, filter_stderr_noise
 from pipeline.ingest import BriefsFileError, read_briefs_table
 from pipeline.media import FFmpegSetupError, check_ffmpeg
 from schemas.formats import ASPECT_RATIOS, RESOLUTIONS
@@ -145,6 +147,13 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _doctor(args: argparse.Namespace) -> int:
+    from jobs.doctor import DoctorSettings, doctor
+
+    return doctor(DoctorSettings(model=args.model, device=args.device, checkpoint_dir=args.checkpoint_dir,
+                                 dam=args.dam, s3_endpoint=args.s3_endpoint, address=args.address))
+
+
 def _add_model_args(cmd: argparse.ArgumentParser) -> None:
     cmd.add_argument("--model", default=DEFAULT_MODEL, choices=MODELS, help="(default: %(default)s)")
     cmd.add_argument("--checkpoint-dir", type=Path, default=None, help="folder with the released weights (see README)")
@@ -167,9 +176,15 @@ def _add_campaign_args(cmd: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="paddock", description="Briefs in, reviewed and archived ad clips out.")
+    # every command takes --verbose: Ray's and torch's start-up warnings are hidden without it
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--verbose", action="store_true", help="show Ray's and torch's own warnings and logs")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    plan_cmd = commands.add_parser("plan", help="validate briefs and fan them out into render requests")
+    def add_command(name: str, **options) -> argparse.ArgumentParser:
+        return commands.add_parser(name, parents=[common], **options)
+
+    plan_cmd = add_command("plan", help="validate briefs and fan them out into render requests")
     plan_cmd.add_argument("briefs", help="briefs Parquet file")
     plan_cmd.add_argument("--out", required=True, help="directory for requests.parquet and rejects.parquet")
     plan_cmd.add_argument("--model", default=DEFAULT_MODEL, choices=MODELS,
@@ -177,16 +192,16 @@ def build_parser() -> argparse.ArgumentParser:
     plan_cmd.add_argument("--s3-endpoint", default=None, help="endpoint URL of an S3-compatible store (for s3:// briefs)")
     plan_cmd.set_defaults(handler=_plan)
 
-    run_cmd = commands.add_parser("run", help="make, review, encode and archive every clip of a briefs file")
+    run_cmd = add_command("run", help="make, review, encode and archive every clip of a briefs file")
     _add_campaign_args(run_cmd)
     run_cmd.set_defaults(handler=_run)
 
-    localize_cmd = commands.add_parser(
+    localize_cmd = add_command(
         "localize", help="for a campaign already run, render only the locales new since the DAM's manifest")
     _add_campaign_args(localize_cmd)
     localize_cmd.set_defaults(handler=_localize)
 
-    submit_cmd = commands.add_parser(
+    submit_cmd = add_command(
         "submit", help="submit a campaign to a Ray cluster as a Ray Job",
         description="Submits `python -m jobs.<job> RUN_ARGS...` to the cluster; RUN_ARGS are those of `paddock run`.")
     submit_cmd.add_argument("--address", required=True, help="the cluster's job server, e.g. http://head:8265")
@@ -195,7 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
     submit_cmd.add_argument("run_args", nargs=argparse.REMAINDER, help="BRIEFS and the options of `paddock run`")
     submit_cmd.set_defaults(handler=_submit)
 
-    serve_cmd = commands.add_parser(
+    serve_cmd = add_command(
         "serve", help="the ad-hoc HTTP endpoint (Ray Serve): POST /v1/renders, GET /v1/renders/{id}",
         description="Clients authenticate with a bearer token from $PADDOCK_API_TOKEN (one token, or "
                     "client_id:token pairs separated by commas), unless --insecure-local.")
@@ -212,7 +227,15 @@ def build_parser() -> argparse.ArgumentParser:
                            help="no authentication; only allowed on a loopback host")
     serve_cmd.set_defaults(handler=_serve)
 
-    gen_cmd = commands.add_parser("generate", help="make one clip by hand (H.264 + AAC MP4)")
+    doctor_cmd = add_command(
+        "doctor", help="check ffmpeg, torch/GPUs, Ray, the model folders, the DAM and lineage before a job")
+    doctor_cmd.add_argument("--dam", default="./dam", help="./dir or s3://bucket/prefix (default: %(default)s)")
+    doctor_cmd.add_argument("--s3-endpoint", default=None, help="endpoint URL of an S3-compatible store")
+    doctor_cmd.add_argument("--address", default=None, help="Ray cluster address (default: $RAY_ADDRESS, else local)")
+    _add_model_args(doctor_cmd)
+    doctor_cmd.set_defaults(handler=_doctor)
+
+    gen_cmd = add_command("generate", help="make one clip by hand (H.264 + AAC MP4)")
     gen_cmd.add_argument("--prompt", required=True, help="the model prompt (scene, Dialogue:, Background Sound:)")
     gen_cmd.add_argument("--seconds", type=int, default=5, choices=range(2, 16), metavar="2..15",
                          help="duration (default: %(default)s)")
@@ -228,6 +251,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.verbose:
+        os.environ[VERBOSE_ENV] = "1"  # before Ray starts: its workers inherit it
+    filter_stderr_noise()
     handler: Callable[[argparse.Namespace], int] = args.handler
     try:
         return handler(args)

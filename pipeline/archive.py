@@ -219,6 +219,10 @@ class DAM(ABC):
     def head(self, key: str) -> StoredObject | None:
         """Size and checksums of an object, or None when there is no such object."""
 
+    @abstractmethod
+    def delete(self, key: str) -> None:
+        """Remove the object under ``key`` (no error when there is none)."""
+
 
 class LocalDAM(DAM):
     """A directory. Files are written to a temporary name in the target folder
@@ -291,6 +295,12 @@ class LocalDAM(DAM):
         if not path.is_file():
             return None
         return StoredObject(key=key, size=path.stat().st_size, sha256=file_sha256(path))
+
+    def delete(self, key: str) -> None:
+        try:
+            self._path(key).unlink(missing_ok=True)
+        except OSError as exc:
+            raise DAMError(f"DAM {self.uri}: cannot delete {key}: {exc}; check that the directory is writable") from exc
 
 
 _CREDENTIALS_HINT = (
@@ -500,6 +510,14 @@ class S3DAM(DAM):
             storage_checksum=head.get("ChecksumSHA256"),
             metadata=metadata,
         )
+
+
+    def delete(self, key: str) -> None:
+        full_key = self._full_key(key)
+        try:
+            self.client.delete_object(Bucket=self.bucket, Key=full_key)
+        except Exception as exc:
+            raise self._error(f"delete {full_key}", exc) from exc
 
 
 def _is_not_found(exc: Exception) -> bool:

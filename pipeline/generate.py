@@ -18,9 +18,11 @@ from itertools import groupby
 import numpy as np
 
 from model.generator import AVGenerator, ClipSpec, GeneratorConfig
+from pipeline.console import quiet_dependencies
 from schemas.render import RenderRequest
 
 logger = logging.getLogger(__name__)
+quiet_dependencies()  # in the render workers too: the model build's deprecation warnings
 
 
 @dataclass

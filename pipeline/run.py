@@ -29,6 +29,7 @@ from model.generator import AVGenerator, GeneratorConfig
 from model.presets import get_preset
 from model.replica import make_replica, replica_remote_args_fn
 from pipeline.archive import DAM, ArchiveRenders, ArchiveResult, LocalDAM, is_archived, open_dam, render_key_prefix
+from pipeline.console import quiet_dependencies
 from pipeline.expand import ExpandBriefs
 from pipeline.generate import FailedRender, GenerateClips, GeneratedClip, describe_error, shape_key
 from pipeline.ingest import REJECTS_SCHEMA, ValidateBriefs, first_row_by_brief_id, read_briefs_table, reason_category
@@ -61,13 +62,14 @@ def ensure_ray(address: str | None = None) -> None:
     instance starts even when another Ray runs on this machine.
     """
     global _started_local_instance
+    log_level = quiet_dependencies()
     if not ray.is_initialized():
         address = address or os.environ.get("RAY_ADDRESS") or "local"
-        ray.init(address=address, include_dashboard=False, logging_level="WARNING", configure_logging=True)
+        ray.init(address=address, include_dashboard=False, logging_level=log_level, configure_logging=True)
         _started_local_instance = address == "local"
     # paddock prints its own progress; Ray Data's per-operator log lines drown it.
     ray.data.DataContext.get_current().enable_progress_bars = False
-    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    logging.getLogger("ray.data").setLevel(max(log_level, logging.WARNING))
 
 
 class RunSetupError(ValueError):

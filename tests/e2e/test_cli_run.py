@@ -72,3 +72,6 @@ def test_interrupted_run_resumes_without_duplicates(tmp_path):
         prefix = render_key_prefix(row["campaign_id"], row["brief_id"], row["locale"], row["aspect_ratio"])
         assert is_archived(dam, prefix, row["render_id"]) is not None
     assert "contact sheet:" in output
+    # the CLI's output is paddock's own: Ray's and torch's start-up noise stays out of it
+    for noise in ("Token authentication", "Progress bars disabled", "constructor arguments", "FutureWarning"):
+        assert noise not in output, noise
