@@ -22,7 +22,7 @@ def make_brief(**overrides) -> CampaignBrief:
         ],
         "locales": ["en-US", "de-DE", "ja-JP"],
         "aspect_ratios": ["16:9", "9:16", "1:1"],
-        "variants": 2,
+        "takes": 2,
         "seed": 7,
     }
     fields.update(overrides)
@@ -33,11 +33,11 @@ def ids(brief: CampaignBrief, model_id: str = "tiny") -> list[str]:
     return [r.render_id for r in expand_brief(brief, 0, model_id)]
 
 
-def test_fan_out_is_locales_times_aspects_times_variants():
+def test_fan_out_is_locales_times_aspects_times_takes():
     requests = expand_brief(make_brief(), 0, "tiny")
     assert len(requests) == 3 * 3 * 2
     assert len({r.render_id for r in requests}) == len(requests)
-    assert {(r.locale, r.aspect_ratio, r.variant_index) for r in requests} == {
+    assert {(r.locale, r.aspect_ratio, r.take) for r in requests} == {
         (loc, asp, v) for loc in ("en-US", "de-DE", "ja-JP") for asp in ("16:9", "9:16", "1:1") for v in (0, 1)
     }
     assert {r.seed for r in requests} == {7, 8}
@@ -47,7 +47,7 @@ def test_defaults_make_one_request():
     brief = CampaignBrief(brief_id="b", campaign_id="c", prompt="A beach.", source_locale="fr-FR")
     (request,) = expand_brief(brief, 3, "tiny")
     assert (request.locale, request.language, request.aspect_ratio) == ("fr-FR", "French", "16:9")
-    assert (request.duration_s, request.resolution, request.variant_index, request.row_index) == (5, "540p", 0, 3)
+    assert (request.duration_s, request.resolution, request.take, request.row_index) == (5, "540p", 0, 3)
     assert (request.width, request.height, request.base_width, request.base_height) == (960, 540, 448, 256)
     assert request.num_frames == 126
     assert request.seed == brief.base_seed  # derived from brief_id, stable across runs
@@ -74,8 +74,8 @@ def test_anything_that_changes_the_clip_changes_the_id(change):
     def english_ids(brief: CampaignBrief) -> set[str]:
         return {r.render_id for r in expand_brief(brief, 0, "tiny") if r.locale == "en-US"}
 
-    before = english_ids(make_brief(variants=1))
-    after = english_ids(make_brief(variants=1, **change))
+    before = english_ids(make_brief(takes=1))
+    after = english_ids(make_brief(takes=1, **change))
     assert len(before) == len(after) == 3
     assert before.isdisjoint(after)
 
@@ -148,7 +148,7 @@ def test_locale_to_language(tag, language):
 def test_sizes_per_aspect_and_resolution():
     sizes = {(r.aspect_ratio, r.resolution): (r.width, r.height, r.base_width, r.base_height)
              for res in ("256p", "540p", "1080p")
-             for r in expand_brief(make_brief(resolution=res, variants=1, locales=["en-US"]), 0, "tiny")}
+             for r in expand_brief(make_brief(resolution=res, takes=1, locales=["en-US"]), 0, "tiny")}
     assert sizes[("16:9", "256p")] == (448, 256, 448, 256)
     assert sizes[("9:16", "540p")] == (540, 960, 256, 448)
     assert sizes[("1:1", "1080p")] == (1080, 1080, 352, 352)
