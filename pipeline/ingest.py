@@ -181,7 +181,9 @@ def _split_variants(raw_variants: list, template: object) -> tuple[list[tuple[in
         if index in faults:
             continue
         try:
-            variant = BriefVariant.model_validate(raw)
+            # As for the row itself, a null field is one not given.
+            given = {k: v for k, v in raw.items() if v is not None} if isinstance(raw, dict) else raw
+            variant = BriefVariant.model_validate(given)
         except ValidationError as exc:
             faults[index] = _reason_from(exc, within=f"variants[{index}]")
             continue
