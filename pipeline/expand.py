@@ -171,14 +171,15 @@ def summarize_fan_out(requests: pa.Table) -> list[BriefFanOut]:
     summaries = []
     for (campaign_id, brief_id), rows in by_brief.items():
         warnings = []
-        models_without_cfg = sorted({r["model_id"] for r in rows if r["negative_prompt"] and not _uses_cfg(r["model_id"])})
+        models_without_cfg = sorted({r["model_id"] for r in rows
+                                     if r["negative_prompt"] and not _uses_cfg(r["model_id"])})
         if models_without_cfg:
             warnings.append(f"negative_prompt is ignored: {', '.join(models_without_cfg)} is distilled and "
                             "samples without CFG (render with magihuman-base to use it)")
         summaries.append(BriefFanOut(
             campaign_id=campaign_id, brief_id=brief_id,
-            **{name: len({r[key] for r in rows}) for name, key in (
-                ("variants", "variant_id"), ("locales", "locale"), ("aspect_ratios", "aspect_ratio"), ("takes", "take"))},
+            **{name: len({r[key] for r in rows}) for name, key in (("variants", "variant_id"), ("locales", "locale"),
+                                                                   ("aspect_ratios", "aspect_ratio"), ("takes", "take"))},
             requests=len(rows), clip_seconds=sum(r["duration_s"] for r in rows), warnings=warnings,
         ))
     return summaries

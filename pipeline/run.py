@@ -227,8 +227,8 @@ def _manifest_row(request: RenderRequest, status: str, *, error: str | None = No
                   review: ReviewResult | None = None, archive: ArchiveResult | None = None,
                   timings: dict[str, float] | None = None, bytes_from_render: int = 0) -> ManifestRow:
     row = ManifestRow(
-        **request.model_dump(include=set(ManifestRow.model_fields) & set(RenderRequest.model_fields)), variant_index=request.take,
-        status=status, error=error, timings_s=timings or {}, bytes_from_render=bytes_from_render,
+        **request.model_dump(include=set(ManifestRow.model_fields) & set(RenderRequest.model_fields)),
+        variant_index=request.take, status=status, error=error, timings_s=timings or {}, bytes_from_render=bytes_from_render,
     )
     if review is not None:
         row = row.model_copy(update={

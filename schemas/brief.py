@@ -224,7 +224,8 @@ class CampaignBrief(BaseModel):
     @classmethod
     def _aspects_not_empty(cls, value: list[str] | None) -> list[str] | None:
         if value is not None and not value:
-            raise ValueError(f"empty list, leave it null for the default ['16:9'] or list some of {', '.join(ASPECT_RATIOS)}")
+            raise ValueError(f"empty list, leave it null for the default ['16:9'] or list some of "
+                             f"{', '.join(ASPECT_RATIOS)}")
         return value
 
     @field_validator("locales")

@@ -122,8 +122,8 @@ def test_plan_a_campaign_with_variants_takes_and_every_format(ray_session, tmp_p
     assert (summary["formats-720p"].requests, summary["formats-720p"].clip_seconds) == (9, 27)
 
     rejects = sorted((r["row_index"], r["reason"].split(":")[0]) for r in result.rejects.to_pylist())
-    assert rejects == [(0, "variants[2].slots"), (0, "variants[3].variant_id"), (0, "variants[4].localized_dialogue"),
-                       *((row, "variants[1].slots") for row in range(1, 5))]
+    assert rejects == [(0, "variants[2].slots"), (0, "variants[3].variant_id"),
+                       (0, "variants[4].localized_dialogue"), *((row, "variants[1].slots") for row in range(1, 5))]
 
     by_key = {(r["brief_id"], r["variant_id"], r["locale"], r["aspect_ratio"], r["take"]): r for r in requests}
     tokyo = by_key[("city", "tokyo", "ja-JP", "21:9", 1)]

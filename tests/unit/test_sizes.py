@@ -81,9 +81,10 @@ def test_bad_parameters_name_the_field():
 
 def test_the_sizes_paddock_always_used_are_kept():
     # Changing these would change every clip of the three original ratios.
-    assert {a: BASE_SIZES[a] for a in ("16:9", "9:16", "1:1")} == {"16:9": (448, 256), "9:16": (256, 448), "1:1": (352, 352)}
-    assert {a: SR_SIZES["540p"][a] for a in ("16:9", "9:16", "1:1")} == {"16:9": (896, 512), "9:16": (512, 896), "1:1": (704, 704)}
-    assert {a: SR_SIZES["1080p"][a] for a in ("16:9", "9:16", "1:1")} == {
+    original = ("16:9", "9:16", "1:1")
+    assert {a: BASE_SIZES[a] for a in original} == {"16:9": (448, 256), "9:16": (256, 448), "1:1": (352, 352)}
+    assert {a: SR_SIZES["540p"][a] for a in original} == {"16:9": (896, 512), "9:16": (512, 896), "1:1": (704, 704)}
+    assert {a: SR_SIZES["1080p"][a] for a in original} == {
         "16:9": (1920, 1088), "9:16": (1088, 1920), "1:1": (1088, 1088)}
 
 
