@@ -14,6 +14,7 @@ import io
 import json
 import logging
 import math
+import re
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -157,8 +158,9 @@ def variant_locale_fault(brief: CampaignBrief, variant: BriefVariant, locales: l
     missing = [locale for locale in locales if brief.dialogue_for(locale, variant) is None]
     if not missing:
         return None
-    return (f"localized_dialogue: no lines in {', '.join(missing)} (the variant replaces the dialogue or its "
-            "translations, so the brief's own do not apply); add them to the variant's localized_dialogue")
+    return (f"localized_dialogue: missing for a target locale ({', '.join(missing)}: the variant replaces the "
+            "dialogue or its translations, so the brief's own do not apply); add them to the variant's "
+            "localized_dialogue or drop the locale")
 
 
 def _parses(template: str) -> bool:
@@ -196,8 +198,9 @@ def _split_variants(raw_variants: list, template: object) -> tuple[list[tuple[in
 
 
 def reason_category(reason: str) -> str:
-    """The reason without its specifics, for summaries ("duration_s: Input should be ...")."""
-    return reason.split("; ")[0].split(" (")[0]
+    """The reason without its specifics, for summaries ("duration_s: Input should be ...",
+    "variants[].slots: no value for a placeholder")."""
+    return re.sub(r"\[\d+\]", "[]", reason.split("; ")[0].split(" (")[0])
 
 
 class ValidateBriefs:

@@ -131,15 +131,15 @@ def variant_fault(template: str, variant: BriefVariant) -> str | None:
     whose = "its prompt" if variant.prompt is not None else "the brief's prompt"
     missing = [name for name in used if name not in values]
     if missing:
-        return (f"slots: no value for {', '.join('{' + n + '}' for n in missing)}, which {whose} uses; "
-                "add it to slots (or write {{ }} in the prompt for literal braces)")
+        return (f"slots: no value for a placeholder ({', '.join('{' + n + '}' for n in missing)}, which {whose} "
+                "uses); add it to slots, or write {{ }} in the prompt for literal braces")
     unused = [name for name in values if name not in used]
     if unused:
-        return (f"slots: {', '.join(unused)} not used by {whose} "
-                f"(its placeholders: {', '.join(used) or 'none'}); drop it or use it as {{{unused[0]}}}")
+        return (f"slots: a value the prompt does not use ({', '.join(unused)}; the placeholders of {whose}: "
+                f"{', '.join(used) or 'none'}); drop it or use it as {{{unused[0]}}}")
     filled = len(fill_template(prompt, values))
     if filled > PROMPT_MAX_CHARS:
-        return f"slots: the filled prompt has {filled} characters, over {PROMPT_MAX_CHARS}; shorten the values"
+        return f"slots: the filled prompt is too long ({filled} characters, over {PROMPT_MAX_CHARS}); shorten the values"
     return None
 
 

@@ -140,6 +140,11 @@ def test_plan_a_campaign_with_variants_takes_and_every_format(ray_session, tmp_p
             assert r["scene"] == "a glass bottle of Lumen on wet slate, the camera pushes in."
             assert r["audio"] is (r["resolution"] != "256p")
 
+    assert result.reject_reasons == {"variants[].slots: no value for a placeholder": 1,
+                                     "variants[].variant_id: duplicate": 1,
+                                     "variants[].localized_dialogue: missing for a target locale": 1,
+                                     "variants[].slots: a value the prompt does not use": 4}
+
     ids = [r["render_id"] for r in requests]
     assert len(set(ids)) == len(ids) == 16 + 9 * len(RESOLUTIONS)
     again = plan(tmp_path / "briefs.parquet", model_id="magihuman-distill")

@@ -167,9 +167,10 @@ GOOD = {"variant_id": "paris", "slots": {"person": "woman", "city": "Paris"}}
 
 @pytest.mark.parametrize("bad, reason", [
     ({"variant_id": "oslo", "slots": {"person": "man"}},
-     "variants[1].slots: no value for {city}, which the brief's prompt uses"),
+     "variants[1].slots: no value for a placeholder ({city}, which the brief's prompt uses)"),
     ({"variant_id": "rome", "slots": {"person": "man", "city": "Rome", "colour": "red"}},
-     "variants[1].slots: colour not used by the brief's prompt (its placeholders: person, city)"),
+     "variants[1].slots: a value the prompt does not use (colour; the placeholders of the brief's prompt: "
+     "person, city)"),
     ({"variant_id": "paris", "slots": {"person": "man", "city": "Paris"}},
      "variants[1].variant_id: duplicate (got 'paris', which variants[0] already uses"),
     ({"variant_id": "no spaces", "slots": {"person": "man", "city": "Rome"}}, "variants[1].variant_id: invalid id"),
@@ -178,7 +179,7 @@ GOOD = {"variant_id": "paris", "slots": {"person": "woman", "city": "Paris"}}
     ({"variant_id": "long", "prompt": "A {person} in {city}, " + "very " * 800, "slots": {"person": "m", "city": "R"}},
      "variants[1].prompt: String should have at most 4000 characters"),
     ({"variant_id": "own", "prompt": "A {dog}.", "slots": {"person": "m", "city": "R"}},
-     "variants[1].slots: no value for {dog}, which its prompt uses"),
+     "variants[1].slots: no value for a placeholder ({dog}, which its prompt uses)"),
     ({"variant_id": "brace", "prompt": "A {bad name}.", "slots": {}}, "variants[1].prompt: malformed placeholder"),
     ({"variant_id": "blank", "slots": {"person": " ", "city": "Rome"}}, "variants[1].slots: slot 'person' needs"),
 ])
@@ -216,7 +217,8 @@ def test_a_variant_that_replaces_the_dialogue_must_translate_it():
     )
     out = run_ingest([row])
     (reason,) = variant_rejects(out)
-    assert reason.startswith("variants[1].localized_dialogue: no lines in de-DE")
+    assert reason.startswith("variants[1].localized_dialogue: missing for a target locale (de-DE:")
+    assert reason_category(reason) == "variants[].localized_dialogue: missing for a target locale"
     assert valid_variant_ids(out) == ["paris", "translated"]
 
 
