@@ -160,7 +160,8 @@ def duplicate_variant_ids(variant_ids: Sequence[Any]) -> dict[int, str]:
 
 class CampaignBrief(BaseModel):
     """One brief. Per-locale problems (an unsupported language, a missing
-    translation) are not errors here: expand rejects those locales alone."""
+    translation, in the brief or in a variant) are not errors here: ingest rejects
+    those locales or variants alone."""
 
     model_config = ConfigDict(extra="ignore", frozen=True)
 
