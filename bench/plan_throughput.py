@@ -43,7 +43,7 @@ def make_briefs(count: int, seed: int = 0) -> pa.Table:
             "aspect_ratios": rng.choice([["16:9"], ["16:9", "9:16"], ["1:1"]]),
             "duration_s": rng.choice([5, 10, 15, 20 if rng.random() < 0.01 else 5]),
             "resolution": rng.choice(["256p", "540p", "1080p"]),
-            "variants": rng.choice([1, 1, 2]),
+            "takes": rng.choice([1, 1, 2]),
         }
         rows.append(row)
     return pa.Table.from_pylist(rows, schema=BRIEF_ARROW_SCHEMA)

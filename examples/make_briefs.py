@@ -2,7 +2,7 @@
 
 Three briefs for a fictional sparkling-water brand:
 - a spokesperson line in English, German and Japanese, in 16:9 and 9:16;
-- a product close-up with only ambient sound (no dialogue);
+- a product close-up with only ambient sound (no dialogue), in two takes;
 - a vertical social cut with a French voice line.
 
 Run: python examples/make_briefs.py [OUT.parquet]
@@ -40,7 +40,7 @@ BRIEFS = [
         "aspect_ratios": ["16:9", "9:16"],
         "duration_s": 3,
         "resolution": "256p",
-        "variants": 1,
+        "takes": 1,
         "seed": 1207,
         "background_sound": "Quiet kitchen ambience with birdsong outside",
         "reference_image_uri": None,
@@ -61,7 +61,7 @@ BRIEFS = [
         "aspect_ratios": ["1:1"],
         "duration_s": 2,
         "resolution": "256p",
-        "variants": 2,
+        "takes": 2,
         "seed": None,
         "background_sound": "Fizzing bubbles and a soft glass clink",
         "reference_image_uri": None,
@@ -81,7 +81,7 @@ BRIEFS = [
         "aspect_ratios": ["9:16"],
         "duration_s": 2,
         "resolution": "256p",
-        "variants": 1,
+        "takes": 1,
         "seed": 88,
         "background_sound": "Distant city traffic and a light breeze",
         "reference_image_uri": None,

@@ -241,7 +241,7 @@ class RenderStatus(BaseModel):
     brief_id: str
     locale: str
     aspect_ratio: str
-    variant_index: int
+    take: int
     seed: int
     model_id: str
     review_status: str | None = None
@@ -401,7 +401,7 @@ class Api:
         review = entry.review or {}
         return RenderStatus(
             **entry.request.model_dump(include={"render_id", "campaign_id", "brief_id", "locale", "aspect_ratio",
-                                                "variant_index", "seed", "model_id"}),
+                                                "take", "seed", "model_id"}),
             status=entry.status, review_status=review.get("review_status"),
             review_reasons=review.get("review_reasons", []), review=entry.review,
             assets={ext: asset_url(self.dam, key, self.config.presign_expires_s) for ext, key in entry.keys.items()},

@@ -1,16 +1,20 @@
 """ingest: read a briefs file, validate each row, split valid briefs from rejects.
 
 Whole-brief faults reject the brief; per-locale faults (an unsupported
-language, a missing translation) reject that locale alone and the brief goes on
-with the locales that remain. Nothing is dropped silently: every input row ends
-up as a valid brief, a reject, or both (a brief with some locales rejected).
+language, a missing translation) reject that locale alone and per-variant faults
+(a malformed variant, a placeholder it leaves empty, a slot value the prompt does
+not use, a duplicate id, a translation it lacks) that variant alone; the brief
+goes on with the locales and variants that remain. Nothing is dropped silently:
+every input row ends up as a valid brief, a reject, or both.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import logging
 import math
+import re
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -18,8 +22,17 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import ValidationError
 
-from schemas.brief import REQUIRED_COLUMNS, CampaignBrief
+from schemas.brief import (
+    REQUIRED_COLUMNS,
+    BriefVariant,
+    CampaignBrief,
+    duplicate_variant_ids,
+    variant_fault,
+)
 from schemas.locales import LocaleError, canonical_locale, language_for_locale, supported_locales_hint
+from schemas.slots import template_slots
+
+log = logging.getLogger(__name__)
 
 # One output row per valid brief (brief_json set) or per reject (reason set).
 INGEST_SCHEMA = pa.schema(
@@ -83,6 +96,9 @@ def read_briefs_table(path: str | Path, s3_endpoint: str | None = None) -> pa.Ta
             f"{where}: none of the required columns {', '.join(REQUIRED_COLUMNS)} are present "
             f"(found: {', '.join(table.column_names) or 'no columns'}); see the brief format in README.md"
         )
+    if "variants" in table.column_names and pa.types.is_integer(table.schema.field("variants").type):
+        log.warning("%s: the variants column holds integers, the old name of takes (seeds per clip); reading it "
+                    "as takes. Rename the column to takes: variants now lists creative variants.", where)
     if ROW_INDEX in table.column_names:
         table = table.drop_columns([ROW_INDEX])
     return table.append_column(ROW_INDEX, pa.array(range(table.num_rows), pa.int64()))
@@ -110,16 +126,18 @@ def raw_json(row: dict) -> str:
     return json.dumps({k: v for k, v in row.items() if k != ROW_INDEX}, default=_json_value, ensure_ascii=False)
 
 
-def _reason_from(error: ValidationError) -> str:
+def _reason_from(error: ValidationError, within: str | None = None) -> str:
+    """One line naming each field at fault; ``within`` prefixes the fields (``variants[2]``)."""
     parts = []
     for item in error.errors():
-        field = ".".join(str(p) for p in item["loc"]) or "row"
+        field = ".".join([*([within] if within else []), *(str(p) for p in item["loc"])])
         message = item["msg"].removeprefix("Value error, ").removeprefix("Assertion failed, ")
         if item["type"] == "missing":
             message = "required field is missing or null"
-        elif "input" in item and item["type"] not in ("string_too_long",):
+        elif "input" in item and item["loc"] and item["type"] not in ("string_too_long",):
             message = f"{message} (got {item['input']!r})"
-        parts.append(f"{field}: {message}")
+        # A whole-model check (no loc) names its own field first.
+        parts.append(f"{field}: {message}" if field and (item["loc"] or within) else message)
     return "; ".join(parts)
 
 
@@ -135,9 +153,54 @@ def locale_fault(brief: CampaignBrief, locale: str) -> str | None:
     return None
 
 
+def variant_locale_fault(brief: CampaignBrief, variant: BriefVariant, locales: list[str]) -> str | None:
+    """Why ``variant`` cannot be rendered in every one of ``locales`` (``field: reason``), or None."""
+    missing = [locale for locale in locales if brief.dialogue_for(locale, variant) is None]
+    if not missing:
+        return None
+    return (f"localized_dialogue: missing for a target locale ({', '.join(missing)}: the variant replaces the "
+            "dialogue or its translations, so the brief's own do not apply); add them to the variant's "
+            "localized_dialogue or drop the locale")
+
+
+def _parses(template: str) -> bool:
+    try:
+        template_slots(template)
+    except ValueError:
+        return False
+    return True
+
+
+def _split_variants(raw_variants: list, template: object) -> tuple[list[tuple[int, BriefVariant]], list[str]]:
+    """The variants a row lists, as (index, variant) pairs that can fill the prompt, and the
+    reasons for the others. ``template`` is the row's raw prompt: when it is not a usable
+    template the brief is rejected for it anyway, and no variant is checked against it."""
+    usable_template = isinstance(template, str) and _parses(template)
+    ids = [raw.get("variant_id") if isinstance(raw, dict) else None for raw in raw_variants]
+    faults = {index: f"variants[{index}].{fault}" for index, fault in duplicate_variant_ids(ids).items()}
+    kept = []
+    for index, raw in enumerate(raw_variants):
+        if index in faults:
+            continue
+        try:
+            # As for the row itself, a null field is one not given.
+            given = {k: v for k, v in raw.items() if v is not None} if isinstance(raw, dict) else raw
+            variant = BriefVariant.model_validate(given)
+        except ValidationError as exc:
+            faults[index] = _reason_from(exc, within=f"variants[{index}]")
+            continue
+        fault = variant_fault(template, variant) if usable_template else None
+        if fault:
+            faults[index] = f"variants[{index}].{fault}"
+        else:
+            kept.append((index, variant))
+    return kept, [faults[index] for index in sorted(faults)]
+
+
 def reason_category(reason: str) -> str:
-    """The reason without its specifics, for summaries ("duration_s: Input should be ...")."""
-    return reason.split("; ")[0].split(" (")[0]
+    """The reason without its specifics, for summaries ("duration_s: Input should be ...",
+    "variants[].slots: no value for a placeholder")."""
+    return re.sub(r"\[\d+\]", "[]", reason.split("; ")[0].split(" (")[0])
 
 
 class ValidateBriefs:
@@ -164,9 +227,15 @@ class ValidateBriefs:
             first = self.first_row_of[brief_id]
             return [reject(f"brief_id: duplicate (got {brief_id!r}, which row {first} already uses; "
                            "only that row can make it)")]
+        # Parquet null means "not given": the field's default applies.
+        given = {k: v for k, v in row.items() if k != ROW_INDEX and v is not None}
+        kept_variants, variant_rejects = None, []
+        if isinstance(given.get("variants"), list) and given["variants"]:
+            kept_variants, variant_rejects = _split_variants(given["variants"], given.get("prompt"))
+            if not kept_variants:
+                return [reject(reason) for reason in variant_rejects]
+            given["variants"] = [variant for _, variant in kept_variants]
         try:
-            # Parquet null means "not given": the field's default applies.
-            given = {k: v for k, v in row.items() if k != ROW_INDEX and v is not None}
             brief = CampaignBrief.model_validate(given)
         except ValidationError as exc:
             return [reject(_reason_from(exc))]
@@ -186,8 +255,18 @@ class ValidateBriefs:
                 results.append(reject(fault, locale=locale))
             else:
                 kept.append(locale)
-        if kept:
-            valid = brief.model_copy(update={"locales": kept})
+        results.extend(reject(reason) for reason in variant_rejects)
+        variants = None
+        if kept_variants is not None:
+            variants = []
+            for index, variant in kept_variants:
+                fault = variant_locale_fault(brief, variant, kept)
+                if fault:
+                    results.append(reject(f"variants[{index}].{fault}"))
+                else:
+                    variants.append(variant)
+        if kept and variants != []:
+            valid = brief.model_copy(update={"locales": kept, "variants": variants})
             results.insert(0, {"row_index": row_index, "brief_id": brief.brief_id,
                                "brief_json": valid.model_dump_json(), "locale": None,
                                "reason": None, "raw": None})

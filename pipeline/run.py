@@ -232,7 +232,7 @@ def _manifest_row(request: RenderRequest, status: str, *, error: str | None = No
                   timings: dict[str, float] | None = None, bytes_from_render: int = 0) -> ManifestRow:
     row = ManifestRow(
         **request.model_dump(include=set(ManifestRow.model_fields) & set(RenderRequest.model_fields)),
-        status=status, error=error, timings_s=timings or {}, bytes_from_render=bytes_from_render,
+        variant_index=request.take, status=status, error=error, timings_s=timings or {}, bytes_from_render=bytes_from_render,
     )
     if review is not None:
         row = row.model_copy(update={
@@ -465,7 +465,7 @@ def _run_campaign(config: CampaignConfig, dam: DAM, log: Callable[[str], None],
                         bytes_from_render=row["assets_bytes"])
                     done = len(manifest) - len(archived)
                     log(f"[{done}/{len(todo)}] {request.brief_id} {request.locale} {request.aspect_ratio} "
-                        f"v{request.variant_index}: {status}"
+                        f"{request.variant_id} t{request.take}: {status}"
                         + (f", {review.review_status}" if review else "") + (f" ({row['error']})" if row["error"] else "")
                         + f"  {time.perf_counter() - started:.0f}s")
 

@@ -3,6 +3,7 @@
 from schemas.brief import (
     BRIEF_ARROW_SCHEMA,
     REQUIRED_COLUMNS,
+    BriefVariant,
     CampaignBrief,
     DialogueLine,
     LocalizedDialogue,
@@ -14,6 +15,7 @@ from schemas.render import RENDER_REQUEST_ARROW_SCHEMA, RenderRequest
 __all__ = [
     "ASPECT_RATIOS",
     "BRIEF_ARROW_SCHEMA",
+    "BriefVariant",
     "FPS",
     "LANGUAGES",
     "REQUIRED_COLUMNS",

@@ -1,21 +1,29 @@
 """The campaign brief: one Parquet row, as content-ops teams write it.
 
-Column names are a contract with the people who write briefs files; keep them.
+Column names are a contract with the people who write briefs files; keep them. (``variants``
+was once an integer, the number of seeds per clip: such a value is read as ``takes``.)
 """
 
 from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Sequence
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from schemas.arrow import arrow_schema
-from schemas.formats import AspectRatio, Resolution
+from schemas.formats import ASPECT_RATIOS, AspectRatio, Resolution
 from schemas.locales import canonical_locale
+from schemas.slots import SLOT_NAME, fill_template, template_slots
 
 ID_PATTERN = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}$")
 SEED_LIMIT = 2**63
+PROMPT_MAX_CHARS = 4000
+MAIN_VARIANT_ID = "main"  # the one variant of a brief without a variants column
+MAX_VARIANTS = 64
+MAX_TAKES = 8
 
 # Columns a briefs file must have; the rest have defaults.
 REQUIRED_COLUMNS = ("brief_id", "campaign_id", "prompt", "source_locale")
@@ -46,15 +54,120 @@ class LocalizedDialogue(BaseModel):
         return canonical_locale(value)
 
 
+def _not_blank_prompt(value: str) -> str:
+    if not value.strip():
+        raise ValueError("prompt is blank, describe the scene in English")
+    template_slots(value)  # a malformed placeholder is a fault of the prompt itself
+    return value
+
+
+def _unique_locales(entries: Sequence[LocalizedDialogue] | None) -> None:
+    seen = [entry.locale for entry in entries or ()]
+    duplicates = sorted({loc for loc in seen if seen.count(loc) > 1})
+    if duplicates:
+        raise ValueError(f"localized_dialogue: more than one entry for a locale ({', '.join(duplicates)})")
+
+
+def _is_integer(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+class BriefVariant(BaseModel):
+    """One creative variant of a brief: values for the prompt's ``{slot}`` placeholders, and
+    optional replacements of the brief's prompt, dialogue (source and localized) or background
+    sound. A field left null keeps the brief's own."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    variant_id: str
+    slots: dict[str, str] | None = None
+    prompt: str | None = Field(default=None, min_length=1, max_length=PROMPT_MAX_CHARS)
+    dialogue: list[DialogueLine] | None = None
+    localized_dialogue: list[LocalizedDialogue] | None = None
+    background_sound: str | None = Field(default=None, max_length=1000)
+
+    @field_validator("variant_id")
+    @classmethod
+    def _id(cls, value: str) -> str:
+        return _check_id(value)
+
+    @field_validator("slots", mode="before")
+    @classmethod
+    def _from_arrow_map(cls, value: Any) -> Any:
+        # An Arrow map column reads back as a list of (key, value) pairs.
+        return dict(value) if isinstance(value, list) else value
+
+    @field_validator("slots")
+    @classmethod
+    def _slot_names_and_values(cls, value: dict[str, str] | None) -> dict[str, str] | None:
+        for name, text in (value or {}).items():
+            if not SLOT_NAME.match(name):
+                raise ValueError(f"slot name {name!r} is not a placeholder name (letters, digits and _, "
+                                 "not starting with a digit)")
+            if not text.strip() or len(text) > 1000:
+                raise ValueError(f"slot {name!r} needs a value of 1-1000 characters (got {len(text.strip())})")
+        return value
+
+    @field_validator("prompt")
+    @classmethod
+    def _prompt(cls, value: str | None) -> str | None:
+        return None if value is None else _not_blank_prompt(value)
+
+    @model_validator(mode="after")
+    def _localized_unique(self) -> "BriefVariant":
+        _unique_locales(self.localized_dialogue)
+        return self
+
+
+MAIN_VARIANT = BriefVariant(variant_id=MAIN_VARIANT_ID)
+
+
+def variant_fault(template: str, variant: BriefVariant) -> str | None:
+    """Why ``variant`` cannot fill the prompt (the brief's ``template``, or its own), as
+    ``field: reason``; None when it can. ``template`` must already parse."""
+    prompt = variant.prompt if variant.prompt is not None else template
+    used = template_slots(prompt)
+    values = variant.slots or {}
+    whose = "its prompt" if variant.prompt is not None else "the brief's prompt"
+    missing = [name for name in used if name not in values]
+    if missing:
+        return (f"slots: no value for a placeholder ({', '.join('{' + n + '}' for n in missing)}, which {whose} "
+                "uses); add it to slots, or write {{ }} in the prompt for literal braces")
+    unused = [name for name in values if name not in used]
+    if unused:
+        return (f"slots: a value the prompt does not use ({', '.join(unused)}; the placeholders of {whose}: "
+                f"{', '.join(used) or 'none'}); drop it or use it as {{{unused[0]}}}")
+    filled = len(fill_template(prompt, values))
+    if filled > PROMPT_MAX_CHARS:
+        return f"slots: the filled prompt is too long ({filled} characters, over {PROMPT_MAX_CHARS}); shorten the values"
+    return None
+
+
+def duplicate_variant_ids(variant_ids: Sequence[Any]) -> dict[int, str]:
+    """index -> ``variant_id: duplicate ...`` for each variant whose id an earlier one already uses."""
+    first: dict[str, int] = {}
+    faults: dict[int, str] = {}
+    for index, variant_id in enumerate(variant_ids):
+        if not isinstance(variant_id, str):
+            continue
+        if variant_id in first:
+            faults[index] = (f"variant_id: duplicate (got {variant_id!r}, which variants[{first[variant_id]}] "
+                             "already uses; ids are unique within a brief)")
+        else:
+            first[variant_id] = index
+    return faults
+
+
 class CampaignBrief(BaseModel):
     """One brief. Per-locale problems (an unsupported language, a missing
-    translation) are not errors here: expand rejects those locales alone."""
+    translation, in the brief or in a variant) are not errors here: ingest rejects
+    those locales or variants alone."""
 
     model_config = ConfigDict(extra="ignore", frozen=True)
 
     brief_id: str
     campaign_id: str
-    prompt: str = Field(min_length=1, max_length=4000)
+    prompt: str = Field(min_length=1, max_length=PROMPT_MAX_CHARS)
     source_locale: str
     dialogue: list[DialogueLine] | None = None
     localized_dialogue: list[LocalizedDialogue] | None = None
@@ -62,11 +175,36 @@ class CampaignBrief(BaseModel):
     aspect_ratios: list[AspectRatio] | None = None
     duration_s: int = Field(default=5, ge=2, le=15)
     resolution: Resolution = "540p"
-    variants: int = Field(default=1, ge=1, le=8)
+    variants: list[BriefVariant] | None = Field(default=None, max_length=MAX_VARIANTS)
+    takes: int = Field(default=1, ge=1, le=MAX_TAKES)
     seed: int | None = Field(default=None, ge=0, lt=SEED_LIMIT)
     background_sound: str | None = Field(default=None, max_length=1000)
     reference_image_uri: str | None = None
     forbidden_terms: list[str] | None = None
+    negative_prompt: str | None = Field(default=None, max_length=PROMPT_MAX_CHARS)
+    audio: bool = True
+
+    @model_validator(mode="before")
+    @classmethod
+    def _integer_variants_are_takes(cls, data: Any) -> Any:
+        # Briefs files from before creative variants used an integer `variants` for what is now `takes`.
+        if (isinstance(data, dict) and _is_integer(data.get("variants")) and data.get("takes") is None
+                and 1 <= data["variants"] <= MAX_TAKES):
+            data = {k: v for k, v in data.items() if k != "variants"} | {"takes": data["variants"]}
+        return data
+
+    @field_validator("variants", mode="before")
+    @classmethod
+    def _variants_list(cls, value: Any) -> Any:
+        if _is_integer(value):  # one that _integer_variants_are_takes left: out of range, or takes given too
+            problem = (f"use 1-{MAX_TAKES} (got {value})" if not 1 <= value <= MAX_TAKES
+                       else "and takes is given too; drop one")
+            raise ValueError(f"an integer here is the old name of takes (seeds per clip), {problem}; for "
+                             "creative variants give a list of {variant_id, slots, ...}")
+        if isinstance(value, list) and not value:
+            raise ValueError(f"empty list, leave it null for one variant ({MAIN_VARIANT_ID}) made of the brief's "
+                             "own fields")
+        return value
 
     @field_validator("brief_id", "campaign_id")
     @classmethod
@@ -76,9 +214,7 @@ class CampaignBrief(BaseModel):
     @field_validator("prompt")
     @classmethod
     def _prompt_not_blank(cls, value: str) -> str:
-        if not value.strip():
-            raise ValueError("prompt is blank, describe the scene in English")
-        return value
+        return _not_blank_prompt(value)
 
     @field_validator("source_locale")
     @classmethod
@@ -89,7 +225,8 @@ class CampaignBrief(BaseModel):
     @classmethod
     def _aspects_not_empty(cls, value: list[str] | None) -> list[str] | None:
         if value is not None and not value:
-            raise ValueError("empty list, leave it null for the default ['16:9'] or list some of 16:9, 9:16, 1:1")
+            raise ValueError(f"empty list, leave it null for the default ['16:9'] or list some of "
+                             f"{', '.join(ASPECT_RATIOS)}")
         return value
 
     @field_validator("locales")
@@ -102,10 +239,24 @@ class CampaignBrief(BaseModel):
 
     @model_validator(mode="after")
     def _localized_unique(self) -> "CampaignBrief":
-        seen = [entry.locale for entry in self.localized_dialogue or ()]
-        duplicates = sorted({loc for loc in seen if seen.count(loc) > 1})
-        if duplicates:
-            raise ValueError(f"more than one entry for a locale ({', '.join(duplicates)})")
+        _unique_locales(self.localized_dialogue)
+        return self
+
+    @model_validator(mode="after")
+    def _variants_fill_the_prompt(self) -> "CampaignBrief":
+        # ingest checks each variant on its own first (a bad one is rejected alone); this keeps
+        # every other way of making a brief (the ad-hoc endpoint) to the same rules.
+        if self.variants is None:
+            used = template_slots(self.prompt)
+            if used:
+                raise ValueError(f"prompt: placeholder {{{used[0]}}} has no value; give the values in a variants "
+                                 "column (variants[].slots), or write {{ }} for literal braces")
+            return self
+        faults = duplicate_variant_ids([v.variant_id for v in self.variants])
+        for index, variant in enumerate(self.variants):
+            fault = faults.get(index) or variant_fault(self.prompt, variant)
+            if fault:
+                raise ValueError(f"variants[{index}].{fault}")
         return self
 
     # Defaults that depend on other fields.
@@ -125,14 +276,32 @@ class CampaignBrief(BaseModel):
         digest = hashlib.sha256(self.brief_id.encode("utf-8")).digest()
         return int.from_bytes(digest[:8], "big") % 2**31
 
-    def dialogue_for(self, locale: str) -> list[DialogueLine] | None:
-        """The dialogue in ``locale``: the source lines, a localized entry, or None when missing."""
+    @property
+    def creative_variants(self) -> list[BriefVariant]:
+        return list(self.variants) if self.variants is not None else [MAIN_VARIANT]
+
+    def scene_for(self, variant: BriefVariant) -> str:
+        """The English scene description of ``variant``: its prompt (or the brief's), slots filled."""
+        return fill_template(variant.prompt if variant.prompt is not None else self.prompt, variant.slots or {})
+
+    def background_sound_for(self, variant: BriefVariant) -> str | None:
+        return variant.background_sound if variant.background_sound is not None else self.background_sound
+
+    def dialogue_for(self, locale: str, variant: BriefVariant = MAIN_VARIANT) -> list[DialogueLine] | None:
+        """The dialogue of ``variant`` in ``locale``: the source lines, a localized entry, or None when
+        missing. A variant that replaces the dialogue drops the brief's translations with it (they
+        translate other lines), unless it gives its own."""
+        dialogue, localized = self.dialogue, self.localized_dialogue
+        if variant.dialogue is not None:
+            dialogue, localized = variant.dialogue, variant.localized_dialogue
+        elif variant.localized_dialogue is not None:
+            localized = variant.localized_dialogue
         if locale == self.source_locale:
-            return list(self.dialogue or [])
-        for entry in self.localized_dialogue or ():
+            return list(dialogue or [])
+        for entry in localized or ():
             if entry.locale == locale:
                 return list(entry.lines)
-        return None if self.dialogue else []
+        return None if dialogue else []
 
 
 BRIEF_ARROW_SCHEMA = arrow_schema(CampaignBrief)

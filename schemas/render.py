@@ -5,9 +5,8 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, Field
 
 from schemas.arrow import arrow_schema
-from schemas.brief import DialogueLine
+from schemas.brief import MAIN_VARIANT_ID, DialogueLine
 from schemas.formats import FPS, AspectRatio, Resolution
-
 
 
 class RenderRequest(BaseModel):
@@ -27,14 +26,17 @@ class RenderRequest(BaseModel):
     height: int
     duration_s: int
     seed: int
-    variant_index: int
+    variant_id: str = Field(MAIN_VARIANT_ID, description="the brief's creative variant this clip renders")
+    take: int = Field(0, description="0-based take: the clip's seed is the brief's seed + take")
     prompt: str = Field(description="the composed model prompt (scene, Dialogue, Background Sound)")
-    scene: str = Field(description="the brief's English scene description")
+    scene: str = Field(description="the English scene description: the variant's prompt, slots filled")
     dialogue: list[DialogueLine]
     background_sound: str | None = None
     reference_image_uri: str | None = None
     forbidden_terms: list[str]
     model_id: str
+    negative_prompt: str | None = Field(None, description="what CFG steers away from (models with CFG only)")
+    audio: bool = Field(True, description="false: the clip is delivered silent")
 
     @property
     def num_frames(self) -> int:

@@ -7,14 +7,16 @@ Facts from the released stack:
 - audio VAE (Oobleck): one 64-channel latent per 2048 samples at a 51.2 kHz virtual rate, i.e.
   one audio latent per video frame at 25 fps;
 - base generation is 256p-class (the reference runs 448x256); super-resolution runs the SR DiT
-  at 896x512 (540p) or 1920x1088 (1080p) and the frames are then brought to the exact final size.
+  at 896x512 (540p), 1280x736 (720p) or 1920x1088 (1080p) for 16:9, and the frames are then
+  brought to the exact final size.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from schemas.formats import FPS
+
+from schemas.formats import ASPECT_RATIOS, FPS, GENERATION_SIZES, RESOLUTIONS, SR_RESOLUTIONS, delivery_size
 
 VAE_STRIDE = (4, 16, 16)
 PATCH_SIZE = (1, 2, 2)
@@ -24,22 +26,19 @@ AUDIO_HOP = 2048  # waveform samples per audio latent
 AUDIO_VIRTUAL_RATE = AUDIO_HOP * FPS  # 51200 Hz: one audio latent per video frame
 
 
-# (width, height) the base DiT generates at. 1:1 keeps the 16:9 pixel budget (448*256 ~ 339^2),
-# rounded to the nearest multiple of 32.
-BASE_SIZES: dict[str, tuple[int, int]] = {"16:9": (448, 256), "9:16": (256, 448), "1:1": (352, 352)}
+# The size tables, read from the one definition in schemas/formats.py (its comment says how each
+# size was chosen). (width, height) the base DiT generates at, per aspect ratio:
+BASE_SIZES: dict[str, tuple[int, int]] = {aspect: sizes["base"] for aspect, sizes in GENERATION_SIZES.items()}
 
-# (width, height) the SR DiT generates at: 540p is twice the base latent grid (as the reference
-# does), 1080p is the smallest 32-multiple that covers the delivery size.
+# (width, height) the SR DiT generates at, per resolution and aspect ratio (none at 256p).
 SR_SIZES: dict[str, dict[str, tuple[int, int]]] = {
-    "540p": {"16:9": (896, 512), "9:16": (512, 896), "1:1": (704, 704)},
-    "1080p": {"16:9": (1920, 1088), "9:16": (1088, 1920), "1:1": (1088, 1088)},
+    resolution: {aspect: sizes[resolution] for aspect, sizes in GENERATION_SIZES.items()}
+    for resolution in SR_RESOLUTIONS
 }
 
-# Exact delivery size per resolution and aspect ratio. 1:1 at 540p keeps the 960x540 pixel budget.
+# Exact delivery size per resolution and aspect ratio.
 FINAL_SIZES: dict[str, dict[str, tuple[int, int]]] = {
-    "256p": BASE_SIZES,
-    "540p": {"16:9": (960, 540), "9:16": (540, 960), "1:1": (720, 720)},
-    "1080p": {"16:9": (1920, 1080), "9:16": (1080, 1920), "1:1": (1080, 1080)},
+    resolution: {aspect: delivery_size(resolution, aspect) for aspect in ASPECT_RATIOS} for resolution in RESOLUTIONS
 }
 
 

@@ -75,7 +75,7 @@ def brief(**overrides) -> AdHocBrief:
 
 def test_plan_renders_checks_locales_like_ingest():
     requests_ = plan_renders(brief(locales=["en-us", "EN-US"], aspect_ratios=["16:9", "9:16"], variants=2), "tiny")
-    assert {(r.locale, r.aspect_ratio, r.variant_index) for r in requests_} == {
+    assert {(r.locale, r.aspect_ratio, r.take) for r in requests_} == {
         ("en-US", a, v) for a in ("16:9", "9:16") for v in (0, 1)}
     assert len({r.render_id for r in requests_}) == 4
     with pytest.raises(RequestValidationError) as unsupported:
@@ -91,7 +91,7 @@ def test_plan_renders_checks_locales_like_ingest():
 
 
 def test_null_means_not_given_and_no_reference_images():
-    assert brief(duration_s=None, variants=None).variants == 1
+    assert brief(duration_s=None, takes=None).takes == 1
     assert brief(duration_s=None).duration_s == 5
     with pytest.raises(ValidationError, match="reference_image_uri"):
         brief(reference_image_uri="file:///etc/hostname")

@@ -22,7 +22,7 @@ def make_brief(**overrides) -> CampaignBrief:
         ],
         "locales": ["en-US", "de-DE", "ja-JP"],
         "aspect_ratios": ["16:9", "9:16", "1:1"],
-        "variants": 2,
+        "takes": 2,
         "seed": 7,
     }
     fields.update(overrides)
@@ -33,11 +33,11 @@ def ids(brief: CampaignBrief, model_id: str = "tiny") -> list[str]:
     return [r.render_id for r in expand_brief(brief, 0, model_id)]
 
 
-def test_fan_out_is_locales_times_aspects_times_variants():
+def test_fan_out_is_locales_times_aspects_times_takes():
     requests = expand_brief(make_brief(), 0, "tiny")
     assert len(requests) == 3 * 3 * 2
     assert len({r.render_id for r in requests}) == len(requests)
-    assert {(r.locale, r.aspect_ratio, r.variant_index) for r in requests} == {
+    assert {(r.locale, r.aspect_ratio, r.take) for r in requests} == {
         (loc, asp, v) for loc in ("en-US", "de-DE", "ja-JP") for asp in ("16:9", "9:16", "1:1") for v in (0, 1)
     }
     assert {r.seed for r in requests} == {7, 8}
@@ -47,7 +47,7 @@ def test_defaults_make_one_request():
     brief = CampaignBrief(brief_id="b", campaign_id="c", prompt="A beach.", source_locale="fr-FR")
     (request,) = expand_brief(brief, 3, "tiny")
     assert (request.locale, request.language, request.aspect_ratio) == ("fr-FR", "French", "16:9")
-    assert (request.duration_s, request.resolution, request.variant_index, request.row_index) == (5, "540p", 0, 3)
+    assert (request.duration_s, request.resolution, request.take, request.row_index) == (5, "540p", 0, 3)
     assert (request.width, request.height, request.base_width, request.base_height) == (960, 540, 448, 256)
     assert request.num_frames == 126
     assert request.seed == brief.base_seed  # derived from brief_id, stable across runs
@@ -74,8 +74,8 @@ def test_anything_that_changes_the_clip_changes_the_id(change):
     def english_ids(brief: CampaignBrief) -> set[str]:
         return {r.render_id for r in expand_brief(brief, 0, "tiny") if r.locale == "en-US"}
 
-    before = english_ids(make_brief(variants=1))
-    after = english_ids(make_brief(variants=1, **change))
+    before = english_ids(make_brief(takes=1))
+    after = english_ids(make_brief(takes=1, **change))
     assert len(before) == len(after) == 3
     assert before.isdisjoint(after)
 
@@ -148,8 +148,134 @@ def test_locale_to_language(tag, language):
 def test_sizes_per_aspect_and_resolution():
     sizes = {(r.aspect_ratio, r.resolution): (r.width, r.height, r.base_width, r.base_height)
              for res in ("256p", "540p", "1080p")
-             for r in expand_brief(make_brief(resolution=res, variants=1, locales=["en-US"]), 0, "tiny")}
+             for r in expand_brief(make_brief(resolution=res, takes=1, locales=["en-US"]), 0, "tiny")}
     assert sizes[("16:9", "256p")] == (448, 256, 448, 256)
     assert sizes[("9:16", "540p")] == (540, 960, 256, 448)
     assert sizes[("1:1", "1080p")] == (1080, 1080, 352, 352)
     assert sizes[("16:9", "1080p")][:2] == (1920, 1080)
+
+
+# --------------------------------------------------------------------------- creative variants
+
+
+def variant_brief(**overrides) -> CampaignBrief:
+    """Two creative variants filling {person} and {city}; the second replaces dialogue and sound."""
+    fields = {
+        "brief_id": "city", "campaign_id": "spring", "source_locale": "en-US",
+        "prompt": "A {person} opens a bottle of {{Lumen}} on a rooftop in {city}.",
+        "dialogue": [{"speaker": "Presenter", "line": "Spring tastes better."}],
+        "localized_dialogue": [{"locale": "de-DE", "lines": [{"speaker": "Presenter", "line": "Frühling!"}]}],
+        "locales": ["en-US", "de-DE"], "aspect_ratios": ["4:5", "21:9", "16:9"], "resolution": "720p",
+        "takes": 2, "seed": 40, "background_sound": "Wind",
+        "variants": [
+            {"variant_id": "paris", "slots": {"person": "woman", "city": "Paris"}},
+            {"variant_id": "tokyo", "slots": {"person": "man", "city": "Tokyo"}, "background_sound": "Traffic",
+             "dialogue": [{"speaker": "Man", "line": "Cheers."}],
+             "localized_dialogue": [{"locale": "de-DE", "lines": [{"speaker": "Man", "line": "Prost."}]}]},
+        ],
+    }
+    fields.update(overrides)
+    return CampaignBrief.model_validate(fields)
+
+
+def test_fan_out_is_variants_times_locales_times_aspects_times_takes():
+    requests = expand_brief(variant_brief(), 0, "tiny")
+    assert len(requests) == 2 * 2 * 3 * 2
+    assert {(r.variant_id, r.locale, r.aspect_ratio, r.take, r.seed) for r in requests} == {
+        (v, loc, asp, take, 40 + take) for v in ("paris", "tokyo") for loc in ("en-US", "de-DE")
+        for asp in ("4:5", "21:9", "16:9") for take in (0, 1)
+    }
+    assert len({r.render_id for r in requests}) == len(requests)
+    assert [r.render_id for r in requests] == [r.render_id for r in expand_brief(variant_brief(), 0, "tiny")]
+
+
+def test_variants_fill_the_slots_and_replace_what_they_override():
+    requests = {(r.variant_id, r.locale): r for r in expand_brief(variant_brief(takes=1), 0, "tiny")}
+    paris_de = requests[("paris", "de-DE")]
+    assert paris_de.scene == "A woman opens a bottle of {Lumen} on a rooftop in Paris."
+    assert paris_de.prompt == (
+        "A woman opens a bottle of {Lumen} on a rooftop in Paris.\n\n"
+        'Dialogue:\n<Presenter, German>: "Frühling!"\n\n'
+        "Background Sound:\n<Wind>"
+    )
+    tokyo_de = requests[("tokyo", "de-DE")]
+    assert tokyo_de.prompt == (
+        "A man opens a bottle of {Lumen} on a rooftop in Tokyo.\n\n"
+        'Dialogue:\n<Man, German>: "Prost."\n\n'
+        "Background Sound:\n<Traffic>"
+    )
+    assert tokyo_de.background_sound == "Traffic" and [d.line for d in tokyo_de.dialogue] == ["Prost."]
+    assert [d.line for d in requests[("tokyo", "en-US")].dialogue] == ["Cheers."]
+
+
+def test_a_variant_may_replace_the_prompt():
+    brief = variant_brief(variants=[{"variant_id": "beach", "prompt": "A {animal} on a beach.",
+                                     "slots": {"animal": "dog"}}], takes=1, locales=["en-US"])
+    assert {r.scene for r in expand_brief(brief, 0, "tiny")} == {"A dog on a beach."}
+
+
+@pytest.mark.parametrize("resolution", ["256p", "540p", "720p", "1080p"])
+def test_every_format_has_its_delivery_and_generation_size(resolution):
+    from schemas.formats import ASPECT_RATIOS, GENERATION_SIZES, delivery_size
+
+    brief = make_brief(aspect_ratios=list(ASPECT_RATIOS), resolution=resolution, locales=["en-US"], takes=1)
+    requests = expand_brief(brief, 0, "tiny")
+    assert [r.aspect_ratio for r in requests] == list(ASPECT_RATIOS)
+    for r in requests:
+        assert (r.width, r.height) == delivery_size(resolution, r.aspect_ratio)
+        assert (r.base_width, r.base_height) == GENERATION_SIZES[r.aspect_ratio]["base"]
+    assert len({r.render_id for r in requests}) == len(ASPECT_RATIOS)
+
+
+def test_new_fields_at_their_defaults_keep_the_old_ids():
+    plain = make_brief()
+    spelled_out = make_brief(variants=[{"variant_id": "main"}], negative_prompt=None, audio=True)
+    assert ids(plain) == ids(spelled_out)
+    assert [r.variant_id for r in expand_brief(plain, 0, "tiny")] == ["main"] * 18
+
+
+@pytest.mark.parametrize("change", [
+    {"variants": [{"variant_id": "alt"}]},
+    {"negative_prompt": "blurry, text overlays"},
+    {"audio": False},
+])
+def test_new_fields_off_their_defaults_change_the_id(change):
+    assert set(ids(make_brief())).isdisjoint(ids(make_brief(**change)))
+    assert ids(make_brief(**change)) == ids(make_brief(**change))
+
+
+def test_negative_prompt_and_audio_are_carried_on_the_request():
+    (request, *_) = expand_brief(make_brief(negative_prompt="watermark", audio=False), 0, "tiny")
+    assert (request.negative_prompt, request.audio) == ("watermark", False)
+
+
+def test_integer_variants_are_read_as_takes():
+    old = make_brief(takes=None, variants=3)  # the pre-variants meaning: seeds per clip
+    assert (old.takes, old.variants) == (3, None)
+    assert ids(old) == ids(make_brief(takes=3))
+
+
+def test_a_variant_without_a_needed_translation_is_refused():
+    brief = variant_brief(variants=[{"variant_id": "new-line", "dialogue": [{"speaker": "A", "line": "New."}]}],
+                          prompt="A kitchen.")
+    with pytest.raises(ValueError, match="variant 'new-line' has no dialogue in de-DE"):
+        expand_brief(brief, 0, "tiny")
+
+
+def test_fan_out_summary_per_brief():
+    import pyarrow as pa
+
+    from pipeline.expand import summarize_fan_out
+    from schemas.render import RENDER_REQUEST_ARROW_SCHEMA
+
+    requests = [*expand_brief(variant_brief(duration_s=4), 0, "magihuman-base"),
+                *expand_brief(make_brief(negative_prompt="blur"), 1, "magihuman-distill")]
+    table = pa.Table.from_pylist([r.model_dump() for r in requests], schema=RENDER_REQUEST_ARROW_SCHEMA)
+    city, hero = summarize_fan_out(table)
+    assert (city.brief_id, city.variants, city.locales, city.aspect_ratios, city.takes) == ("city", 2, 2, 3, 2)
+    assert (city.requests, city.clip_seconds, city.warnings) == (24, 96, [])
+    assert city.line == "city: 2 variants x 2 locales x 3 aspects x 2 takes = 24 requests, 96 clip-seconds"
+    assert (hero.variants, hero.locales, hero.aspect_ratios, hero.takes, hero.requests) == (1, 3, 3, 2, 18)
+    assert hero.clip_seconds == 18 * 5
+    (warning,) = hero.warnings
+    assert "negative_prompt is ignored" in warning and "magihuman-distill" in warning

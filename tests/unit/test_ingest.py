@@ -49,11 +49,13 @@ def only_reject(rows: list[dict]) -> dict:
         ({"prompt": "x" * 4001}, "prompt"),
         ({"duration_s": 1}, "duration_s"),
         ({"duration_s": 16}, "duration_s"),
-        ({"variants": 0}, "variants"),
-        ({"variants": 9}, "variants"),
-        ({"aspect_ratios": ["4:3"]}, "aspect_ratios"),
+        ({"takes": 0}, "takes"),
+        ({"takes": 9}, "takes"),
+        ({"variants": []}, "variants"),
+        ({"aspect_ratios": ["2:1"]}, "aspect_ratios"),
         ({"aspect_ratios": []}, "aspect_ratios"),
-        ({"resolution": "720p"}, "resolution"),
+        ({"resolution": "480p"}, "resolution"),
+        ({"negative_prompt": "x" * 4001}, "negative_prompt"),
         ({"source_locale": "not a locale"}, "source_locale"),
         ({"seed": -1}, "seed"),
     ],
@@ -140,3 +142,123 @@ def test_every_locale_rejected_leaves_no_brief():
 def test_locale_tags_are_canonicalized_and_deduplicated():
     out = run_ingest([brief(locales=["en_us", "EN-US", "de-de"])])
     assert CampaignBrief.model_validate_json(out[0]["brief_json"]).locales == ["en-US", "de-DE"]
+
+
+# --------------------------------------------------------------------------- creative variants
+
+
+def variants_brief(variants: list[dict], **overrides) -> dict:
+    return brief(prompt="A {person} drinks Lumen in {city}.", variants=variants, **overrides)
+
+
+def valid_variant_ids(out: list[dict]) -> list[str]:
+    (valid,) = [r for r in out if r["brief_json"]]
+    return [v.variant_id for v in CampaignBrief.model_validate_json(valid["brief_json"]).variants]
+
+
+def variant_rejects(out: list[dict]) -> list[str]:
+    rejects = [r for r in out if r["reason"]]
+    assert all(r["locale"] is None and r["brief_id"] == "b1" for r in rejects)
+    return [r["reason"] for r in rejects]
+
+
+GOOD = {"variant_id": "paris", "slots": {"person": "woman", "city": "Paris"}}
+
+
+@pytest.mark.parametrize("bad, reason", [
+    ({"variant_id": "oslo", "slots": {"person": "man"}},
+     "variants[1].slots: no value for a placeholder ({city}, which the brief's prompt uses)"),
+    ({"variant_id": "rome", "slots": {"person": "man", "city": "Rome", "colour": "red"}},
+     "variants[1].slots: a value the prompt does not use (colour; the placeholders of the brief's prompt: "
+     "person, city)"),
+    ({"variant_id": "paris", "slots": {"person": "man", "city": "Paris"}},
+     "variants[1].variant_id: duplicate (got 'paris', which variants[0] already uses"),
+    ({"variant_id": "no spaces", "slots": {"person": "man", "city": "Rome"}}, "variants[1].variant_id: invalid id"),
+    ({"variant_id": None, "slots": {"person": "man", "city": "Rome"}},
+     "variants[1].variant_id: required field is missing or null"),
+    ({"variant_id": "long", "prompt": "A {person} in {city}, " + "very " * 800, "slots": {"person": "m", "city": "R"}},
+     "variants[1].prompt: String should have at most 4000 characters"),
+    ({"variant_id": "own", "prompt": "A {dog}.", "slots": {"person": "m", "city": "R"}},
+     "variants[1].slots: no value for a placeholder ({dog}, which its prompt uses)"),
+    ({"variant_id": "brace", "prompt": "A {bad name}.", "slots": {}}, "variants[1].prompt: malformed placeholder"),
+    ({"variant_id": "blank", "slots": {"person": " ", "city": "Rome"}}, "variants[1].slots: slot 'person' needs"),
+])
+def test_a_bad_variant_rejects_that_variant_naming_the_field(bad, reason):
+    out = run_ingest([variants_brief([GOOD, bad])])
+    (got,) = variant_rejects(out)
+    assert got.startswith(reason), got
+    assert valid_variant_ids(out) == ["paris"]
+
+
+def test_an_override_of_the_wrong_shape_rejects_that_variant():
+    # Shapes Arrow would refuse in a typed column can still arrive in a file written without the schema.
+    table = pa.table({
+        "brief_id": ["b1"], "campaign_id": ["c1"], "prompt": ["A kitchen."], "source_locale": ["en-US"],
+        "variants": [[{"variant_id": "a", "dialogue": None, "colour": None},
+                      {"variant_id": "b", "dialogue": "Hello there", "colour": None},
+                      {"variant_id": "c", "dialogue": None, "colour": "red"}]],
+    }).append_column("row_index", pa.array([0], pa.int64()))
+    out = ValidateBriefs({"b1": 0})(table).to_pylist()
+    assert variant_rejects(out) == [
+        "variants[1].dialogue: Input should be a valid list (got 'Hello there')",
+        "variants[2].colour: Extra inputs are not permitted (got 'red')",
+    ]
+    assert valid_variant_ids(out) == ["a"]
+
+
+def test_a_variant_that_replaces_the_dialogue_must_translate_it():
+    row = variants_brief(
+        [GOOD, {**GOOD, "variant_id": "new-line", "dialogue": [{"speaker": "Woman", "line": "New line."}]},
+         {**GOOD, "variant_id": "translated", "dialogue": [{"speaker": "Woman", "line": "New line."}],
+          "localized_dialogue": [{"locale": "de-DE", "lines": [{"speaker": "Frau", "line": "Neu."}]}]}],
+        dialogue=[{"speaker": "Woman", "line": "Hello"}],
+        localized_dialogue=[{"locale": "de-DE", "lines": [{"speaker": "Frau", "line": "Hallo"}]}],
+        locales=["en-US", "de-DE"],
+    )
+    out = run_ingest([row])
+    (reason,) = variant_rejects(out)
+    assert reason.startswith("variants[1].localized_dialogue: missing for a target locale (de-DE:")
+    assert reason_category(reason) == "variants[].localized_dialogue: missing for a target locale"
+    assert valid_variant_ids(out) == ["paris", "translated"]
+
+
+def test_when_every_variant_is_bad_the_brief_makes_nothing():
+    out = run_ingest([variants_brief([{"variant_id": "a"}, {"variant_id": "b", "slots": {"person": "m"}}])])
+    assert [r["brief_json"] for r in out] == [None, None]
+    assert [reason.split(":")[0] for reason in variant_rejects(out)] == ["variants[0].slots", "variants[1].slots"]
+
+
+@pytest.mark.parametrize("prompt, reason", [
+    ("A {person} smiles.", "prompt: placeholder {person} has no value"),
+    ("A sign reads {SALE!r}.", "prompt: malformed placeholder '{SALE!r}'"),
+    ("An unbalanced { brace.", "prompt: malformed template"),
+])
+def test_prompt_faults_without_variants_reject_the_brief(prompt, reason):
+    assert only_reject([brief(prompt=prompt)])["reason"].startswith(reason)
+
+
+def test_literal_braces_and_variant_columns_round_trip():
+    out = run_ingest([brief(prompt="A neon sign reads {{OPEN}}.", takes=3, negative_prompt="blur", audio=False)])
+    valid = CampaignBrief.model_validate_json(out[0]["brief_json"])
+    assert (valid.takes, valid.negative_prompt, valid.audio) == (3, "blur", False)
+    assert valid.scene_for(valid.creative_variants[0]) == "A neon sign reads {OPEN}."
+
+
+def test_integer_variants_column_is_read_as_takes_with_one_warning(tmp_path, caplog):
+    import pyarrow.parquet as pq
+
+    from pipeline.ingest import read_briefs_table
+
+    old = pa.table({"brief_id": ["b1", "b2", "b3"], "campaign_id": ["c1"] * 3, "prompt": ["A kitchen."] * 3,
+                    "source_locale": ["en-US"] * 3, "variants": pa.array([2, None, 9], pa.int64())})
+    pq.write_table(old, tmp_path / "old.parquet")
+    with caplog.at_level("WARNING", logger="pipeline.ingest"):
+        table = read_briefs_table(tmp_path / "old.parquet")
+    (warning,) = caplog.records
+    assert "old.parquet" in warning.getMessage() and "takes" in warning.getMessage()
+    out = ValidateBriefs(first_row_by_brief_id(["b1", "b2", "b3"]))(table).to_pylist()
+    takes = [CampaignBrief.model_validate_json(r["brief_json"]).takes for r in out if r["brief_json"]]
+    assert takes == [2, 1]
+    (reject,) = [r for r in out if r["reason"]]
+    assert reject["row_index"] == 2
+    assert reject["reason"].startswith("variants: an integer here is the old name of takes (seeds per clip), use 1-8")
