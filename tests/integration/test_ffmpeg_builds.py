@@ -100,7 +100,7 @@ def test_a_hung_ffmpeg_becomes_a_failure_row_and_the_stage_goes_on(tmp_path, mon
     monkeypatch.setenv(TIMEOUT_SCALE_ENV, "0.15")  # 0.15 x (30 s + 8 s per clip second): 6.9 s for a 2 s clip
     stage = RenderClips(GeneratorConfig(model="tiny"), ReviewThresholds(), CHANNEL_PROFILES["draft"], batch_size=2)
     brief = CampaignBrief(brief_id="b", campaign_id="c", prompt="A chef tastes the soup.", source_locale="en-US",
-                          duration_s=DURATION_S, resolution="256p", variants=2)
+                          duration_s=DURATION_S, resolution="256p", takes=2)
     requests = expand_brief(brief, row_index=0, model_id="tiny")
     table = pa.Table.from_pylist([r.model_dump() for r in requests], schema=RENDER_REQUEST_ARROW_SCHEMA)
     started = time.perf_counter()
