@@ -71,7 +71,7 @@ class MuxedAssets(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     mp4_path: Path
-    wav_path: Path
+    wav_path: Path | None = Field(description="the normalized stem; None for a silent delivery (audio=None)")
     poster_path: Path
     vtt_path: Path
     width: int = Field(description="encoded width (even)")
@@ -190,28 +190,22 @@ def _raw_video_input(width: int, height: int, fps: float) -> Any:
 
 
 def encode_mp4(
-    frames: np.ndarray, fps: float, audio_wav: Path, mp4_path: Path, profile: ChannelProfile, timeout_s: float
+    frames: np.ndarray, fps: float, audio_wav: Path | None, mp4_path: Path, profile: ChannelProfile, timeout_s: float
 ) -> tuple[int, int]:
-    """Pipe raw RGB frames into libx264 and mux them with the WAV as AAC 48 kHz, faststart. Returns the encoded size."""
+    """Pipe raw RGB frames into libx264 and mux them with the WAV as AAC 48 kHz (no audio track
+    without a WAV), faststart. Returns the encoded size."""
     num_frames, height, width = frames.shape[:3]
     out_width, out_height = even_size(width, height)
     video = _raw_video_input(width, height, fps)
     if (out_width, out_height) != (width, height):
         video = video.filter("crop", out_width, out_height, 0, 0)
-    output = ffmpeg.output(
-        video,
-        ffmpeg.input(str(audio_wav)),
-        str(mp4_path),
-        vcodec="libx264",
-        pix_fmt="yuv420p",
-        r=fps,
-        crf=profile.video_crf,
-        preset=profile.video_preset,
-        acodec="aac",
-        ar=OUTPUT_SAMPLE_RATE,
-        movflags="+faststart",
-        **{"b:a": profile.audio_bitrate},
-    )
+    video_args = {"vcodec": "libx264", "pix_fmt": "yuv420p", "r": fps, "crf": profile.video_crf,
+                  "preset": profile.video_preset, "movflags": "+faststart"}
+    if audio_wav is None:
+        output = ffmpeg.output(video, str(mp4_path), an=None, **video_args)
+    else:
+        output = ffmpeg.output(video, ffmpeg.input(str(audio_wav)), str(mp4_path), acodec="aac",
+                               ar=OUTPUT_SAMPLE_RATE, **{"b:a": profile.audio_bitrate}, **video_args)
     frame_bytes = (np.ascontiguousarray(frame, dtype=np.uint8).data for frame in frames)
     _run(output, f"encoding {mp4_path} ({num_frames} frames {width}x{height})", timeout_s, stdin=frame_bytes)
     return out_width, out_height
@@ -292,7 +286,7 @@ def write_vtt(cues: Sequence[tuple[float, float, str]], vtt_path: Path) -> None:
 
 def mux_clip(
     frames: np.ndarray,
-    audio: np.ndarray,
+    audio: np.ndarray | None,
     sample_rate: int,
     fps: float,
     out_dir: str | Path,
@@ -301,48 +295,54 @@ def mux_clip(
     speech_spans: Sequence[tuple[float, float]] = (),
     profile: ChannelProfile | None = None,
 ) -> MuxedAssets:
-    """Write `<stem_name>.{mp4,wav,jpg,vtt}` for one clip into `out_dir` and measure the MP4's loudness."""
+    """Write `<stem_name>.{mp4,wav,jpg,vtt}` for one clip into `out_dir` and measure the MP4's loudness.
+
+    `audio=None` is a silent delivery: an MP4 with no audio track and no WAV stem.
+    """
     profile = profile or ChannelProfile()
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
         raise ValueError(f"frames must be uint8 [T, H, W, 3], got {frames.dtype} {frames.shape}")
-    audio = np.asarray(audio, dtype=np.float32)
-    if audio.ndim == 1:
-        audio = audio[:, None]
-    if audio.ndim != 2 or audio.shape[0] == 0:
-        raise ValueError(f"audio must be non-empty [samples, channels], got shape {audio.shape}")
+    if audio is not None:
+        audio = np.asarray(audio, dtype=np.float32)
+        if audio.ndim == 1:
+            audio = audio[:, None]
+        if audio.ndim != 2 or audio.shape[0] == 0:
+            raise ValueError(f"audio must be non-empty [samples, channels], got shape {audio.shape}")
     if not re.fullmatch(r"[A-Za-z0-9._-]+", stem_name):
         raise ValueError(f"stem_name {stem_name!r} must be letters, digits, '.', '_' or '-' (it names files)")
     lines = [d if isinstance(d, DialogueLine) else DialogueLine.model_validate(dict(d)) for d in dialogue]
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    final = {ext: out_dir / f"{stem_name}.{ext}" for ext in ("mp4", "wav", "jpg", "vtt")}
+    extensions = ("mp4", "wav", "jpg", "vtt") if audio is not None else ("mp4", "jpg", "vtt")
+    final = {ext: out_dir / f"{stem_name}.{ext}" for ext in extensions}
 
     # Everything is made in a scratch folder and moved into place only when all of it
     # succeeded, so a failed clip never leaves a partial file that looks like a deliverable.
     with tempfile.TemporaryDirectory(dir=out_dir, prefix=f".{stem_name}.") as tmp:
         work = {ext: Path(tmp) / path.name for ext, path in final.items()}
-        raw = Path(tmp) / "audio.f32"
-        write_raw_audio(raw, audio)
         timeout_s = ffmpeg_timeout_s(frames.shape[0] / fps, frames.shape[2], frames.shape[1])
-        input_lufs, loudnorm_mode = normalize_to_wav(
-            raw, sample_rate, audio.shape[1], profile, work["wav"], timeout_s
-        )
-        width, height = encode_mp4(frames, fps, work["wav"], work["mp4"], profile, timeout_s)
+        input_lufs, loudnorm_mode, wav = None, "none", None
+        if audio is not None:
+            raw = Path(tmp) / "audio.f32"
+            write_raw_audio(raw, audio)
+            wav = work["wav"]
+            input_lufs, loudnorm_mode = normalize_to_wav(raw, sample_rate, audio.shape[1], profile, wav, timeout_s)
+        width, height = encode_mp4(frames, fps, wav, work["mp4"], profile, timeout_s)
         write_poster(frames[poster_frame_index(frames)], work["jpg"], timeout_s)
         write_vtt(caption_cues(lines, speech_spans, frames.shape[0] / fps), work["vtt"])
-        delivered, delivered_rate = load_audio(work["mp4"])
+        delivered, delivered_rate = load_audio(work["mp4"]) if audio is not None else (None, 0)
         for ext, path in work.items():
             os.replace(path, final[ext])
 
     return MuxedAssets(
         mp4_path=final["mp4"],
-        wav_path=final["wav"],
+        wav_path=final.get("wav"),
         poster_path=final["jpg"],
         vtt_path=final["vtt"],
         width=width,
         height=height,
-        output_lufs=integrated_loudness(delivered, delivered_rate),
-        output_true_peak_dbtp=true_peak_dbtp(delivered),
+        output_lufs=integrated_loudness(delivered, delivered_rate) if delivered is not None else None,
+        output_true_peak_dbtp=true_peak_dbtp(delivered) if delivered is not None else None,
         loudnorm_input_lufs=input_lufs,
         loudnorm_mode=loudnorm_mode,
     )

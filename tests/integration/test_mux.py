@@ -171,3 +171,13 @@ def test_a_failed_encode_leaves_no_partial_files(tmp_path):
     with pytest.raises(FFmpegError, match="encoding .*bad.mp4"):
         mux_clip(moving_frames(26, 48, 64), speechlike_tone(1.04, 0.1), SR, FPS, tmp_path, "bad", profile=broken)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_silent_delivery_has_no_audio_track_and_no_stem(tmp_path):
+    assets = mux_clip(moving_frames(51, 48, 64), None, SR, FPS, tmp_path, "silent", DIALOGUE[:1],
+                      profile=CHANNEL_PROFILES["draft"])
+    assert assets.wav_path is None and not (tmp_path / "silent.wav").exists()
+    assert assets.output_lufs is None and assets.loudnorm_mode == "none"
+    with av.open(str(assets.mp4_path)) as container:
+        assert not container.streams.audio and container.streams.video[0].codec_context.name == "h264"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["silent.jpg", "silent.mp4", "silent.vtt"]
