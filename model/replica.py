@@ -10,8 +10,7 @@ pipeline's generate stage and the Serve app take either.
 
 Where the placement group comes from:
 - inside a Ray Data actor pool (or a Serve replica) the owner actor already runs in a placement
-  group made by `replica_remote_args_fn` (or Serve's `placement_group_bundles`); the ranks take
-  its last `tp_size` bundles;
+  group that `ReplicaShape` (model/placement.py) asked for; the ranks take its last `tp_size` bundles;
 - otherwise (a driver, the CLI, `ReplicaPool`) the replica makes its own.
 
 Failure: a rank that dies (RayActorError) or stops answering takes the whole group down (its peers
@@ -23,7 +22,6 @@ re-raised as is, and the group is kept.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import queue
@@ -37,10 +35,12 @@ from typing import Any, Callable, Generic, Protocol, Sequence, TypeVar
 import ray
 import torch
 from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
+from pydantic import BaseModel, ConfigDict, Field
 from ray.util.placement_group import PlacementGroup, placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from .parallel import TPGroup, init_process_group
+from .placement import STRATEGY, ReplicaShape
 
 log = logging.getLogger(__name__)
 
@@ -62,63 +62,16 @@ class RankModel(Protocol):
     def build(self, tp: TPGroup, device: torch.device) -> RankRunner: ...
 
 
-@dataclass(frozen=True)
-class ReplicaConfig:
-    tp_size: int = 1
-    use_gpu: bool | None = None  # None: one GPU per rank when the cluster has GPUs
-    cpus_per_rank: float = 1.0
-    max_retries: int = 1  # fresh groups tried after a rank failure, per call
-    start_timeout_s: float = 600.0  # placement and model loading
-    call_timeout_s: float = 3600.0  # one generate call; a rank silent this long is taken as hung
-    collective_timeout_s: float = 600.0  # torch.distributed timeout of a collective
+class ReplicaConfig(BaseModel):
+    """One replica: its shape (model/placement.py) and how long and how often to try."""
 
-    def __post_init__(self) -> None:
-        if self.tp_size < 1:
-            raise ValueError(f"tp_size={self.tp_size} must be >= 1")
-        if self.max_retries < 0:
-            raise ValueError(f"max_retries={self.max_retries} must be >= 0")
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
-    def gpu(self) -> bool:
-        if self.use_gpu is not None:
-            return self.use_gpu
-        return ray.cluster_resources().get("GPU", 0) > 0
-
-
-# --------------------------------------------------------------------------------------------
-# Placement
-# --------------------------------------------------------------------------------------------
-
-
-def replica_bundles(tp_size: int, use_gpu: bool, cpus_per_rank: float = 1.0) -> list[dict[str, float]]:
-    """One bundle per rank: {"GPU": 1, "CPU": c} on GPUs, {"CPU": c} on CPUs."""
-    bundle = {"CPU": cpus_per_rank, "GPU": 1} if use_gpu else {"CPU": cpus_per_rank}
-    return [dict(bundle) for _ in range(tp_size)]
-
-
-def replica_remote_args_fn(tp_size: int, use_gpu: bool, cpus_per_rank: float = 1.0,
-                           owner_cpus: float = 1.0) -> Callable[[], dict[str, Any]]:
-    """`ray_remote_args_fn` for a Ray Data actor pool whose actors each own one TPReplica.
-
-    Every call makes a fresh STRICT_PACK placement group: an owner bundle ({"CPU": owner_cpus},
-    the layout Serve's `placement_group_bundles` use too) then the rank bundles, and schedules the
-    actor in bundle 0 with child capture, so the ranks it starts land in the same group. The actor
-    itself must ask for no GPU and at most `owner_cpus` CPUs
-    (`map_batches(..., num_gpus=0, num_cpus=owner_cpus)`). With owner_cpus=0 there is no owner
-    bundle and the actor (asking for nothing) may sit in any bundle.
-    """
-
-    def remote_args() -> dict[str, Any]:
-        bundles = replica_bundles(tp_size, use_gpu, cpus_per_rank)
-        if owner_cpus > 0:
-            bundles = [{"CPU": owner_cpus}] + bundles
-        pg = placement_group(bundles, strategy="STRICT_PACK")
-        return {
-            "scheduling_strategy": PlacementGroupSchedulingStrategy(
-                pg, placement_group_bundle_index=0 if owner_cpus > 0 else -1, placement_group_capture_child_tasks=True
-            )
-        }
-
-    return remote_args
+    shape: ReplicaShape = ReplicaShape()
+    max_retries: int = Field(1, ge=0, description="fresh groups tried after a rank failure, per call")
+    start_timeout_s: float = Field(600.0, gt=0, description="placement and model loading")
+    call_timeout_s: float = Field(3600.0, gt=0, description="one generate call; a rank silent this long is taken as hung")
+    collective_timeout_s: float = Field(600.0, gt=0, description="torch.distributed timeout of a collective")
 
 
 # --------------------------------------------------------------------------------------------
@@ -208,46 +161,44 @@ class TPReplica(Generic[Request, Result]):
 
     def _placement(self) -> tuple[PlacementGroup, int]:
         """The placement group and the index of the first rank bundle."""
-        cfg = self.config
+        cfg, shape = self.config, self.config.shape
         if self.placement is None:
-            bundles = replica_bundles(cfg.tp_size, cfg.gpu(), cfg.cpus_per_rank)
+            bundles = shape.rank_bundles()
             need = {key: sum(b.get(key, 0) for b in bundles) for key in bundles[0]}
             if not any(node["Alive"] and all(node["Resources"].get(k, 0) >= v for k, v in need.items())
                        for node in ray.nodes()):
                 raise ReplicaError(
-                    f"no node of this Ray cluster has {need} in total, and a TP group of {cfg.tp_size} ranks must fit "
+                    f"no node of this Ray cluster has {need} in total, and a TP group of {shape.tp_size} ranks must fit "
                     f"on one node; lower tp_size or cpus_per_rank (CPU ranks may take fractions of a CPU)"
                 )
-            self.placement = placement_group(bundles, strategy="STRICT_PACK")
+            self.placement = placement_group(bundles, strategy=STRATEGY)
             self._own_placement = True
         if not self.placement.wait(cfg.start_timeout_s):
             if self._own_placement:
                 remove_placement_group(self.placement)
                 self.placement = None
             raise ReplicaError(
-                f"no node had room for a TP group of {cfg.tp_size} ranks ({cfg.cpus_per_rank} CPU"
-                f"{' + 1 GPU' if cfg.gpu() else ''} each, all on one node) within {cfg.start_timeout_s:.0f} s; "
+                f"no node had room for a TP group of {shape.tp_size} ranks ({shape.cpus_per_rank} CPU"
+                f"{' + 1 GPU' if shape.use_gpu else ''} each, all on one node) within {cfg.start_timeout_s:.0f} s; "
                 "wait for other replicas to finish, lower tp_size or add a node"
             )
-        offset = self.placement.bundle_count - cfg.tp_size
+        offset = self.placement.bundle_count - shape.tp_size
         if offset < 0:
-            raise ReplicaError(f"placement group has {self.placement.bundle_count} bundles, tp_size={cfg.tp_size} needs as many")
+            raise ReplicaError(f"placement group has {self.placement.bundle_count} bundles, tp_size={shape.tp_size} needs as many")
         return self.placement, offset
 
     def _start(self) -> None:
-        cfg = self.config
+        cfg, tp_size = self.config, self.config.shape.tp_size
         pg, offset = self._placement()
-        use_gpu = cfg.gpu()
         actor_cls = ray.remote(RankWorker)
         self.ranks = [
             actor_cls.options(
-                num_cpus=cfg.cpus_per_rank,
-                num_gpus=1 if use_gpu else 0,
+                **cfg.shape.rank_actor_options(),
                 max_concurrency=2,  # `progress` answers while `generate` runs
                 max_restarts=0,  # a dead rank means a dead group: the handle rebuilds all of it
                 scheduling_strategy=PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=offset + i),
-            ).remote(i, cfg.tp_size)
-            for i in range(cfg.tp_size)
+            ).remote(i, tp_size)
+            for i in range(tp_size)
         ]
         try:
             address = ray.get(self.ranks[0].rendezvous_address.remote(), timeout=cfg.start_timeout_s)
@@ -256,8 +207,8 @@ class TPReplica(Generic[Request, Result]):
             self.rank_info = ray.get(setups, timeout=cfg.start_timeout_s)
         except (RayActorError, RayTaskError, GetTimeoutError) as err:
             self._kill_ranks()
-            raise ReplicaError(f"TP group of {cfg.tp_size} ranks failed to start: {_reason(err)}") from err
-        log.info("replica up: %d ranks on node %s", cfg.tp_size, self.rank_info[0]["node_id"][:12])
+            raise ReplicaError(f"TP group of {tp_size} ranks failed to start: {_reason(err)}") from err
+        log.info("replica up: %d ranks on node %s", tp_size, self.rank_info[0]["node_id"][:12])
 
     def _kill_ranks(self) -> None:
         for actor in self.ranks:
@@ -355,7 +306,7 @@ class ReplicaPool(Generic[Request, Result]):
         if num_replicas < 1:
             raise ValueError(f"num_replicas={num_replicas} must be >= 1")
         # Replicas do not retry themselves: the pool moves a failed batch elsewhere while they rebuild.
-        replica_config = dataclasses.replace(config, max_retries=0)
+        replica_config = config.model_copy(update={"max_retries": 0})
         with ThreadPoolExecutor(num_replicas) as starter:
             self.replicas = list(starter.map(lambda _: TPReplica(model, replica_config), range(num_replicas)))
         self.max_retries = max_retries
@@ -547,16 +498,16 @@ class GeneratorModel:
         return tp_generator_class()(self.config.model_copy(update={"device": str(device)}), tp)
 
 
-def make_replica(generator_config: Any, tp_size: int, **options: Any) -> TPReplica:
-    """A TP replica of the whole generator: `make_replica(config, 2).generate(list[ClipSpec]) -> list[ClipOutput]`,
-    as `AVGenerator(config).generate`. `options` are ReplicaConfig fields (use_gpu, cpus_per_rank, ...).
-    Inside an actor scheduled by `replica_remote_args_fn` the ranks use that actor's placement group."""
+def make_replica(generator_config: Any, shape: ReplicaShape, **options: Any) -> TPReplica:
+    """A TP replica of the whole generator: `make_replica(config, shape).generate(list[ClipSpec]) -> list[ClipOutput]`,
+    as `AVGenerator(config).generate`. `options` are the other ReplicaConfig fields (timeouts, retries).
+    Inside an actor placed by `ReplicaShape` (Ray Data or Serve) the ranks use that actor's placement group."""
     from .magihuman.config import resolve_arch
     from .parallel import check_tp_size
     from .presets import get_preset
 
-    check_tp_size(resolve_arch(get_preset(generator_config.model).dit_arch), tp_size)
-    return TPReplica(GeneratorModel(generator_config), ReplicaConfig(tp_size=tp_size, **options))
+    check_tp_size(resolve_arch(get_preset(generator_config.model).dit_arch), shape.tp_size)
+    return TPReplica(GeneratorModel(generator_config), ReplicaConfig(shape=shape, **options))
 
 
 def clip_batches(specs: Sequence[Any], model_name: str, max_tokens: int) -> list[list[int]]:

@@ -22,12 +22,12 @@ from model.replica import (
     ReplicaPool,
     TPReplica,
     pack_batches,
-    replica_bundles,
 )
+from model.placement import ReplicaShape
 
 TEXT_CHANNELS = 96
 MODEL = DiTModel(arch="tiny", compute_dtype="float32", seed=3)
-CONFIG = ReplicaConfig(tp_size=2, use_gpu=False, cpus_per_rank=0.25, start_timeout_s=120, call_timeout_s=120,
+CONFIG = ReplicaConfig(shape=ReplicaShape(tp_size=2, cpus_per_rank=0.25), start_timeout_s=120, call_timeout_s=120,
                        collective_timeout_s=60)
 BOUND = 1e-4  # relative L2 of an fp32 distilled denoise, TP vs TP=1 (see test_tp_equivalence.py)
 
@@ -143,13 +143,39 @@ def test_pool_ends_every_request_done_or_failed_with_a_reason(ray_session, max_r
 def test_a_group_no_node_can_hold_is_refused_at_once(ray_session):
     started = time.monotonic()
     with pytest.raises(ReplicaError, match=r"no node of this Ray cluster has \{'CPU': 4.0\}"):
-        TPReplica(MODEL, ReplicaConfig(tp_size=4, use_gpu=False, cpus_per_rank=1.0))
+        TPReplica(MODEL, ReplicaConfig(shape=ReplicaShape(tp_size=4, cpus_per_rank=1.0)))
     assert time.monotonic() - started < 10
 
 
 def test_bundles_per_rank_and_owner_bundle_layout():
-    assert replica_bundles(2, use_gpu=True) == [{"CPU": 1.0, "GPU": 1}, {"CPU": 1.0, "GPU": 1}]
-    assert replica_bundles(3, use_gpu=False, cpus_per_rank=0.5) == [{"CPU": 0.5}] * 3
+    assert ReplicaShape(tp_size=2, use_gpu=True).rank_bundles() == [{"CPU": 1.0, "GPU": 1}, {"CPU": 1.0, "GPU": 1}]
+    assert ReplicaShape(tp_size=3, cpus_per_rank=0.5).rank_bundles() == [{"CPU": 0.5}] * 3
+    assert ReplicaShape(tp_size=2, cpus_per_rank=0.5, owner_cpus=0.25).group_bundles() == [{"CPU": 0.25}] + [{"CPU": 0.5}] * 2
+    assert ReplicaShape(tp_size=2, owner_cpus=0).group_bundles() == [{"CPU": 1.0}] * 2
+
+
+def test_one_shape_gives_ray_data_and_serve_the_same_placement(ray_session):
+    """The actor a Ray Data call or a Serve replica runs in asks for the same resources, and
+    Ray Data's per-actor placement group has the bundles Serve is given; the pool's groups go
+    when the block ends."""
+    gpu_tp4 = ReplicaShape.for_device(4, "cuda")
+    serve = gpu_tp4.serve_options()
+    assert serve["placement_group_strategy"] == "STRICT_PACK"
+    assert serve["placement_group_bundles"] == [{"CPU": 1.0}] + [{"CPU": 1.0, "GPU": 1}] * 4
+    with gpu_tp4.data_pool_args(2) as data:
+        assert data["num_cpus"] == serve["ray_actor_options"]["num_cpus"] == 1.0
+        assert data["num_gpus"] == serve["ray_actor_options"]["num_gpus"] == 0
+        assert data["compute"].min_size == data["compute"].max_size == 2
+    with ReplicaShape.for_device(2, "cpu").data_pool_args(1) as data:
+        pg = data["ray_remote_args_fn"]()["scheduling_strategy"].placement_group
+        assert pg.bundle_specs == [{"CPU": 0.5}] * 3
+        assert pg.wait(30)
+    assert ray.util.placement_group_table(pg)["state"] == "REMOVED"
+    for device in ("cpu", "cuda"):
+        in_process = ReplicaShape.for_device(1, device)
+        with in_process.data_pool_args(1) as data:
+            assert "ray_remote_args_fn" not in data and "placement_group_bundles" not in in_process.serve_options()
+            assert {k: data[k] for k in ("num_cpus", "num_gpus") if k in data} == in_process.serve_options()["ray_actor_options"]
 
 
 def test_pack_batches_groups_by_shape_under_a_token_budget():

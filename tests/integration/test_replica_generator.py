@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from model.generator import AVGenerator, ClipSpec, GeneratorConfig
+from model.placement import ReplicaShape
 from model.replica import clip_batches, make_replica
 
 CONFIG = GeneratorConfig(model="tiny", dtype="float32", return_latents=True)
@@ -19,7 +20,7 @@ def rel_err(a, b) -> float:
 @pytest.mark.slow
 def test_tp2_replica_makes_the_clips_a_single_process_makes(ray_session):
     specs = [ClipSpec("A chef tastes the soup.", 0.5, "16:9", seed=5), ClipSpec("Rain on a tin roof.", 0.5, "16:9", seed=6)]
-    replica = make_replica(CONFIG, 2, use_gpu=False, cpus_per_rank=0.25)
+    replica = make_replica(CONFIG, ReplicaShape(tp_size=2, cpus_per_rank=0.25))
     try:
         clips = replica.generate(specs)
     finally:
@@ -38,7 +39,7 @@ def test_tp2_replica_makes_the_clips_a_single_process_makes(ray_session):
 
 def test_tp_size_the_heads_do_not_allow_is_refused_before_any_actor_starts():
     with pytest.raises(ValueError, match="tp_size=3"):
-        make_replica(CONFIG, 3)
+        make_replica(CONFIG, ReplicaShape(tp_size=3))
 
 
 def test_clip_batches_pack_short_clips_of_one_shape_and_keep_long_ones_apart():
