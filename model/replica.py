@@ -402,11 +402,11 @@ class DiTModel:
 
 class DiTDenoiser:
     def __init__(self, spec: DiTModel, tp: TPGroup, device: torch.device):
-        from .parallel import load_dit_shard
+        from .magihuman import load_dit
 
         self.spec = spec
-        self.dit = load_dit_shard(spec.checkpoint_dir, tp, arch=spec.arch, device=device,
-                                  compute_dtype=getattr(torch, spec.compute_dtype), seed=spec.seed)
+        self.dit = load_dit(spec.checkpoint_dir, arch=spec.arch, device=device,
+                            compute_dtype=getattr(torch, spec.compute_dtype), seed=spec.seed, tp=tp)
         self.load_report = self.dit.load_report
 
     @torch.inference_mode()
@@ -454,39 +454,6 @@ def pack_batches(tokens: Sequence[int], keys: Sequence[Any], max_tokens: int) ->
     return batches
 
 
-def tp_generator_class():
-    """AVGenerator with every DiT replaced by this rank's TP shard (imported lazily: the generator
-    stack pulls in the text encoder and VAEs, which DiT-only ranks do not need)."""
-    from .generator import AVGenerator
-    from .magihuman.checkpoint import CONFIG_FILE
-    from .parallel import load_dit_shard, shard_dit
-
-    class TPGenerator(AVGenerator):
-        """Released DiTs are read slice by slice (`_load_released_dit`); the tiny preset's random
-        DiTs are built whole, then sharded. Text encoding and VAE decoding run on every rank alike;
-        the replica returns rank 0's clips."""
-
-        def __init__(self, config, tp: TPGroup):
-            self.tp = tp
-            super().__init__(config)
-            self.dit = self._shard(self.dit)
-            self.load_report = self.dit.load_report
-
-        def _shard(self, dit):
-            return dit if getattr(dit, "tp", None) is not None else shard_dit(dit, self.tp)
-
-        def _load_released_dit(self, path, preset_arch):
-            arch = None if (path / CONFIG_FILE).is_file() else preset_arch
-            return load_dit_shard(path, self.tp, arch=arch, device=self.device, compute_dtype=self.dtype)
-
-        def sr_dit(self, resolution: str):
-            model = super().sr_dit(resolution)
-            self._sr_dits[resolution] = self._shard(model)
-            return self._sr_dits[resolution]
-
-    return TPGenerator
-
-
 @dataclass(frozen=True)
 class GeneratorModel:
     """The whole AVGenerator stack per rank (RankModel): requests are ClipSpec, results ClipOutput.
@@ -495,7 +462,10 @@ class GeneratorModel:
     config: Any  # GeneratorConfig
 
     def build(self, tp: TPGroup, device: torch.device):
-        return tp_generator_class()(self.config.model_copy(update={"device": str(device)}), tp)
+        # Imported here: the generator stack pulls in the text encoder and VAEs, which the driver need not load.
+        from .generator import AVGenerator
+
+        return AVGenerator(self.config.model_copy(update={"device": str(device)}), tp)
 
 
 def make_replica(generator_config: Any, shape: ReplicaShape, **options: Any) -> TPReplica:
