@@ -11,7 +11,7 @@ pipeline's generate stage and the Serve app take either.
 Where the placement group comes from:
 - inside a Ray Data actor pool (or a Serve replica) the owner actor already runs in a placement
   group that `ReplicaShape` (model/placement.py) asked for; the ranks take its last `tp_size` bundles;
-- otherwise (a driver, the CLI, `ReplicaPool`) the replica makes its own.
+- otherwise (a driver, the CLI) the replica makes its own.
 
 Failure: a rank that dies (RayActorError) or stops answering takes the whole group down (its peers
 are stuck in a collective). The replica kills the survivors, starts a fresh group in the same
@@ -24,13 +24,11 @@ from __future__ import annotations
 
 import logging
 import os
-import queue
 import socket
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Callable, Generic, Protocol, Sequence, TypeVar
+from typing import Any, Generic, Protocol, Sequence, TypeVar
 
 import ray
 import torch
@@ -86,7 +84,6 @@ class RankWorker:
         self.rank = rank
         self.tp_size = tp_size
         self.runner: RankRunner | None = None
-        self.calls_started = 0
 
     def rendezvous_address(self) -> str:
         """tcp://<this node>:<free port> for the group's TCP store (asked of rank 0)."""
@@ -124,13 +121,8 @@ class RankWorker:
         }
 
     def generate(self, requests: list) -> list | None:
-        self.calls_started += 1
         results = self.runner.generate(requests)
         return results if self.rank == 0 else None
-
-    def progress(self) -> int:
-        """Calls this rank has started (answered while a call runs: the actor is threaded)."""
-        return self.calls_started
 
 
 # --------------------------------------------------------------------------------------------
@@ -194,7 +186,6 @@ class TPReplica(Generic[Request, Result]):
         self.ranks = [
             actor_cls.options(
                 **cfg.shape.rank_actor_options(),
-                max_concurrency=2,  # `progress` answers while `generate` runs
                 max_restarts=0,  # a dead rank means a dead group: the handle rebuilds all of it
                 scheduling_strategy=PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=offset + i),
             ).remote(i, tp_size)
@@ -270,10 +261,6 @@ class TPReplica(Generic[Request, Result]):
             raise _RankFailure(f"{len(errors)} of {len(refs)} ranks raised: {_reason(errors[0])}")
         return results[0]
 
-    def progress(self) -> list[int]:
-        """Calls each rank has started."""
-        return ray.get([rank.progress.remote() for rank in self.ranks])
-
     def node_ids(self) -> list[str]:
         return [info["node_id"] for info in self.rank_info]
 
@@ -284,174 +271,8 @@ def _reason(err: BaseException) -> str:
 
 
 # --------------------------------------------------------------------------------------------
-# Pool of replicas
-# --------------------------------------------------------------------------------------------
-
-
-@dataclass
-class FailedRequest:
-    """A request the pool could not run, with the reason."""
-
-    request: Any
-    reason: str
-
-
-class ReplicaPool(Generic[Request, Result]):
-    """`num_replicas` TP replicas, each in its own placement group (Ray spreads them over nodes as
-    resources require). `generate` splits requests into batches, runs them on whichever replica is
-    free, and retries a batch whose replica failed on another replica, `max_retries` times; what
-    still fails comes back as FailedRequest rows, so every request ends done or failed with a reason."""
-
-    def __init__(self, model: RankModel, config: ReplicaConfig, num_replicas: int, max_retries: int = 1):
-        if num_replicas < 1:
-            raise ValueError(f"num_replicas={num_replicas} must be >= 1")
-        # Replicas do not retry themselves: the pool moves a failed batch elsewhere while they rebuild.
-        replica_config = config.model_copy(update={"max_retries": 0})
-        with ThreadPoolExecutor(num_replicas) as starter:
-            self.replicas = list(starter.map(lambda _: TPReplica(model, replica_config), range(num_replicas)))
-        self.max_retries = max_retries
-        self.retried_batches = 0
-
-    def generate(self, requests: Sequence[Request], batches: list[list[int]] | None = None) -> list[Result | FailedRequest]:
-        """Results in request order. `batches` (lists of request indices) defaults to one request per batch."""
-        requests = list(requests)
-        batches = batches or [[i] for i in range(len(requests))]
-        results: list[Any] = [None] * len(requests)
-        work: queue.Queue = queue.Queue()
-        for batch in batches:
-            work.put((batch, 0, []))
-        remaining = [len(batches)]
-        lock = threading.Lock()
-
-        def finish(batch: list[int], values: list[Any]) -> None:
-            with lock:
-                for i, value in zip(batch, values):
-                    results[i] = value
-                remaining[0] -= 1
-
-        def serve(replica: TPReplica) -> None:
-            while True:
-                with lock:
-                    if remaining[0] == 0:
-                        return
-                try:
-                    batch, attempt, reasons = work.get(timeout=0.1)
-                except queue.Empty:
-                    continue
-                try:
-                    finish(batch, replica.generate([requests[i] for i in batch]))
-                except ReplicaError as err:
-                    reasons = reasons + [str(err)]
-                    if attempt < self.max_retries:
-                        with lock:
-                            self.retried_batches += 1
-                        work.put((batch, attempt + 1, reasons))  # another replica (or this one, rebuilt) takes it
-                    else:
-                        finish(batch, [FailedRequest(requests[i], "; ".join(reasons)) for i in batch])
-                except Exception as err:  # noqa: BLE001 - a model error fails its batch, not the pool
-                    finish(batch, [FailedRequest(requests[i], _reason(err)) for i in batch])
-
-        with ThreadPoolExecutor(len(self.replicas)) as executor:
-            list(executor.map(serve, self.replicas))
-        return results
-
-    def shutdown(self) -> None:
-        for replica in self.replicas:
-            replica.shutdown()
-
-
-# --------------------------------------------------------------------------------------------
 # What the ranks run
 # --------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class DenoiseRequest:
-    """One clip at latent level: its prompt embedding and latent sizes; noise comes from `seed`."""
-
-    text: torch.Tensor  # [L, text_in_channels], real tokens only
-    latent_frames: int
-    latent_height: int
-    latent_width: int
-    audio_latents: int
-    seed: int = 0
-
-    @property
-    def shape_key(self) -> tuple[int, int, int, int]:
-        return (self.latent_frames, self.latent_height, self.latent_width, self.audio_latents)
-
-    @property
-    def tokens(self) -> int:
-        return self.latent_frames * (self.latent_height // 2) * (self.latent_width // 2) + self.audio_latents + len(self.text)
-
-
-@dataclass(frozen=True)
-class DiTModel:
-    """The DiT alone with the distilled sampler (RankModel): requests are DenoiseRequest, results
-    (video [C, T, h, w], audio [N, Ca]) clean latents. For benchmarks and tests of the TP machinery."""
-
-    arch: Any = "tiny"  # preset name, dict or ArchConfig
-    checkpoint_dir: str | None = None
-    compute_dtype: str = "float32"
-    seed: int = 0
-    steps: int = 8
-
-    def build(self, tp: TPGroup, device: torch.device) -> "DiTDenoiser":
-        return DiTDenoiser(self, tp, device)
-
-
-class DiTDenoiser:
-    def __init__(self, spec: DiTModel, tp: TPGroup, device: torch.device):
-        from .magihuman import load_dit
-
-        self.spec = spec
-        self.dit = load_dit(spec.checkpoint_dir, arch=spec.arch, device=device,
-                            compute_dtype=getattr(torch, spec.compute_dtype), seed=spec.seed, tp=tp)
-        self.load_report = self.dit.load_report
-
-    @torch.inference_mode()
-    def generate(self, requests: list[DenoiseRequest]) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """Requests of equal latent shape share one batch; each draws its noise from its own seed."""
-        from .magihuman import denoise
-
-        arch, device = self.dit.arch, self.dit.device
-        results: list[Any] = [None] * len(requests)
-        groups: dict[tuple, list[int]] = {}
-        for i, request in enumerate(requests):
-            groups.setdefault(request.shape_key, []).append(i)
-        for (frames, height, width, audio_len), indices in groups.items():
-            gens = [torch.Generator().manual_seed(requests[i].seed) for i in indices]
-            video = torch.stack([torch.randn(arch.latent_channels, frames, height, width, generator=g) for g in gens])
-            audio = torch.stack([torch.randn(audio_len, arch.audio_in_channels, generator=g) for g in gens])
-            lens = [len(requests[i].text) for i in indices]
-            text = torch.zeros(len(indices), max(lens), arch.text_in_channels)
-            for row, i in enumerate(indices):
-                text[row, : lens[row]] = requests[i].text
-            video, audio = denoise(self.dit, video.to(device), audio.to(device), text.to(device), lens,
-                                   steps=self.spec.steps, mode="distill", generator=gens)
-            for row, i in enumerate(indices):
-                results[i] = (video[row].cpu(), audio[row].cpu())
-        return results
-
-
-def pack_batches(tokens: Sequence[int], keys: Sequence[Any], max_tokens: int) -> list[list[int]]:
-    """Sequence packing: indices of requests grouped by shape key, each group cut into batches of at
-    most `max_tokens` tokens (a request larger than that runs alone), so many short clips share one
-    forward and long ones do not exceed the replica's memory."""
-    groups: dict[Any, list[int]] = {}
-    for i, key in enumerate(keys):
-        groups.setdefault(key, []).append(i)
-    batches: list[list[int]] = []
-    for indices in groups.values():
-        batch, size = [], 0
-        for i in indices:
-            if batch and size + tokens[i] > max_tokens:
-                batches.append(batch)
-                batch, size = [], 0
-            batch.append(i)
-            size += tokens[i]
-        batches.append(batch)
-    return batches
 
 
 @dataclass(frozen=True)
@@ -478,19 +299,3 @@ def make_replica(generator_config: Any, shape: ReplicaShape, **options: Any) -> 
 
     check_tp_size(resolve_arch(get_preset(generator_config.model).dit_arch), shape.tp_size)
     return TPReplica(GeneratorModel(generator_config), ReplicaConfig(shape=shape, **options))
-
-
-def clip_batches(specs: Sequence[Any], model_name: str, max_tokens: int) -> list[list[int]]:
-    """`pack_batches` for ClipSpecs: clips of one geometry (and image conditioning) share batches of at
-    most `max_tokens` base-pass video + audio tokens."""
-    from .magihuman.sizes import clip_geometry
-    from .presets import get_preset
-
-    preset = get_preset(model_name)
-    geometries = [
-        clip_geometry(s.duration_s, s.aspect_ratio, s.resolution, base_sizes=preset.base_sizes, sr_sizes=preset.sr_sizes)
-        for s in specs
-    ]
-    tokens = [g.latent_frames * (g.base_latent_hw[0] // 2) * (g.base_latent_hw[1] // 2) + g.audio_latents for g in geometries]
-    keys = [(g, s.reference_image is not None) for g, s in zip(geometries, specs)]
-    return pack_batches(tokens, keys, max_tokens)

@@ -28,8 +28,10 @@ def run_cluster_scenarios() -> dict:
     from ray.util import placement_group_table
 
     from model.parallel import TPGroup
+    from tests.integration.rank_models import DenoiseRequest, DiTModel, ReplicaPool
+
     from model.placement import ReplicaShape
-    from model.replica import DenoiseRequest, DiTModel, ReplicaConfig, ReplicaPool, TPReplica
+    from model.replica import ReplicaConfig, TPReplica
 
     model = DiTModel(arch="tiny", compute_dtype="float32", seed=3, steps=2)
     shape = ReplicaShape(tp_size=4, use_gpu=True, cpus_per_rank=0.25, owner_cpus=0.25)
