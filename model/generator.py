@@ -25,7 +25,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from model.magihuman import ArchConfig, denoise, load_dit, prepare_sr_latents
-from model.magihuman.checkpoint import CONFIG_FILE
+from model.magihuman.checkpoint import checkpoint_arch
 from model.magihuman.audio_vae import AudioVAE
 from model.magihuman.dit import MagiHumanDiT
 from model.magihuman.sizes import (
@@ -203,9 +203,10 @@ class AVGenerator:
         self._sr_dits: dict[str, MagiHumanDiT] = {}
         log.info("generator %r ready on %s (%s)", preset.name, self.device, self.dtype)
 
-    def _load_released_dit(self, path: Path, preset_arch: ArchConfig) -> MagiHumanDiT:
-        # A checkpoint's own config.json says what it is; the preset's architecture is the fallback.
-        arch = None if (path / CONFIG_FILE).is_file() else preset_arch
+    def _load_released_dit(self, path: Path, preset_arch: ArchConfig, super_resolution: bool = False) -> MagiHumanDiT:
+        # A config.json in paddock's format says what the checkpoint is; else (a released folder) the
+        # preset does. A super-resolution model always takes the preset's token layout.
+        arch = checkpoint_arch(path, fallback=preset_arch, layout=preset_arch if super_resolution else None)
         return load_dit(path, arch=arch, device=self.device, compute_dtype=self.dtype, tp=self.tp)
 
     def sr_dit(self, resolution: str) -> MagiHumanDiT:
@@ -222,7 +223,7 @@ class AVGenerator:
                 model = load_dit(None, arch=arch, device=self.device, compute_dtype=self.dtype, seed=seed, tp=self.tp)
             else:
                 path = self.config.component_path(self.preset, SR_COMPONENT[resolution])
-                model = self._load_released_dit(path, arch)
+                model = self._load_released_dit(path, arch, super_resolution=True)
             self._sr_dits[resolution] = model
             log.info("super-resolution model for %s loaded", resolution)
         return self._sr_dits[resolution]

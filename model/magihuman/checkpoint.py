@@ -39,6 +39,8 @@ OPTIONAL_KEYS = frozenset({"adapter.rope.bands"})
 
 _SAFETENSORS_DTYPES = {
     "F64": torch.float64,
+    "F8_E4M3": torch.float8_e4m3fn,
+    "F8_E5M2": torch.float8_e5m2,
     "F32": torch.float32,
     "F16": torch.float16,
     "BF16": torch.bfloat16,
@@ -66,6 +68,7 @@ class LoadReport:
     files: list[str] = field(default_factory=list)
     loaded: int = 0
     ignored: list[str] = field(default_factory=list)  # tensors of the checkpoint the model does not use
+    casts: dict[str, tuple[str, str]] = field(default_factory=dict)  # name -> (dtype on disk, dtype in the model)
     sharded_bytes: int = 0
     replicated_bytes: int = 0
 
@@ -138,14 +141,47 @@ class CheckpointReader:
                     yield name, shard, handle.get_slice(name)
 
 
-def checkpoint_arch(checkpoint_dir: str | Path | None, arch: ArchConfig | str | dict | None) -> ArchConfig:
-    """The architecture to build: `arch` when given, else the directory's config.json."""
+def checkpoint_arch(
+    checkpoint_dir: str | Path | None,
+    arch: ArchConfig | str | dict | None = None,
+    fallback: ArchConfig | None = None,
+    layout: ArchConfig | None = None,
+) -> ArchConfig:
+    """The architecture to build: `arch` when given; else the folder's config.json when it is in
+    paddock's format (ArchConfig.is_arch_json: what save_checkpoint writes, or the reference's
+    ModelConfig fields, flat or under `arch` / `arch_config`); else `fallback` (a preset). A
+    config.json of another format (a released folder's own) is not taken as the architecture.
+    With `layout`, the token layout (coordinates, frame-local attention) comes from it whatever
+    the folder says, as the reference hard-codes it for its super-resolution models."""
+    chosen = _folder_arch(checkpoint_dir, arch, fallback)
+    return chosen.with_layout_of(layout) if layout is not None else chosen
+
+
+def _folder_arch(checkpoint_dir: str | Path | None, arch: ArchConfig | str | dict | None,
+                 fallback: ArchConfig | None) -> ArchConfig:
     if arch is not None:
         return resolve_arch(arch)
-    if checkpoint_dir is not None and (Path(checkpoint_dir) / CONFIG_FILE).exists():
-        return ArchConfig.from_json(Path(checkpoint_dir) / CONFIG_FILE)
+    fix = f"pass arch= a preset name ({', '.join(sorted(PRESETS))}), a dict or an ArchConfig"
+    config = Path(checkpoint_dir) / CONFIG_FILE if checkpoint_dir is not None else None
+    if config is not None and config.is_file():
+        try:
+            data = json.loads(config.read_text())
+        except ValueError as err:
+            raise CheckpointError(f"{config}: not JSON ({err}); fix or remove it, or {fix}") from err
+        if ArchConfig.is_arch_json(data):
+            try:
+                return ArchConfig.from_dict(data)
+            except (ValueError, TypeError) as err:
+                raise CheckpointError(f"{config}: {err}") from err
+        if fallback is not None:
+            log.info("%s is not in paddock's architecture format; using the preset's architecture", config)
+            return fallback
+        raise CheckpointError(f"{config} is not in paddock's architecture format (it lacks num_layers, hidden_size "
+                              f"or head_dim, or has fields ArchConfig does not know); {fix}")
+    if fallback is not None:
+        return fallback
     where = f"{checkpoint_dir} has no {CONFIG_FILE}" if checkpoint_dir is not None else "no checkpoint_dir given"
-    raise CheckpointError(f"{where}; pass arch= a preset name ({', '.join(sorted(PRESETS))}), a dict or an ArchConfig")
+    raise CheckpointError(f"{where}; {fix}")
 
 
 @torch.no_grad()
@@ -163,9 +199,12 @@ def load_dit(
 
     Under tensor parallelism (model/parallel.py's plan) each rank reads only its slice of every
     sharded tensor; random weights are drawn for the whole model, then sliced, so every tp size
-    makes the same model. Missing parameters, wrong shapes or dtypes raise CheckpointError naming
-    the parameter; tensors the model does not use are logged and ignored. The result is in eval
-    mode without gradients and carries `load_report` (a LoadReport) and `tp` (None: one process).
+    makes the same model. Missing parameters, wrong shapes and non-floating dtypes raise
+    CheckpointError naming the parameter; any floating dtype on disk is cast to the dtype the
+    model keeps the tensor in (bf16 linears; fp32 norms, embedders, adapter and final layers), and
+    tensors the model does not use are logged and ignored, as the reference's `load_state_dict`
+    copy does (`load_report.casts`, `load_report.ignored`). The result is in eval mode without
+    gradients and carries `load_report` (a LoadReport) and `tp` (None: one process).
     """
     # model.parallel builds on the DiT's layers, so it is imported at call time: either package may be imported first.
     from ..parallel import TPGroup, check_tp_size
@@ -184,9 +223,9 @@ def load_dit(
             fill_dit(model, ((name, "", tensor) for name, tensor in full.state_dict().items()), report)
     else:
         fill_dit(model, CheckpointReader(checkpoint_dir, scratch_dir=scratch_dir).iter_tensors(), report)
-        log.info("rank %d/%d read %d tensors, %.1f MB (%.1f MB of them sliced) from %s (%s)", tp.rank, tp.world_size,
-                 report.loaded, report.bytes_read / 1e6, report.sharded_bytes / 1e6, checkpoint_dir,
-                 ", ".join(report.files))
+        log.info("rank %d/%d read %d tensors, %.1f MB (%.1f MB of them sliced) from %s (%s); %d cast to the model's dtypes",
+                 tp.rank, tp.world_size, report.loaded, report.bytes_read / 1e6, report.sharded_bytes / 1e6,
+                 checkpoint_dir, ", ".join(report.files), len(report.casts))
     model.load_report = report
     return model
 
@@ -214,6 +253,10 @@ def _dtype(source: Any) -> torch.dtype | None:
     return _SAFETENSORS_DTYPES.get(source.get_dtype()) if hasattr(source, "get_dtype") else source.dtype
 
 
+def _dtype_name(source: Any) -> str:
+    return source.get_dtype() if hasattr(source, "get_dtype") else str(source.dtype)
+
+
 @torch.no_grad()
 def fill_dit(model: MagiHumanDiT, tensors: Iterable[tuple[str, str, Any]], report: LoadReport) -> None:
     """Copy (name, file, source) tensors into `model`, a safetensors slice or an in-memory tensor
@@ -237,15 +280,21 @@ def fill_dit(model: MagiHumanDiT, tensors: Iterable[tuple[str, str, Any]], repor
                 f"parameter {name!r} in {file or 'the source model'} has shape {_shape(source)}, the architecture "
                 f"expects {expected}; check the arch (config.json or preset) matches the checkpoint"
             )
-        if _dtype(source) != target.dtype:
-            raise CheckpointError(f"parameter {name!r} in {file} has dtype {source.get_dtype() if hasattr(source, 'get_dtype') else source.dtype}, expected {target.dtype}")
+        stored = _dtype(source)
+        if stored is None or not stored.is_floating_point:
+            raise CheckpointError(
+                f"parameter {name!r} in {file or 'the source model'} has dtype {_dtype_name(source)}; the model keeps it "
+                f"as {target.dtype}, so the checkpoint must store it in a floating dtype"
+            )
+        if stored != target.dtype:  # released folders differ (fp32 distill / SR, bf16 base): cast as the reference's load does
+            report.casts[name] = (str(stored).removeprefix("torch."), str(target.dtype).removeprefix("torch."))
         value = layer.read_shard(source) if layer is not None else source[:]
         nbytes = value.numel() * value.element_size()
         if layer is not None:
             report.sharded_bytes += nbytes
         else:
             report.replicated_bytes += nbytes
-        target.copy_(value)
+        target.copy_(value)  # casts to the model's dtype
         seen.add(name)
     report.loaded = len(seen)
     missing = sorted(set(targets) - seen - OPTIONAL_KEYS)

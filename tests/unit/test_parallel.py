@@ -123,3 +123,14 @@ def test_checkpoint_of_another_architecture_is_named(tiny_checkpoint_dir):
         load_dit(tiny_checkpoint_dir, tp=TPGroup(0, 2), arch=TINY.replace(num_query_groups=4))
     with pytest.raises(ValueError, match="tp_size=3"):
         load_dit(tiny_checkpoint_dir, tp=TPGroup(0, 3))
+
+
+def test_a_rank_names_a_missing_or_misshapen_parameter_of_its_slices(tiny_checkpoint_dir, tmp_path):
+    state = load_dit(tiny_checkpoint_dir).state_dict()
+    name = "block.layers.2.mlp.up_gate_proj.weight"
+    save_checkpoint({k: v for k, v in state.items() if k != name}, tmp_path / "missing", arch=TINY)
+    with pytest.raises(CheckpointError, match=rf"lacks 1 parameters of the model: {name}"):
+        load_dit(tmp_path / "missing", tp=TPGroup(1, 2))
+    save_checkpoint(state | {name: state[name][:-2].float()}, tmp_path / "short", arch=TINY)
+    with pytest.raises(CheckpointError, match=rf"'{name}'.*shape \[{state[name].shape[0] - 2}, 128\].*expects"):
+        load_dit(tmp_path / "short", tp=TPGroup(1, 2))
