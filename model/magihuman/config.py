@@ -22,6 +22,10 @@ PATCH_SIZE = (1, 2, 2)
 # (checked against hidden_size / head_dim / num_query_groups when present).
 _IGNORED_REFERENCE_FIELDS = {"checkpoint_qk_layernorm_rope", "params_dtype", "tread_config", "activation_type"}
 _DERIVED_REFERENCE_FIELDS = {"num_heads_q", "num_heads_kv"}
+_REQUIRED_FIELDS = {"num_layers", "hidden_size", "head_dim"}  # what marks a json as an architecture of ours
+# How tokens are laid out and attend, rather than the weights' shapes: the released super-resolution
+# folders do not say, and the reference hard-codes them per model.
+LAYOUT_FIELDS = ("coords_style", "frame_receptive_field", "local_attn_layers")
 
 
 @dataclass(frozen=True)
@@ -92,6 +96,24 @@ class ArchConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return {f.name: list(v) if isinstance(v := getattr(self, f.name), tuple) else v for f in dataclasses.fields(self)}
+
+    def with_layout_of(self, other: "ArchConfig") -> "ArchConfig":
+        """This architecture with the token layout (LAYOUT_FIELDS) of `other`."""
+        return self.replace(**{name: getattr(other, name) for name in LAYOUT_FIELDS})
+
+    @classmethod
+    def is_arch_json(cls, data: Any) -> bool:
+        """Whether `data` is in a layout `from_dict` reads (flat, or under `arch_config` / `arch`, the
+        reference's field names) rather than another tool's config.json: it names the core fields
+        and nothing this class does not know."""
+        if not isinstance(data, dict):
+            return False
+        for wrapper in ("arch_config", "arch"):
+            if isinstance(data.get(wrapper), dict):
+                data = data[wrapper]
+                break
+        known = {f.name for f in dataclasses.fields(cls)} | _IGNORED_REFERENCE_FIELDS | _DERIVED_REFERENCE_FIELDS
+        return _REQUIRED_FIELDS <= set(data) <= known
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "ArchConfig":

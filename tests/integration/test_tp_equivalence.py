@@ -22,15 +22,17 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+import zstandard
 from safetensors.torch import load_file
 
-from model.magihuman import denoise, load_dit
-from model.parallel import TPGroup, head_shard, load_dit_shard
+from model.magihuman import PRESETS, denoise, load_dit, save_checkpoint
+from model.parallel import TPGroup, head_shard
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "magihuman-tiny"
 FP32_BOUNDS = {"v_video": 1e-5, "v_audio": 1e-5, "d_video": 1e-4, "d_audio": 1e-4}  # relative L2, see docstring
 VECTOR_BOUND = 0.025  # the test vector's own bound for an honest bf16 port
 WORLD = 4
+TINY = PRESETS["tiny"]
 
 
 def rel_err(ours: torch.Tensor, ref: torch.Tensor) -> float:
@@ -55,23 +57,30 @@ def run_model(model, inputs) -> dict[str, torch.Tensor]:
     return {"v_video": v_video, "v_audio": v_audio, "d_video": d_video, "d_audio": d_audio}
 
 
-def rank_main(rank: int, store: str, checkpoint: str, out: str) -> None:
+def rank_main(rank: int, store: str, checkpoint: str, released_form: str, out: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=WORLD)
     pairs = [dist.new_group([0, 1]), dist.new_group([2, 3])]  # every rank creates every group
     inputs = make_inputs()
     results = {}
-    tp4 = load_dit_shard(checkpoint, TPGroup(rank, WORLD), compute_dtype=torch.float32)
+    tp4 = load_dit(checkpoint, tp=TPGroup(rank, WORLD), compute_dtype=torch.float32)
     results["tp4_fp32"] = run_model(tp4, inputs)
     # Subgroup {0,1} runs fp32, {2,3} bf16 (the production compute dtype), at the same time.
     dtype = torch.float32 if rank < 2 else torch.bfloat16
-    tp2 = load_dit_shard(checkpoint, TPGroup(rank % 2, 2, pairs[rank // 2]), compute_dtype=dtype)
+    tp2 = load_dit(checkpoint, tp=TPGroup(rank % 2, 2, pairs[rank // 2]), compute_dtype=dtype)
     results["tp2_fp32" if rank < 2 else "tp2_bf16"] = run_model(tp2, inputs)
+    if rank < 2:  # the same weights as released: fp32 on disk, index shards, one .zst, a tensor the model does not use
+        released = load_dit(released_form, tp=TPGroup(rank, 2, pairs[0]), compute_dtype=torch.float32)
+        video, audio, text, lens = inputs
+        results["tp2_released_form"] = dict(zip(("v_video", "v_audio"), released.velocity(video, audio, text, lens)))
+        results["released_form_report"] = {"casts": sorted(released.load_report.casts),
+                                           "ignored": released.load_report.ignored,
+                                           "files": len(released.load_report.files)}
     # A mis-sharded TP=2 (rank 1 takes rank 0's heads): the bound must reject it.
     if rank < 2:
-        wrong = load_dit_shard(checkpoint, TPGroup(rank % 2, 2, pairs[0]), compute_dtype=torch.float32)
+        wrong = load_dit(checkpoint, tp=TPGroup(rank % 2, 2, pairs[0]), compute_dtype=torch.float32)
         if rank == 1:
-            ref = load_dit_shard(checkpoint, TPGroup(0, 2), compute_dtype=torch.float32)
+            ref = load_dit(checkpoint, tp=TPGroup(0, 2), compute_dtype=torch.float32)
             for dst, src in zip(wrong.block.layers, ref.block.layers):
                 dst.attention.linear_qkv.weight.copy_(src.attention.linear_qkv.weight)
         video, audio, text, lens = inputs
@@ -81,11 +90,23 @@ def rank_main(rank: int, store: str, checkpoint: str, out: str) -> None:
     dist.destroy_process_group()
 
 
+def write_released_form(directory: Path) -> Path:
+    """The test-vector weights in fp32, as index shards with one zstd shard and an unused tensor."""
+    tensors = {k: v.float() for k, v in load_file(str(DATA / "base.weights.safetensors")).items()}
+    save_checkpoint(tensors | {"unused.scale": torch.ones(4)}, directory, arch=TINY, max_shard_bytes=2 << 20)
+    shard = sorted(directory.glob("model-*.safetensors"))[1]
+    shard.with_name(shard.name + ".zst").write_bytes(zstandard.ZstdCompressor().compress(shard.read_bytes()))
+    shard.unlink()
+    return directory
+
+
 @pytest.fixture(scope="module")
 def rank_results(tiny_checkpoint_dir, tmp_path_factory) -> list[dict]:
     out = tmp_path_factory.mktemp("tp-out")
-    mp.spawn(rank_main, args=(str(out / "store"), str(tiny_checkpoint_dir), str(out)), nprocs=WORLD, join=True)
-    return [torch.load(out / f"rank{r}.pt") for r in range(WORLD)]
+    released_form = write_released_form(tmp_path_factory.mktemp("released-form"))
+    mp.spawn(rank_main, args=(str(out / "store"), str(tiny_checkpoint_dir), str(released_form), str(out)),
+             nprocs=WORLD, join=True)
+    return [torch.load(out / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
 
 
 @pytest.fixture(scope="module")
@@ -131,3 +152,15 @@ def test_bf16_tp2_stays_within_the_test_vector_bound(rank_results, reference):
 def test_bound_rejects_a_mis_sharded_rank(rank_results, reference):
     wrong = rank_results[0]["tp2_wrong"]
     assert rel_err(wrong["v_video"], reference["fp32"]["v_video"]) > 100 * FP32_BOUNDS["v_video"]
+
+
+def test_a_tp2_slice_of_the_released_form_loads_the_same_model(rank_results, reference):
+    """fp32 on disk, index shards, one .zst and an unused tensor: each rank casts its slices, ignores
+    the unused tensor and computes exactly what the bf16 test-vector file gives it."""
+    bf16 = sorted(k for k, v in load_file(str(DATA / "base.weights.safetensors")).items() if v.dtype == torch.bfloat16)
+    for result in rank_results[:2]:
+        report = result["released_form_report"]
+        assert report["casts"] == bf16 and report["ignored"] == ["unused.scale"] and report["files"] >= 3
+        for key in ("v_video", "v_audio"):
+            assert torch.equal(result["tp2_released_form"][key], result["tp2_fp32"][key])
+            assert rel_err(result["tp2_released_form"][key], reference["fp32"][key]) < FP32_BOUNDS[key]
