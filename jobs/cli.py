@@ -9,7 +9,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from pipeline.archive import DAMError
+from pipeline.dam import DAMError
 from pipeline.ingest import BriefsFileError, read_briefs_table
 from schemas.formats import ASPECT_RATIOS, RESOLUTIONS
 

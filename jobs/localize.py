@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import sys
 
-from pipeline.archive import DAMError, open_dam
+from pipeline.dam import DAMError, open_dam
 from pipeline.lineage import JobType
 from pipeline.run import CampaignConfig, CampaignResult, read_dam_manifest, run_campaign
 

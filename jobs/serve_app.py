@@ -30,11 +30,10 @@ leak; two clients posting the same brief both get its ids). With
 binds and answers loopback.
 
 Asset URLs: presigned GET URLs for an S3 DAM (valid ``presign_expires_s``),
-``file://`` URIs of the archived files for a local-directory DAM.
+``file://`` URIs of the archived files for a local-directory DAM (``DAM.url``).
 """
 
 import asyncio
-import functools
 import hmac
 import ipaddress
 import json
@@ -49,9 +48,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
 
-import boto3
 import pyarrow as pa
-from botocore.config import Config
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi import status as http_status
 from fastapi.exceptions import RequestValidationError
@@ -63,7 +60,9 @@ from ray.serve.handle import DeploymentHandle
 from model.generator import GeneratorConfig
 from model.presets import ModelName
 from model.replica import replica_bundles
-from pipeline.archive import DAM, ArchiveRenders, ArchiveResult, LocalDAM, S3DAM, is_archived, open_dam, render_key_prefix
+from pipeline.archive import ArchiveRenders, ArchiveResult, is_archived
+from pipeline.dam import open_dam
+from pipeline.dam.keys import render_key_prefix
 from pipeline.expand import expand_brief
 from pipeline.generate import describe_error
 from pipeline.ingest import locale_fault
@@ -269,24 +268,6 @@ class RenderEntry:
         self.finished_at = datetime.now(timezone.utc)
 
 
-@functools.lru_cache(maxsize=8)
-def _presigning_client(endpoint_url: str | None, region_name: str | None):
-    # SigV4 explicitly: botocore may presign with SigV2, which newer regions refuse.
-    return boto3.session.Session().client("s3", endpoint_url=endpoint_url, region_name=region_name,
-                                          config=Config(signature_version="s3v4"))
-
-
-def asset_url(dam: DAM, key: str, expires_s: int) -> str:
-    """Where a client fetches a DAM object: a presigned GET URL (S3) or a file:// URI (local)."""
-    if isinstance(dam, S3DAM):
-        client = _presigning_client(dam.endpoint_url, dam.region_name)
-        return client.generate_presigned_url(
-            "get_object", Params={"Bucket": dam.bucket, "Key": dam._full_key(key)}, ExpiresIn=expires_s)
-    if isinstance(dam, LocalDAM):
-        return (dam.root / key).as_uri()
-    raise TypeError(f"no asset URLs for a {type(dam).__name__}")
-
-
 def plan_renders(brief: CampaignBrief, model_id: str) -> list[RenderRequest]:
     """The brief's render requests, after the per-locale checks of ingest; a locale that
     cannot be rendered is a 422 naming it (an ad-hoc caller fixes the brief and posts again)."""
@@ -403,7 +384,7 @@ class Api:
                                                 "variant_index", "seed", "model_id"}),
             status=entry.status, review_status=review.get("review_status"),
             review_reasons=review.get("review_reasons", []), review=entry.review,
-            assets={ext: asset_url(self.dam, key, self.config.presign_expires_s) for ext, key in entry.keys.items()},
+            assets={ext: self.dam.url(key, self.config.presign_expires_s) for ext, key in entry.keys.items()},
             error=entry.error, submitted_at=entry.submitted_at, finished_at=entry.finished_at,
         )
 

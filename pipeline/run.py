@@ -28,7 +28,10 @@ from ray.data.expressions import col
 from model.generator import AVGenerator, GeneratorConfig
 from model.presets import get_preset
 from model.replica import make_replica, replica_remote_args_fn
-from pipeline.archive import DAM, ArchiveRenders, ArchiveResult, LocalDAM, is_archived, open_dam, render_key_prefix
+from pipeline.archive import ArchiveRenders, ArchiveResult, is_archived
+from pipeline.dam import DAM, open_dam
+from pipeline.dam.keys import render_key_prefix
+from pipeline.dam.local import LocalDAM
 from pipeline.expand import ExpandBriefs
 from pipeline.generate import FailedRender, GenerateClips, GeneratedClip, describe_error, shape_key
 from pipeline.ingest import REJECTS_SCHEMA, ValidateBriefs, first_row_by_brief_id, read_briefs_table, reason_category

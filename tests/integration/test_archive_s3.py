@@ -13,17 +13,10 @@ from pathlib import Path
 import boto3
 import pytest
 
-from pipeline.archive import (
-    DAMError,
-    RenderAssets,
-    S3DAM,
-    archive_render,
-    completion_key,
-    file_sha256,
-    is_archived,
-    open_dam,
-    s3_multipart_sha256,
-)
+from pipeline.archive import RenderAssets, archive_render, is_archived
+from pipeline.dam import DAMError, open_dam
+from pipeline.dam.keys import completion_key, file_sha256
+from pipeline.dam.s3 import S3DAM, s3_multipart_sha256
 from s3_server import S3_TEST_ENV, Fault, start_fault_proxy, start_s3_server
 
 MiB = 1024 * 1024

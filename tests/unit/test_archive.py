@@ -11,20 +11,11 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from pipeline.archive import (
-    DAMError,
-    LocalDAM,
-    RenderAssets,
-    S3DAM,
-    archive_render,
-    aspect_key,
-    completion_key,
-    is_archived,
-    open_dam,
-    render_key,
-    render_key_prefix,
-    s3_multipart_sha256,
-)
+from pipeline.archive import RenderAssets, archive_render, is_archived
+from pipeline.dam import DAMError, open_dam
+from pipeline.dam.keys import aspect_key, completion_key, render_key, render_key_prefix
+from pipeline.dam.local import LocalDAM
+from pipeline.dam.s3 import S3DAM, s3_multipart_sha256
 
 
 def make_render(folder: Path, render_id: str = "9f3c2a", **overrides) -> RenderAssets:
