@@ -36,7 +36,6 @@ Asset URLs: presigned GET URLs for an S3 DAM (valid ``presign_expires_s``),
 import asyncio
 import hmac
 import ipaddress
-import json
 import logging
 import math
 import os
@@ -60,14 +59,13 @@ from ray.serve.handle import DeploymentHandle
 from model.generator import GeneratorConfig
 from model.presets import ModelName
 from model.replica import replica_bundles
-from pipeline.archive import ArchiveRenders, ArchiveResult, is_archived
+from pipeline.archive import ArchiveRenders, ArchiveResult, find_archived
 from pipeline.dam import open_dam
-from pipeline.dam.keys import render_key_prefix
 from pipeline.expand import expand_brief
 from pipeline.generate import describe_error
 from pipeline.ingest import locale_fault
 from pipeline.mux import CHANNEL_PROFILES
-from pipeline.review import ReviewThresholds
+from pipeline.review import ReviewResult, ReviewThresholds
 from pipeline.run import RenderClips, ensure_ray, replica_resources, resolve_device
 from schemas.brief import CampaignBrief
 from schemas.locales import LocaleError, canonical_locale
@@ -244,7 +242,7 @@ class RenderStatus(BaseModel):
     model_id: str
     review_status: str | None = None
     review_reasons: list[str] = []
-    review: dict[str, Any] | None = Field(None, description="every review tag (pipeline.review.ReviewResult)")
+    review: ReviewResult | None = Field(None, description="every review tag")
     assets: dict[str, str] = Field({}, description="extension -> URL: presigned for S3, file:// for a local DAM")
     error: str | None = None
     submitted_at: datetime
@@ -256,13 +254,13 @@ class RenderEntry:
     request: RenderRequest
     clients: set[str]
     status: RenderStatusName = "queued"
-    review: dict[str, Any] | None = None
+    review: ReviewResult | None = None
     keys: dict[str, str] = field(default_factory=dict)
     error: str | None = None
     submitted_at: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
     finished_at: datetime | None = None
 
-    def finish(self, status: RenderStatusName, *, review: dict | None = None, keys: dict[str, str] | None = None,
+    def finish(self, status: RenderStatusName, *, review: ReviewResult | None = None, keys: dict[str, str] | None = None,
                error: str | None = None) -> None:
         self.status, self.review, self.keys, self.error = status, review, keys or {}, error
         self.finished_at = datetime.now(timezone.utc)
@@ -347,7 +345,7 @@ class Api:
                        f"server queues at most {self.config.queue_limit}; split it or use the batch job"}])
         # Renders not known here, or failed before, may already be in the DAM (a restart forgets statuses).
         unknown = [r for r in requests if self._needs_render(r.render_id)]
-        records = await asyncio.gather(*(asyncio.to_thread(self._archived_record, r) for r in unknown))
+        records = await asyncio.gather(*(asyncio.to_thread(find_archived, self.dam, r) for r in unknown))
         # No await from here on: the checks and the enqueueing are one step. Checked again
         # after the awaits, since a concurrent call may have queued some of these meanwhile.
         pending = [(r, record) for r, record in zip(unknown, records) if self._needs_render(r.render_id)]
@@ -362,8 +360,7 @@ class Api:
             if record is None:
                 self.queue.put_nowait(entry)
             else:
-                entry.finish("done", review=record.get("review"),
-                             keys={ext: obj["key"] for ext, obj in record["objects"].items()})
+                entry.finish("done", review=record.review, keys=record.keys)
             self.renders[request.render_id] = entry
         for request in requests:
             self.renders[request.render_id].clients.add(client)
@@ -378,12 +375,11 @@ class Api:
         entry = self.renders.get(render_id)
         if entry is None or client not in entry.clients:
             raise HTTPException(http_status.HTTP_404_NOT_FOUND, detail=f"no render {render_id!r} among yours")
-        review = entry.review or {}
         return RenderStatus(
             **entry.request.model_dump(include={"render_id", "campaign_id", "brief_id", "locale", "aspect_ratio",
                                                 "variant_index", "seed", "model_id"}),
-            status=entry.status, review_status=review.get("review_status"),
-            review_reasons=review.get("review_reasons", []), review=entry.review,
+            status=entry.status, review_status=entry.review.review_status if entry.review else None,
+            review_reasons=entry.review.review_reasons if entry.review else [], review=entry.review,
             assets={ext: self.dam.url(key, self.config.presign_expires_s) for ext, key in entry.keys.items()},
             error=entry.error, submitted_at=entry.submitted_at, finished_at=entry.finished_at,
         )
@@ -417,10 +413,6 @@ class Api:
     def _needs_render(self, render_id: str) -> bool:
         known = self.renders.get(render_id)
         return known is None or known.status == "failed"
-
-    def _archived_record(self, request: RenderRequest) -> dict | None:
-        prefix = render_key_prefix(request.campaign_id, request.brief_id, request.locale, request.aspect_ratio)
-        return is_archived(self.dam, prefix, request.render_id)
 
     def _retry_after_s(self) -> int:
         per_render = self.seconds_per_render or FIRST_RENDER_ESTIMATE_S
@@ -456,7 +448,7 @@ class Api:
         table = pa.Table.from_pylist([entry.request.model_dump()], schema=RENDER_REQUEST_ARROW_SCHEMA)
         rendered = await self.renderer.remote(table)
         (row,) = (await asyncio.to_thread(self.archive, rendered)).to_pylist()
-        review = json.loads(row["review_json"]) if row["review_json"] else None
+        review = ReviewResult.model_validate_json(row["review_json"]) if row["review_json"] else None
         if row["archive_json"]:
             archived = ArchiveResult.model_validate_json(row["archive_json"])
             entry.finish("done", review=review, keys=archived.keys)

@@ -5,7 +5,8 @@ module holds what a render's objects mean together. A render is written assets
 first, completion record (``.done.json``) last. It counts as archived only when
 its completion record exists and every object the record lists is in the DAM
 with the recorded SHA-256, so a render cut off half-way never looks done and is
-redone on the next run.
+redone on the next run. :class:`CompletionRecord` is that record, and
+:func:`find_archived` the one way the jobs and the server ask for it.
 """
 
 from __future__ import annotations
@@ -16,20 +17,19 @@ import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Literal, Mapping
+from typing import Mapping
 
 import pyarrow as pa
-from pydantic import BaseModel, ConfigDict, field_validator
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from pipeline.dam import DAM, StoredObject
 from pipeline.dam.keys import EXTENSION, completion_key, file_sha256, render_key, render_key_prefix
+from pipeline.review import ReviewResult, ReviewStatus
+from schemas.render import RenderRequest
 
 logger = logging.getLogger(__name__)
 
-ReviewStatus = Literal["auto_approved", "needs_review", "rejected"]
-
 RECORD_VERSION = 1
-
 
 
 class RenderAssets(BaseModel):
@@ -45,7 +45,7 @@ class RenderAssets(BaseModel):
     model_id: str
     seed: int
     review_status: ReviewStatus
-    review: dict[str, Any] | None = None
+    review: ReviewResult | None = None
     """the review tags, kept in the completion record so a skipped render's manifest row can be rebuilt"""
     files: dict[str, Path]
     """extension (no dot, e.g. "mp4", "wav", "jpg", "vtt") -> local file"""
@@ -100,36 +100,86 @@ class ArchiveResult(BaseModel):
     skipped: bool
 
 
+class ArchivedObject(BaseModel):
+    """One deliverable as the completion record lists it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    key: str
+    size: int
+    sha256: str
+    storage_checksum: str | None = None
+
+
+class CompletionRecord(BaseModel):
+    """The ``.done.json`` a render's archive writes last: who the render is, its
+    review, and every object it is made of. The one reader and writer of that file."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    version: int = RECORD_VERSION
+    render_id: str
+    campaign_id: str
+    brief_id: str
+    locale: str
+    aspect_ratio: str
+    model_id: str
+    seed: int
+    review_status: ReviewStatus
+    review: ReviewResult | None = None
+    archived_at: datetime
+    objects: dict[str, ArchivedObject]
+
+    @property
+    def keys(self) -> dict[str, str]:
+        return {ext: obj.key for ext, obj in self.objects.items()}
+
+    @property
+    def sha256(self) -> dict[str, str]:
+        return {ext: obj.sha256 for ext, obj in self.objects.items()}
+
+    @property
+    def sizes(self) -> dict[str, int]:
+        return {ext: obj.size for ext, obj in self.objects.items()}
+
+
+def find_archived(dam: DAM, request: RenderRequest) -> CompletionRecord | None:
+    """The completion record of a planned render a previous run (or the server) finished, else None."""
+    prefix = render_key_prefix(request.campaign_id, request.brief_id, request.locale, request.aspect_ratio)
+    return is_archived(dam, prefix, request.render_id)
+
+
 def is_archived(
     dam: DAM, key_prefix: str, render_id: str, expected_sha256: Mapping[str, str] | None = None
-) -> dict | None:
+) -> CompletionRecord | None:
     """The render's completion record if the render is completely in the DAM, else None.
 
     Complete means: the completion record exists, and every object it lists is
     in the DAM with the recorded size and SHA-256 (S3: also the store's own
     checksum). With ``expected_sha256`` (ext -> hex), the record must list
-    exactly those extensions with those checksums. Call it before generating a
-    render to skip work already done.
+    exactly those extensions with those checksums. A record that does not
+    read as a :class:`CompletionRecord` (cut off, or a review of another
+    shape) counts as absent: the render is redone.
     """
     raw = dam.get_bytes(completion_key(key_prefix, render_id))
     if raw is None:
         return None
     try:
-        record = json.loads(raw)
-        objects: dict[str, dict] = record["objects"]
-        recorded = {ext: obj["sha256"] for ext, obj in objects.items()}
-    except (ValueError, KeyError, TypeError, AttributeError):
-        logger.warning("%s: unreadable completion record for %s/%s; the render will be redone", dam.uri, key_prefix, render_id)
+        record = CompletionRecord.model_validate_json(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        logger.warning("%s: unreadable completion record for %s/%s (%s: %s); the render will be redone",
+                       dam.uri, key_prefix, render_id, ".".join(map(str, first["loc"])) or "record", first["msg"])
         return None
-    if record.get("render_id") != render_id:
+    if record.render_id != render_id:
         return None
-    if expected_sha256 is not None and recorded != dict(expected_sha256):
+    if expected_sha256 is not None and record.sha256 != dict(expected_sha256):
         return None
-    for obj in objects.values():
-        stored = dam.head(obj["key"])
-        if stored is None or stored.size != obj["size"] or stored.sha256 != obj["sha256"]:
+    for obj in record.objects.values():
+        stored = dam.head(obj.key)
+        if stored is None or stored.size != obj.size or stored.sha256 != obj.sha256:
             return None
-        if obj.get("storage_checksum") and stored.storage_checksum != obj["storage_checksum"]:
+        if obj.storage_checksum and stored.storage_checksum != obj.storage_checksum:
             return None
     return record
 
@@ -167,16 +217,14 @@ def archive_render(dam: DAM, render: RenderAssets) -> ArchiveResult:
     for ext, path in render.files.items():
         stored[ext] = dam.put_file(keys[ext], path, sha256=sha256[ext], metadata=metadata, tags=tags)
 
-    record = {
-        "version": RECORD_VERSION,
-        **render.model_dump(mode="json", exclude={"files"}),
-        "archived_at": datetime.now(timezone.utc).isoformat(),
-        "objects": {
-            ext: {"key": obj.key, "size": obj.size, "sha256": obj.sha256, "storage_checksum": obj.storage_checksum}
-            for ext, obj in stored.items()
-        },
-    }
-    dam.put_bytes(done_key, json.dumps(record, indent=2, sort_keys=True).encode(), metadata=metadata, tags=tags)
+    record = CompletionRecord(
+        **render.model_dump(exclude={"files"}),
+        archived_at=datetime.now(timezone.utc),
+        objects={ext: ArchivedObject(key=obj.key, size=obj.size, sha256=obj.sha256,
+                                     storage_checksum=obj.storage_checksum) for ext, obj in stored.items()},
+    )
+    dam.put_bytes(done_key, json.dumps(record.model_dump(mode="json"), indent=2, sort_keys=True).encode(),
+                  metadata=metadata, tags=tags)
     return result(sum(obj.size for obj in stored.values()), skipped=False)
 
 
@@ -215,7 +263,7 @@ class ArchiveRenders:
         return pa.Table.from_pylist(rows, schema=schema)
 
     def _archive(self, row: dict, assets: dict[str, bytes]) -> ArchiveResult:
-        review = json.loads(row["review_json"])
+        review = ReviewResult.model_validate_json(row["review_json"])
         with tempfile.TemporaryDirectory(prefix="paddock-archive-") as tmp:
             files = {}
             for ext, data in assets.items():
@@ -224,6 +272,6 @@ class ArchiveRenders:
             render = RenderAssets(
                 render_id=row["render_id"], campaign_id=row["campaign_id"], brief_id=row["brief_id"],
                 locale=row["locale"], aspect_ratio=row["aspect_ratio"], model_id=row["model_id"],
-                seed=row["seed"], review_status=review["review_status"], review=review, files=files,
+                seed=row["seed"], review_status=review.review_status, review=review, files=files,
             )
             return archive_render(self.dam, render)

@@ -22,15 +22,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import ray
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from ray.data.expressions import col
 
 from model.generator import AVGenerator, GeneratorConfig
 from model.presets import get_preset
 from model.replica import make_replica, replica_remote_args_fn
-from pipeline.archive import ArchiveRenders, ArchiveResult, is_archived
+from pipeline.archive import ArchiveRenders, ArchiveResult, find_archived
 from pipeline.dam import DAM, open_dam
-from pipeline.dam.keys import render_key_prefix
 from pipeline.dam.local import LocalDAM
 from pipeline.expand import ExpandBriefs
 from pipeline.generate import FailedRender, GenerateClips, GeneratedClip, describe_error, shape_key
@@ -343,26 +342,14 @@ def _generator_config(config: CampaignConfig, todo: list[RenderRequest]) -> Gene
 
 def _already_archived(dam: DAM, requests: list[RenderRequest]) -> dict[str, ManifestRow]:
     """render_id -> its "skipped" manifest row, for renders a previous run finished. A
-    record whose review no longer reads as a ReviewResult counts as not finished: the
-    render is redone."""
+    record that does not read as a CompletionRecord (its review included) counts as
+    not finished: the render is redone."""
     def check(request: RenderRequest) -> ManifestRow | None:
-        prefix = render_key_prefix(request.campaign_id, request.brief_id, request.locale, request.aspect_ratio)
-        record = is_archived(dam, prefix, request.render_id)
+        record = find_archived(dam, request)
         if record is None:
             return None
-        try:
-            review = ReviewResult.model_validate(record["review"]) if record.get("review") else None
-        except ValidationError:
-            logger.warning("%s: the completion record of %s has an unreadable review; redoing it",
-                           dam.uri, request.render_id)
-            return None
-        objects = record["objects"]
-        return _manifest_row(request, "skipped", review=review).model_copy(update={
-            "dam_uri": dam.uri,
-            "keys": {ext: obj["key"] for ext, obj in objects.items()},
-            "sha256": {ext: obj["sha256"] for ext, obj in objects.items()},
-            "sizes": {ext: obj["size"] for ext, obj in objects.items()},
-        })
+        return _manifest_row(request, "skipped", review=record.review).model_copy(update={
+            "dam_uri": dam.uri, "keys": record.keys, "sha256": record.sha256, "sizes": record.sizes})
 
     with ThreadPoolExecutor(max_workers=16) as pool:
         return {row.render_id: row for row in pool.map(check, requests) if row is not None}
