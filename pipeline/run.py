@@ -37,7 +37,7 @@ from pipeline.ingest import REJECTS_SCHEMA, ValidateBriefs, first_row_by_brief_i
 from pipeline.lineage import JobType, LineageConfig, LineageRun, briefs_dataset, checkpoint_dataset, dam_dataset
 from pipeline.manifest import MANIFEST_ARROW_SCHEMA, ManifestRow, contact_sheet_html
 from pipeline.mux import CHANNEL_PROFILES, ChannelProfile, mux_clip
-from pipeline.review import ReviewExpectation, ReviewResult, ReviewThresholds, review_clip, with_delivered_loudness
+from pipeline.review import ReviewExpectation, ReviewResult, ReviewThresholds, decide_review, measure_clip
 from schemas.brief import BRIEF_ARROW_SCHEMA
 from schemas.render import RENDER_REQUEST_ARROW_SCHEMA, RenderRequest
 
@@ -200,14 +200,16 @@ class RenderClips:
     def _review_and_mux(self, clip: GeneratedClip) -> dict:
         timings = dict(clip.timings_s)
         started = time.perf_counter()
-        review = review_clip(clip.frames, clip.audio, clip.sample_rate, clip.fps,
-                             ReviewExpectation.from_request(clip.request), self.thresholds)
+        expected = ReviewExpectation.from_request(clip.request)
+        signals = measure_clip(clip.frames, clip.audio, clip.sample_rate, clip.fps, expected, self.thresholds)
         timings["review"] = time.perf_counter() - started
         started = time.perf_counter()
         with tempfile.TemporaryDirectory(prefix="paddock-mux-") as tmp:
             muxed = mux_clip(clip.frames, clip.audio, clip.sample_rate, clip.fps, tmp, clip.request.render_id,
-                             dialogue=clip.request.dialogue, speech_spans=review.speech_spans, profile=self.profile)
-            review = with_delivered_loudness(review, muxed.output_lufs, muxed.output_true_peak_dbtp, self.thresholds)
+                             dialogue=clip.request.dialogue, speech_spans=signals.speech_spans, profile=self.profile)
+            # Decided once, on the delivered file: mux normalized its loudness.
+            review = decide_review(signals.as_delivered(muxed.output_lufs, muxed.output_true_peak_dbtp),
+                                   expected, self.thresholds)
             assets = {ext: path.read_bytes() for ext, path in
                       (("mp4", muxed.mp4_path), ("wav", muxed.wav_path), ("jpg", muxed.poster_path),
                        ("vtt", muxed.vtt_path))}
