@@ -10,6 +10,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from pipeline.dam import DAMError
+from pipeline.errors import describe_validation_error, ray_worker_error
 from pipeline.ingest import BriefsFileError, read_briefs_table
 from schemas.formats import ASPECT_RATIOS, RESOLUTIONS
 
@@ -228,9 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return handler(args)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        field = ".".join(str(p) for p in first["loc"])
-        print(f"paddock {args.command}: error: {field}: {first['msg']}", file=sys.stderr)
+        print(f"paddock {args.command}: error: {describe_validation_error(exc)}", file=sys.stderr)
         return 2
     except USER_ERRORS as exc:
         print(f"paddock {args.command}: error: {exc}", file=sys.stderr)
@@ -241,10 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:
         if not type(exc).__module__.startswith("ray."):
             raise
-        # An error raised in a Ray worker: its last line is the worker's own exception.
-        lines = [line for line in str(exc).strip().splitlines() if line.strip()]
-        print(f"paddock {args.command}: error in a Ray worker: {lines[-1] if lines else type(exc).__name__}",
-              file=sys.stderr)
+        print(f"paddock {args.command}: error in a Ray worker: {ray_worker_error(exc)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(f"paddock {args.command}: interrupted", file=sys.stderr)

@@ -62,13 +62,12 @@ from model.replica import replica_bundles
 from pipeline.archive import ArchiveRenders, ArchiveResult, find_archived
 from pipeline.dam import open_dam
 from pipeline.expand import expand_brief
-from pipeline.generate import describe_error
-from pipeline.ingest import locale_fault
+from pipeline.errors import describe_error
+from pipeline.ingest import check_locales
 from pipeline.mux import CHANNEL_PROFILES
 from pipeline.review import ReviewResult, ReviewThresholds
 from pipeline.run import RenderClips, ensure_ray, replica_resources, resolve_device
 from schemas.brief import CampaignBrief
-from schemas.locales import LocaleError, canonical_locale
 from schemas.render import RENDER_REQUEST_ARROW_SCHEMA, RenderRequest
 
 logger = logging.getLogger(__name__)
@@ -269,19 +268,13 @@ class RenderEntry:
 def plan_renders(brief: CampaignBrief, model_id: str) -> list[RenderRequest]:
     """The brief's render requests, after the per-locale checks of ingest; a locale that
     cannot be rendered is a 422 naming it (an ad-hoc caller fixes the brief and posts again)."""
-    kept: list[str] = []
-    for index, tag in enumerate(brief.target_locales):
+    kept, faults = check_locales(brief)
+    if faults:
+        fault = faults[0]
         # With no `locales`, the one target is the source locale.
-        loc = ("body", "locales", index) if brief.locales is not None else ("body", "source_locale")
-        try:
-            locale = canonical_locale(tag)
-            fault = locale_fault(brief, locale)
-        except LocaleError as exc:
-            fault = f"{loc[1]}: {exc}"
-        if fault:
-            raise RequestValidationError([{"type": "value_error", "loc": loc, "msg": fault, "input": tag}])
-        if locale not in kept:
-            kept.append(locale)
+        loc = ("body", "locales", fault.index) if brief.locales is not None else ("body", "source_locale")
+        raise RequestValidationError([{"type": "value_error", "loc": loc, "msg": fault.reason,
+                                       "input": brief.target_locales[fault.index]}])
     return expand_brief(brief.model_copy(update={"locales": kept}), row_index=0, model_id=model_id)
 
 

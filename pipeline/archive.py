@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from pipeline.dam import DAM, StoredObject
 from pipeline.dam.keys import EXTENSION, completion_key, file_sha256, render_key, render_key_prefix
+from pipeline.errors import describe_validation_error
 from pipeline.review import ReviewResult, ReviewStatus
 from schemas.render import RenderRequest
 
@@ -167,9 +168,8 @@ def is_archived(
     try:
         record = CompletionRecord.model_validate_json(raw)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        logger.warning("%s: unreadable completion record for %s/%s (%s: %s); the render will be redone",
-                       dam.uri, key_prefix, render_id, ".".join(map(str, first["loc"])) or "record", first["msg"])
+        logger.warning("%s: unreadable completion record for %s/%s (%s); the render will be redone",
+                       dam.uri, key_prefix, render_id, describe_validation_error(exc))
         return None
     if record.render_id != render_id:
         return None

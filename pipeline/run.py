@@ -32,7 +32,8 @@ from pipeline.archive import ArchiveRenders, ArchiveResult, find_archived
 from pipeline.dam import DAM, open_dam
 from pipeline.dam.local import LocalDAM
 from pipeline.expand import ExpandBriefs
-from pipeline.generate import FailedRender, GenerateClips, GeneratedClip, describe_error, shape_key
+from pipeline.errors import describe_error
+from pipeline.generate import FailedRender, GenerateClips, GeneratedClip, shape_batches
 from pipeline.ingest import REJECTS_SCHEMA, ValidateBriefs, first_row_by_brief_id, read_briefs_table, reason_category
 from pipeline.lineage import JobType, LineageConfig, LineageRun, briefs_dataset, checkpoint_dataset, dam_dataset
 from pipeline.manifest import MANIFEST_ARROW_SCHEMA, ManifestRow, contact_sheet_html
@@ -419,12 +420,11 @@ def _run_campaign(config: CampaignConfig, dam: DAM, log: Callable[[str], None],
     log(f"{len(archived)} renders already in {dam.uri}, {len(todo)} to make")
 
     if todo:
-        # Grouped by shape so a replica's batches share latent sizes.
-        todo.sort(key=shape_key)
         generator_config = _generator_config(config, todo)
-        table = pa.Table.from_pylist([r.model_dump() for r in todo], schema=RENDER_REQUEST_ARROW_SCHEMA)
-        # One block per replica call, so every replica of the pool gets work.
-        blocks = [table.slice(start, config.batch_size) for start in range(0, table.num_rows, config.batch_size)]
+        # One block per replica call, of one shape, so every replica of the pool gets work
+        # and each call is one batch of equal latent sizes.
+        blocks = [pa.Table.from_pylist([r.model_dump() for r in batch], schema=RENDER_REQUEST_ARROW_SCHEMA)
+                  for batch in shape_batches(todo, config.batch_size)]
         with replica_pool(config.tp_size, config.replicas, generator_config.device) as pool_args:
             rendered = (
                 ray.data.from_arrow(blocks)
