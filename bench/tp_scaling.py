@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from model.magihuman import PRESETS, load_dit  # noqa: E402
 from model.magihuman.sizes import clip_geometry  # noqa: E402
-from model.parallel import TPGroup, load_dit_shard  # noqa: E402
+from model.parallel import TPGroup  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "tp_scaling.json"
 
@@ -65,7 +65,7 @@ def cpu_rank(rank: int, world: int, store: str, args: argparse.Namespace, out: s
     torch.set_num_threads(args.threads_per_rank)
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
     arch = PRESETS["tiny"].replace(hidden_size=args.hidden_size) if args.hidden_size else PRESETS["tiny"]
-    model = load_dit_shard(None, TPGroup(rank, world), arch=arch, compute_dtype=torch.float32)
+    model = load_dit(None, tp=TPGroup(rank, world), arch=arch, compute_dtype=torch.float32)
     inputs = clip_inputs(arch, *args.latent, audio=args.audio, text=args.text)
     times = time_steps(model, inputs, args.steps, dist.barrier)
     if rank == 0:

@@ -58,7 +58,7 @@ from ray.serve.handle import DeploymentHandle
 
 from model.generator import GeneratorConfig
 from model.presets import ModelName
-from model.replica import replica_bundles
+from model.placement import ReplicaShape
 from pipeline.archive import ArchiveRenders, ArchiveResult, find_archived
 from pipeline.dam import open_dam
 from pipeline.expand import expand_brief
@@ -66,7 +66,7 @@ from pipeline.errors import describe_error
 from pipeline.ingest import check_locales
 from pipeline.mux import CHANNEL_PROFILES
 from pipeline.review import ReviewResult, ReviewThresholds
-from pipeline.run import RenderClips, ensure_ray, replica_resources, resolve_device
+from pipeline.run import RenderClips, ensure_ray, resolve_device
 from schemas.brief import CampaignBrief
 from schemas.render import RENDER_REQUEST_ARROW_SCHEMA, RenderRequest
 
@@ -170,24 +170,11 @@ def is_loopback(host: str | None) -> bool:
 
 
 def renderer_options(tp: int, replicas: int, device: str) -> dict[str, Any]:
-    """Serve deployment options of the Renderer: one model replica per Serve replica.
-
-    At tp 1 the replica actor holds the model and asks for its device. At tp > 1
-    every replica gets a STRICT_PACK placement group: bundle 0 for the replica
-    actor, then one bundle per tensor-parallel rank (sizes from
-    ``pipeline.run.replica_resources``), where the TP replica of model/replica.py
-    starts its rank actors (it takes the last ``tp`` bundles of its group).
-    """
-    gpu = device.startswith("cuda")
-    options: dict[str, Any] = {"num_replicas": replicas, "max_ongoing_requests": 1}
-    if tp == 1:
-        options["ray_actor_options"] = {"num_gpus": 1, "num_cpus": 1} if gpu else {"num_cpus": 1}
-        return options
-    owner_cpus, cpus_per_rank = replica_resources(device)
-    options["ray_actor_options"] = {"num_cpus": owner_cpus, "num_gpus": 0}
-    options["placement_group_bundles"] = [{"CPU": owner_cpus}] + replica_bundles(tp, gpu, cpus_per_rank)
-    options["placement_group_strategy"] = "STRICT_PACK"
-    return options
+    """Serve deployment options of the Renderer: one model replica per Serve replica,
+    placed by model/placement.py (at tp > 1 a STRICT_PACK group per replica: bundle 0
+    for the replica actor, then one bundle per rank)."""
+    return {"num_replicas": replicas, "max_ongoing_requests": 1,
+            **ReplicaShape.for_device(tp, device).serve_options()}
 
 
 # --------------------------------------------------------------------------- deployments

@@ -37,6 +37,7 @@ from model.magihuman.sizes import (
 )
 from model.magihuman.text_encoder import TextEncoder
 from model.magihuman.video_vae import VideoVAE, fit_frames
+from model.parallel import TPGroup
 from model.presets import SR_COMPONENT, Component, ModelName, ModelPreset, get_preset
 
 log = logging.getLogger(__name__)
@@ -169,7 +170,10 @@ def load_reference_image(image: str | os.PathLike | np.ndarray) -> torch.Tensor:
 class AVGenerator:
     """The whole generator stack of one replica."""
 
-    def __init__(self, config: GeneratorConfig):
+    def __init__(self, config: GeneratorConfig, tp: TPGroup | None = None):
+        # Under tensor parallelism (model/replica.py) every DiT is this rank's shard; text encoding
+        # and decoding run on every rank alike.
+        self.tp = tp
         self.config = config
         self.preset = get_preset(config.model)
         self.device = torch.device(config.device)
@@ -182,7 +186,7 @@ class AVGenerator:
             )
             self.video_vae = VideoVAE.tiny(tiny.video_vae, device=self.device)
             self.audio_vae = AudioVAE.tiny(tiny.audio_vae, device=self.device)
-            self.dit = load_dit(None, arch=preset.dit_arch, device=self.device, compute_dtype=self.dtype, seed=0)
+            self.dit = load_dit(None, arch=preset.dit_arch, device=self.device, compute_dtype=self.dtype, seed=0, tp=tp)
         else:
             paths = config.released_paths()
             self.text_encoder = TextEncoder.from_pretrained(
@@ -202,7 +206,7 @@ class AVGenerator:
     def _load_released_dit(self, path: Path, preset_arch: ArchConfig) -> MagiHumanDiT:
         # A checkpoint's own config.json says what it is; the preset's architecture is the fallback.
         arch = None if (path / CONFIG_FILE).is_file() else preset_arch
-        return load_dit(path, arch=arch, device=self.device, compute_dtype=self.dtype)
+        return load_dit(path, arch=arch, device=self.device, compute_dtype=self.dtype, tp=self.tp)
 
     def sr_dit(self, resolution: str) -> MagiHumanDiT:
         """The super-resolution DiT for `resolution`, loaded on first use."""
@@ -215,7 +219,7 @@ class AVGenerator:
             arch = self.preset.sr_archs[resolution]
             if self.preset.tiny is not None:
                 seed = 1 + sorted(self.preset.sr_archs).index(resolution)
-                model = load_dit(None, arch=arch, device=self.device, compute_dtype=self.dtype, seed=seed)
+                model = load_dit(None, arch=arch, device=self.device, compute_dtype=self.dtype, seed=seed, tp=self.tp)
             else:
                 path = self.config.component_path(self.preset, SR_COMPONENT[resolution])
                 model = self._load_released_dit(path, arch)

@@ -15,26 +15,22 @@ The two row-parallel projections end with one all-reduce each, so a layer costs 
 all-reduces of [B, S, hidden]. Partial sums are reduced in fp32 and cast back to the compute
 dtype, so TP adds no bf16 rounding of partial sums that TP=1 does not have.
 
-Loading is sliced: each rank reads only its own rows / columns of every sharded tensor
-(safetensors `get_slice`), so a rank reads about (sharded bytes) / N + (replicated bytes).
+Loading is sliced (`model.magihuman.load_dit(..., tp=...)` with `sliced_weights`): each rank reads
+only its own rows / columns of every sharded tensor (safetensors `get_slice`), so a rank reads
+about (sharded bytes) / N + (replicated bytes).
 """
 
 from __future__ import annotations
 
-import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import timedelta
-from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import torch
 import torch.distributed as dist
 
-from .magihuman.checkpoint import CheckpointError, CheckpointReader, OPTIONAL_KEYS, checkpoint_arch
 from .magihuman.config import ArchConfig
 from .magihuman.dit import MagiHumanDiT, ModalityLinear, TokenLayout
-
-log = logging.getLogger(__name__)
 
 Range = tuple[int, int]  # [start, stop) along one dim of a full tensor
 
@@ -114,6 +110,10 @@ class ColumnParallelLinear(ModalityLinear):
         ]
         return torch.cat(pieces) if len(pieces) > 1 else pieces[0]
 
+    @property
+    def full_weight_shape(self) -> list[int]:
+        return [self.full_out_features * self.num_modalities, self.in_features]
+
     def extra_repr(self) -> str:
         return super().extra_repr() + f", rows={self.row_ranges} of {self.full_out_features}"
 
@@ -132,6 +132,10 @@ class RowParallelLinear(ModalityLinear):
     def read_shard(self, source: Any) -> torch.Tensor:
         """This rank's columns of `source` (a safetensors slice or a tensor); only they are read."""
         return source[:, self.col_range[0] : self.col_range[1]]
+
+    @property
+    def full_weight_shape(self) -> list[int]:
+        return [self.out_features * self.num_modalities, self.full_in_features]
 
     def forward(self, x: torch.Tensor, layout: TokenLayout | None = None) -> torch.Tensor:
         out = super().forward(x, layout)
@@ -157,7 +161,7 @@ def parallelize_dit(model: MagiHumanDiT, tp: TPGroup) -> MagiHumanDiT:
     """Swap the attention and MLP projections of `model` for this rank's parallel layers, in place.
 
     Meant for a model on the meta device (the new layers are built on the device of the old
-    ones, without values); fill it with `load_dit_shard`.
+    ones, without values); `model.magihuman.load_dit(..., tp=tp)` builds and fills it.
     """
     arch = model.arch
     heads = head_shard(arch, tp)
@@ -192,130 +196,10 @@ def parallelize_dit(model: MagiHumanDiT, tp: TPGroup) -> MagiHumanDiT:
     return model
 
 
-@dataclass
-class ShardLoadReport:
-    """What one rank read: bytes of sharded tensors (its slices) and of replicated ones (in full)."""
-
-    checkpoint_dir: str
-    rank: int
-    world_size: int
-    sharded_bytes: int = 0
-    replicated_bytes: int = 0
-    loaded: int = 0
-    files: list[str] = field(default_factory=list)
-
-    @property
-    def bytes_read(self) -> int:
-        return self.sharded_bytes + self.replicated_bytes
-
-
-def _shape(source: Any) -> list[int]:
-    return list(source.get_shape()) if hasattr(source, "get_shape") else list(source.shape)
-
-
-@torch.no_grad()
-def fill_shard(model: MagiHumanDiT, tensors: Iterable[tuple[str, str, Any]], report: ShardLoadReport,
-               strict: bool = True) -> None:
-    """Copy (name, file, sliceable) tensors into a parallelized model, reading only this rank's part."""
-    targets = dict(model.state_dict(keep_vars=True))
-    modules = dict(model.named_modules())
-    seen, unexpected = set(), []
-    for name, file, source in tensors:
-        target = targets.get(name)
-        if target is None:
-            unexpected.append(name)
-            continue
-        if file and file not in report.files:
-            report.files.append(file)
-        owner = modules.get(name.rpartition(".")[0])
-        if isinstance(owner, ParallelLinear):
-            full = owner.full_out_features if isinstance(owner, ColumnParallelLinear) else owner.full_in_features
-            expected = (
-                [full * owner.num_modalities, owner.in_features]
-                if isinstance(owner, ColumnParallelLinear)
-                else [owner.out_features * owner.num_modalities, full]
-            )
-            if _shape(source) != expected:
-                raise CheckpointError(f"parameter {name!r} in {file} has shape {_shape(source)}, the architecture expects {expected}")
-            value = owner.read_shard(source)
-        else:
-            if _shape(source) != list(target.shape):
-                raise CheckpointError(
-                    f"parameter {name!r} in {file} has shape {_shape(source)}, the architecture expects {list(target.shape)}"
-                )
-            value = source[:]
-        if value.dtype != target.dtype:
-            raise CheckpointError(f"parameter {name!r} in {file} has dtype {value.dtype}, expected {target.dtype}")
-        nbytes = value.numel() * value.element_size()
-        if isinstance(owner, ParallelLinear):
-            report.sharded_bytes += nbytes
-        else:
-            report.replicated_bytes += nbytes
-        target.copy_(value)
-        seen.add(name)
-    report.loaded = len(seen)
-    missing = sorted(set(targets) - seen - OPTIONAL_KEYS)
-    if missing:
-        raise CheckpointError(f"checkpoint {report.checkpoint_dir} lacks {len(missing)} parameters of the model: {missing[:8]}")
-    if unexpected:
-        message = f"checkpoint {report.checkpoint_dir} holds {len(unexpected)} tensors the model does not have: {unexpected[:8]}"
-        if strict:
-            raise CheckpointError(message + "; check the arch, or pass strict=False to ignore them")
-        log.warning(message)
-
-
-def empty_shard(arch: ArchConfig, tp: TPGroup, device: str | torch.device, compute_dtype: torch.dtype) -> MagiHumanDiT:
-    """This rank's parallelized DiT with uninitialized weights on `device`, in eval mode."""
-    check_tp_size(arch, tp.world_size)
-    with torch.device("meta"):
-        model = parallelize_dit(MagiHumanDiT(arch, compute_dtype=compute_dtype), tp)
-    model.to_empty(device=torch.device(device))
-    model.adapter.rope.reset_bands()
-    return model.eval().requires_grad_(False)
-
-
-@torch.no_grad()
-def shard_dit(full: MagiHumanDiT, tp: TPGroup, device: str | torch.device | None = None) -> MagiHumanDiT:
-    """This rank's shard of a DiT already in memory (random weights, or a model built elsewhere)."""
-    model = empty_shard(full.arch, tp, device or full.device, full.compute_dtype)
-    model.local_attention_backend = full.local_attention_backend
-    report = ShardLoadReport(checkpoint_dir=getattr(getattr(full, "load_report", None), "checkpoint_dir", ""),
-                             rank=tp.rank, world_size=tp.world_size)
-    fill_shard(model, ((name, "", t) for name, t in full.state_dict().items()), report)
-    model.load_report = report
-    return model
-
-
-@torch.no_grad()
-def load_dit_shard(
-    checkpoint_dir: str | Path | None,
-    tp: TPGroup,
-    arch: ArchConfig | str | dict | None = None,
-    device: str | torch.device = "cpu",
-    compute_dtype: torch.dtype = torch.bfloat16,
-    seed: int = 0,
-    strict: bool = True,
-    scratch_dir: str | Path | None = None,
-) -> MagiHumanDiT:
-    """This rank's shard of the DiT, filled from `checkpoint_dir` by sliced reads.
-
-    With `checkpoint_dir` None the weights are the random ones `load_dit(None, seed=seed)` makes
-    (built in full on each rank, then sliced: meant for tiny models and benchmarks). The model
-    carries `load_report` (a ShardLoadReport) and `tp`.
-    """
-    arch = checkpoint_arch(checkpoint_dir, arch)
-    if checkpoint_dir is None:
-        full = MagiHumanDiT(arch, compute_dtype=compute_dtype)
-        full.init_weights(seed)
-        return shard_dit(full, tp, device)
-    model = empty_shard(arch, tp, device, compute_dtype)
-    report = ShardLoadReport(checkpoint_dir=str(checkpoint_dir), rank=tp.rank, world_size=tp.world_size)
-    reader = CheckpointReader(checkpoint_dir, scratch_dir=scratch_dir)
-    fill_shard(model, reader.iter_tensors(), report, strict=strict)
-    model.load_report = report
-    log.info("rank %d/%d read %.1f MB (%.1f MB sharded) from %s", tp.rank, tp.world_size,
-             report.bytes_read / 1e6, report.sharded_bytes / 1e6, report.checkpoint_dir or "random init")
-    return model
+def sliced_weights(model: MagiHumanDiT) -> dict[str, ColumnParallelLinear | RowParallelLinear]:
+    """The plan as the loader reads it: each weight this rank holds a slice of, by parameter name,
+    with the layer that knows the full tensor's shape and reads its slice. Empty at TP=1."""
+    return {f"{name}.weight": module for name, module in model.named_modules() if isinstance(module, ParallelLinear)}
 
 
 def init_process_group(tp_size: int, rank: int, init_method: str, backend: str | None = None,

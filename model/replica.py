@@ -10,9 +10,8 @@ pipeline's generate stage and the Serve app take either.
 
 Where the placement group comes from:
 - inside a Ray Data actor pool (or a Serve replica) the owner actor already runs in a placement
-  group made by `replica_remote_args_fn` (or Serve's `placement_group_bundles`); the ranks take
-  its last `tp_size` bundles;
-- otherwise (a driver, the CLI, `ReplicaPool`) the replica makes its own.
+  group that `ReplicaShape` (model/placement.py) asked for; the ranks take its last `tp_size` bundles;
+- otherwise (a driver, the CLI) the replica makes its own.
 
 Failure: a rank that dies (RayActorError) or stops answering takes the whole group down (its peers
 are stuck in a collective). The replica kills the survivors, starts a fresh group in the same
@@ -23,24 +22,23 @@ re-raised as is, and the group is kept.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
-import queue
 import socket
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Callable, Generic, Protocol, Sequence, TypeVar
+from typing import Any, Generic, Protocol, Sequence, TypeVar
 
 import ray
 import torch
 from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
+from pydantic import BaseModel, ConfigDict, Field
 from ray.util.placement_group import PlacementGroup, placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from .parallel import TPGroup, init_process_group
+from .placement import STRATEGY, ReplicaShape
 
 log = logging.getLogger(__name__)
 
@@ -62,63 +60,16 @@ class RankModel(Protocol):
     def build(self, tp: TPGroup, device: torch.device) -> RankRunner: ...
 
 
-@dataclass(frozen=True)
-class ReplicaConfig:
-    tp_size: int = 1
-    use_gpu: bool | None = None  # None: one GPU per rank when the cluster has GPUs
-    cpus_per_rank: float = 1.0
-    max_retries: int = 1  # fresh groups tried after a rank failure, per call
-    start_timeout_s: float = 600.0  # placement and model loading
-    call_timeout_s: float = 3600.0  # one generate call; a rank silent this long is taken as hung
-    collective_timeout_s: float = 600.0  # torch.distributed timeout of a collective
+class ReplicaConfig(BaseModel):
+    """One replica: its shape (model/placement.py) and how long and how often to try."""
 
-    def __post_init__(self) -> None:
-        if self.tp_size < 1:
-            raise ValueError(f"tp_size={self.tp_size} must be >= 1")
-        if self.max_retries < 0:
-            raise ValueError(f"max_retries={self.max_retries} must be >= 0")
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
-    def gpu(self) -> bool:
-        if self.use_gpu is not None:
-            return self.use_gpu
-        return ray.cluster_resources().get("GPU", 0) > 0
-
-
-# --------------------------------------------------------------------------------------------
-# Placement
-# --------------------------------------------------------------------------------------------
-
-
-def replica_bundles(tp_size: int, use_gpu: bool, cpus_per_rank: float = 1.0) -> list[dict[str, float]]:
-    """One bundle per rank: {"GPU": 1, "CPU": c} on GPUs, {"CPU": c} on CPUs."""
-    bundle = {"CPU": cpus_per_rank, "GPU": 1} if use_gpu else {"CPU": cpus_per_rank}
-    return [dict(bundle) for _ in range(tp_size)]
-
-
-def replica_remote_args_fn(tp_size: int, use_gpu: bool, cpus_per_rank: float = 1.0,
-                           owner_cpus: float = 1.0) -> Callable[[], dict[str, Any]]:
-    """`ray_remote_args_fn` for a Ray Data actor pool whose actors each own one TPReplica.
-
-    Every call makes a fresh STRICT_PACK placement group: an owner bundle ({"CPU": owner_cpus},
-    the layout Serve's `placement_group_bundles` use too) then the rank bundles, and schedules the
-    actor in bundle 0 with child capture, so the ranks it starts land in the same group. The actor
-    itself must ask for no GPU and at most `owner_cpus` CPUs
-    (`map_batches(..., num_gpus=0, num_cpus=owner_cpus)`). With owner_cpus=0 there is no owner
-    bundle and the actor (asking for nothing) may sit in any bundle.
-    """
-
-    def remote_args() -> dict[str, Any]:
-        bundles = replica_bundles(tp_size, use_gpu, cpus_per_rank)
-        if owner_cpus > 0:
-            bundles = [{"CPU": owner_cpus}] + bundles
-        pg = placement_group(bundles, strategy="STRICT_PACK")
-        return {
-            "scheduling_strategy": PlacementGroupSchedulingStrategy(
-                pg, placement_group_bundle_index=0 if owner_cpus > 0 else -1, placement_group_capture_child_tasks=True
-            )
-        }
-
-    return remote_args
+    shape: ReplicaShape = ReplicaShape()
+    max_retries: int = Field(1, ge=0, description="fresh groups tried after a rank failure, per call")
+    start_timeout_s: float = Field(600.0, gt=0, description="placement and model loading")
+    call_timeout_s: float = Field(3600.0, gt=0, description="one generate call; a rank silent this long is taken as hung")
+    collective_timeout_s: float = Field(600.0, gt=0, description="torch.distributed timeout of a collective")
 
 
 # --------------------------------------------------------------------------------------------
@@ -133,7 +84,6 @@ class RankWorker:
         self.rank = rank
         self.tp_size = tp_size
         self.runner: RankRunner | None = None
-        self.calls_started = 0
 
     def rendezvous_address(self) -> str:
         """tcp://<this node>:<free port> for the group's TCP store (asked of rank 0)."""
@@ -171,13 +121,8 @@ class RankWorker:
         }
 
     def generate(self, requests: list) -> list | None:
-        self.calls_started += 1
         results = self.runner.generate(requests)
         return results if self.rank == 0 else None
-
-    def progress(self) -> int:
-        """Calls this rank has started (answered while a call runs: the actor is threaded)."""
-        return self.calls_started
 
 
 # --------------------------------------------------------------------------------------------
@@ -208,46 +153,43 @@ class TPReplica(Generic[Request, Result]):
 
     def _placement(self) -> tuple[PlacementGroup, int]:
         """The placement group and the index of the first rank bundle."""
-        cfg = self.config
+        cfg, shape = self.config, self.config.shape
         if self.placement is None:
-            bundles = replica_bundles(cfg.tp_size, cfg.gpu(), cfg.cpus_per_rank)
+            bundles = shape.rank_bundles()
             need = {key: sum(b.get(key, 0) for b in bundles) for key in bundles[0]}
             if not any(node["Alive"] and all(node["Resources"].get(k, 0) >= v for k, v in need.items())
                        for node in ray.nodes()):
                 raise ReplicaError(
-                    f"no node of this Ray cluster has {need} in total, and a TP group of {cfg.tp_size} ranks must fit "
+                    f"no node of this Ray cluster has {need} in total, and a TP group of {shape.tp_size} ranks must fit "
                     f"on one node; lower tp_size or cpus_per_rank (CPU ranks may take fractions of a CPU)"
                 )
-            self.placement = placement_group(bundles, strategy="STRICT_PACK")
+            self.placement = placement_group(bundles, strategy=STRATEGY)
             self._own_placement = True
         if not self.placement.wait(cfg.start_timeout_s):
             if self._own_placement:
                 remove_placement_group(self.placement)
                 self.placement = None
             raise ReplicaError(
-                f"no node had room for a TP group of {cfg.tp_size} ranks ({cfg.cpus_per_rank} CPU"
-                f"{' + 1 GPU' if cfg.gpu() else ''} each, all on one node) within {cfg.start_timeout_s:.0f} s; "
+                f"no node had room for a TP group of {shape.tp_size} ranks ({shape.cpus_per_rank} CPU"
+                f"{' + 1 GPU' if shape.use_gpu else ''} each, all on one node) within {cfg.start_timeout_s:.0f} s; "
                 "wait for other replicas to finish, lower tp_size or add a node"
             )
-        offset = self.placement.bundle_count - cfg.tp_size
+        offset = self.placement.bundle_count - shape.tp_size
         if offset < 0:
-            raise ReplicaError(f"placement group has {self.placement.bundle_count} bundles, tp_size={cfg.tp_size} needs as many")
+            raise ReplicaError(f"placement group has {self.placement.bundle_count} bundles, tp_size={shape.tp_size} needs as many")
         return self.placement, offset
 
     def _start(self) -> None:
-        cfg = self.config
+        cfg, tp_size = self.config, self.config.shape.tp_size
         pg, offset = self._placement()
-        use_gpu = cfg.gpu()
         actor_cls = ray.remote(RankWorker)
         self.ranks = [
             actor_cls.options(
-                num_cpus=cfg.cpus_per_rank,
-                num_gpus=1 if use_gpu else 0,
-                max_concurrency=2,  # `progress` answers while `generate` runs
+                **cfg.shape.rank_actor_options(),
                 max_restarts=0,  # a dead rank means a dead group: the handle rebuilds all of it
                 scheduling_strategy=PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=offset + i),
-            ).remote(i, cfg.tp_size)
-            for i in range(cfg.tp_size)
+            ).remote(i, tp_size)
+            for i in range(tp_size)
         ]
         try:
             address = ray.get(self.ranks[0].rendezvous_address.remote(), timeout=cfg.start_timeout_s)
@@ -256,8 +198,8 @@ class TPReplica(Generic[Request, Result]):
             self.rank_info = ray.get(setups, timeout=cfg.start_timeout_s)
         except (RayActorError, RayTaskError, GetTimeoutError) as err:
             self._kill_ranks()
-            raise ReplicaError(f"TP group of {cfg.tp_size} ranks failed to start: {_reason(err)}") from err
-        log.info("replica up: %d ranks on node %s", cfg.tp_size, self.rank_info[0]["node_id"][:12])
+            raise ReplicaError(f"TP group of {tp_size} ranks failed to start: {_reason(err)}") from err
+        log.info("replica up: %d ranks on node %s", tp_size, self.rank_info[0]["node_id"][:12])
 
     def _kill_ranks(self) -> None:
         for actor in self.ranks:
@@ -319,10 +261,6 @@ class TPReplica(Generic[Request, Result]):
             raise _RankFailure(f"{len(errors)} of {len(refs)} ranks raised: {_reason(errors[0])}")
         return results[0]
 
-    def progress(self) -> list[int]:
-        """Calls each rank has started."""
-        return ray.get([rank.progress.remote() for rank in self.ranks])
-
     def node_ids(self) -> list[str]:
         return [info["node_id"] for info in self.rank_info]
 
@@ -333,207 +271,8 @@ def _reason(err: BaseException) -> str:
 
 
 # --------------------------------------------------------------------------------------------
-# Pool of replicas
-# --------------------------------------------------------------------------------------------
-
-
-@dataclass
-class FailedRequest:
-    """A request the pool could not run, with the reason."""
-
-    request: Any
-    reason: str
-
-
-class ReplicaPool(Generic[Request, Result]):
-    """`num_replicas` TP replicas, each in its own placement group (Ray spreads them over nodes as
-    resources require). `generate` splits requests into batches, runs them on whichever replica is
-    free, and retries a batch whose replica failed on another replica, `max_retries` times; what
-    still fails comes back as FailedRequest rows, so every request ends done or failed with a reason."""
-
-    def __init__(self, model: RankModel, config: ReplicaConfig, num_replicas: int, max_retries: int = 1):
-        if num_replicas < 1:
-            raise ValueError(f"num_replicas={num_replicas} must be >= 1")
-        # Replicas do not retry themselves: the pool moves a failed batch elsewhere while they rebuild.
-        replica_config = dataclasses.replace(config, max_retries=0)
-        with ThreadPoolExecutor(num_replicas) as starter:
-            self.replicas = list(starter.map(lambda _: TPReplica(model, replica_config), range(num_replicas)))
-        self.max_retries = max_retries
-        self.retried_batches = 0
-
-    def generate(self, requests: Sequence[Request], batches: list[list[int]] | None = None) -> list[Result | FailedRequest]:
-        """Results in request order. `batches` (lists of request indices) defaults to one request per batch."""
-        requests = list(requests)
-        batches = batches or [[i] for i in range(len(requests))]
-        results: list[Any] = [None] * len(requests)
-        work: queue.Queue = queue.Queue()
-        for batch in batches:
-            work.put((batch, 0, []))
-        remaining = [len(batches)]
-        lock = threading.Lock()
-
-        def finish(batch: list[int], values: list[Any]) -> None:
-            with lock:
-                for i, value in zip(batch, values):
-                    results[i] = value
-                remaining[0] -= 1
-
-        def serve(replica: TPReplica) -> None:
-            while True:
-                with lock:
-                    if remaining[0] == 0:
-                        return
-                try:
-                    batch, attempt, reasons = work.get(timeout=0.1)
-                except queue.Empty:
-                    continue
-                try:
-                    finish(batch, replica.generate([requests[i] for i in batch]))
-                except ReplicaError as err:
-                    reasons = reasons + [str(err)]
-                    if attempt < self.max_retries:
-                        with lock:
-                            self.retried_batches += 1
-                        work.put((batch, attempt + 1, reasons))  # another replica (or this one, rebuilt) takes it
-                    else:
-                        finish(batch, [FailedRequest(requests[i], "; ".join(reasons)) for i in batch])
-                except Exception as err:  # noqa: BLE001 - a model error fails its batch, not the pool
-                    finish(batch, [FailedRequest(requests[i], _reason(err)) for i in batch])
-
-        with ThreadPoolExecutor(len(self.replicas)) as executor:
-            list(executor.map(serve, self.replicas))
-        return results
-
-    def shutdown(self) -> None:
-        for replica in self.replicas:
-            replica.shutdown()
-
-
-# --------------------------------------------------------------------------------------------
 # What the ranks run
 # --------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class DenoiseRequest:
-    """One clip at latent level: its prompt embedding and latent sizes; noise comes from `seed`."""
-
-    text: torch.Tensor  # [L, text_in_channels], real tokens only
-    latent_frames: int
-    latent_height: int
-    latent_width: int
-    audio_latents: int
-    seed: int = 0
-
-    @property
-    def shape_key(self) -> tuple[int, int, int, int]:
-        return (self.latent_frames, self.latent_height, self.latent_width, self.audio_latents)
-
-    @property
-    def tokens(self) -> int:
-        return self.latent_frames * (self.latent_height // 2) * (self.latent_width // 2) + self.audio_latents + len(self.text)
-
-
-@dataclass(frozen=True)
-class DiTModel:
-    """The DiT alone with the distilled sampler (RankModel): requests are DenoiseRequest, results
-    (video [C, T, h, w], audio [N, Ca]) clean latents. For benchmarks and tests of the TP machinery."""
-
-    arch: Any = "tiny"  # preset name, dict or ArchConfig
-    checkpoint_dir: str | None = None
-    compute_dtype: str = "float32"
-    seed: int = 0
-    steps: int = 8
-
-    def build(self, tp: TPGroup, device: torch.device) -> "DiTDenoiser":
-        return DiTDenoiser(self, tp, device)
-
-
-class DiTDenoiser:
-    def __init__(self, spec: DiTModel, tp: TPGroup, device: torch.device):
-        from .parallel import load_dit_shard
-
-        self.spec = spec
-        self.dit = load_dit_shard(spec.checkpoint_dir, tp, arch=spec.arch, device=device,
-                                  compute_dtype=getattr(torch, spec.compute_dtype), seed=spec.seed)
-        self.load_report = self.dit.load_report
-
-    @torch.inference_mode()
-    def generate(self, requests: list[DenoiseRequest]) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """Requests of equal latent shape share one batch; each draws its noise from its own seed."""
-        from .magihuman import denoise
-
-        arch, device = self.dit.arch, self.dit.device
-        results: list[Any] = [None] * len(requests)
-        groups: dict[tuple, list[int]] = {}
-        for i, request in enumerate(requests):
-            groups.setdefault(request.shape_key, []).append(i)
-        for (frames, height, width, audio_len), indices in groups.items():
-            gens = [torch.Generator().manual_seed(requests[i].seed) for i in indices]
-            video = torch.stack([torch.randn(arch.latent_channels, frames, height, width, generator=g) for g in gens])
-            audio = torch.stack([torch.randn(audio_len, arch.audio_in_channels, generator=g) for g in gens])
-            lens = [len(requests[i].text) for i in indices]
-            text = torch.zeros(len(indices), max(lens), arch.text_in_channels)
-            for row, i in enumerate(indices):
-                text[row, : lens[row]] = requests[i].text
-            video, audio = denoise(self.dit, video.to(device), audio.to(device), text.to(device), lens,
-                                   steps=self.spec.steps, mode="distill", generator=gens)
-            for row, i in enumerate(indices):
-                results[i] = (video[row].cpu(), audio[row].cpu())
-        return results
-
-
-def pack_batches(tokens: Sequence[int], keys: Sequence[Any], max_tokens: int) -> list[list[int]]:
-    """Sequence packing: indices of requests grouped by shape key, each group cut into batches of at
-    most `max_tokens` tokens (a request larger than that runs alone), so many short clips share one
-    forward and long ones do not exceed the replica's memory."""
-    groups: dict[Any, list[int]] = {}
-    for i, key in enumerate(keys):
-        groups.setdefault(key, []).append(i)
-    batches: list[list[int]] = []
-    for indices in groups.values():
-        batch, size = [], 0
-        for i in indices:
-            if batch and size + tokens[i] > max_tokens:
-                batches.append(batch)
-                batch, size = [], 0
-            batch.append(i)
-            size += tokens[i]
-        batches.append(batch)
-    return batches
-
-
-def tp_generator_class():
-    """AVGenerator with every DiT replaced by this rank's TP shard (imported lazily: the generator
-    stack pulls in the text encoder and VAEs, which DiT-only ranks do not need)."""
-    from .generator import AVGenerator
-    from .magihuman.checkpoint import CONFIG_FILE
-    from .parallel import load_dit_shard, shard_dit
-
-    class TPGenerator(AVGenerator):
-        """Released DiTs are read slice by slice (`_load_released_dit`); the tiny preset's random
-        DiTs are built whole, then sharded. Text encoding and VAE decoding run on every rank alike;
-        the replica returns rank 0's clips."""
-
-        def __init__(self, config, tp: TPGroup):
-            self.tp = tp
-            super().__init__(config)
-            self.dit = self._shard(self.dit)
-            self.load_report = self.dit.load_report
-
-        def _shard(self, dit):
-            return dit if getattr(dit, "tp", None) is not None else shard_dit(dit, self.tp)
-
-        def _load_released_dit(self, path, preset_arch):
-            arch = None if (path / CONFIG_FILE).is_file() else preset_arch
-            return load_dit_shard(path, self.tp, arch=arch, device=self.device, compute_dtype=self.dtype)
-
-        def sr_dit(self, resolution: str):
-            model = super().sr_dit(resolution)
-            self._sr_dits[resolution] = self._shard(model)
-            return self._sr_dits[resolution]
-
-    return TPGenerator
 
 
 @dataclass(frozen=True)
@@ -544,32 +283,19 @@ class GeneratorModel:
     config: Any  # GeneratorConfig
 
     def build(self, tp: TPGroup, device: torch.device):
-        return tp_generator_class()(self.config.model_copy(update={"device": str(device)}), tp)
+        # Imported here: the generator stack pulls in the text encoder and VAEs, which the driver need not load.
+        from .generator import AVGenerator
+
+        return AVGenerator(self.config.model_copy(update={"device": str(device)}), tp)
 
 
-def make_replica(generator_config: Any, tp_size: int, **options: Any) -> TPReplica:
-    """A TP replica of the whole generator: `make_replica(config, 2).generate(list[ClipSpec]) -> list[ClipOutput]`,
-    as `AVGenerator(config).generate`. `options` are ReplicaConfig fields (use_gpu, cpus_per_rank, ...).
-    Inside an actor scheduled by `replica_remote_args_fn` the ranks use that actor's placement group."""
+def make_replica(generator_config: Any, shape: ReplicaShape, **options: Any) -> TPReplica:
+    """A TP replica of the whole generator: `make_replica(config, shape).generate(list[ClipSpec]) -> list[ClipOutput]`,
+    as `AVGenerator(config).generate`. `options` are the other ReplicaConfig fields (timeouts, retries).
+    Inside an actor placed by `ReplicaShape` (Ray Data or Serve) the ranks use that actor's placement group."""
     from .magihuman.config import resolve_arch
     from .parallel import check_tp_size
     from .presets import get_preset
 
-    check_tp_size(resolve_arch(get_preset(generator_config.model).dit_arch), tp_size)
-    return TPReplica(GeneratorModel(generator_config), ReplicaConfig(tp_size=tp_size, **options))
-
-
-def clip_batches(specs: Sequence[Any], model_name: str, max_tokens: int) -> list[list[int]]:
-    """`pack_batches` for ClipSpecs: clips of one geometry (and image conditioning) share batches of at
-    most `max_tokens` base-pass video + audio tokens."""
-    from .magihuman.sizes import clip_geometry
-    from .presets import get_preset
-
-    preset = get_preset(model_name)
-    geometries = [
-        clip_geometry(s.duration_s, s.aspect_ratio, s.resolution, base_sizes=preset.base_sizes, sr_sizes=preset.sr_sizes)
-        for s in specs
-    ]
-    tokens = [g.latent_frames * (g.base_latent_hw[0] // 2) * (g.base_latent_hw[1] // 2) + g.audio_latents for g in geometries]
-    keys = [(g, s.reference_image is not None) for g, s in zip(geometries, specs)]
-    return pack_batches(tokens, keys, max_tokens)
+    check_tp_size(resolve_arch(get_preset(generator_config.model).dit_arch), shape.tp_size)
+    return TPReplica(GeneratorModel(generator_config), ReplicaConfig(shape=shape, **options))

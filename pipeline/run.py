@@ -27,7 +27,8 @@ from ray.data.expressions import col
 
 from model.generator import AVGenerator, GeneratorConfig
 from model.presets import get_preset
-from model.replica import make_replica, replica_remote_args_fn
+from model.placement import ReplicaShape
+from model.replica import make_replica
 from pipeline.archive import ArchiveRenders, ArchiveResult, find_archived
 from pipeline.dam import DAM, open_dam
 from pipeline.dam.local import LocalDAM
@@ -258,53 +259,21 @@ def resolve_device(device: str) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def replica_resources(device: str) -> tuple[float, float]:
-    """(owner_cpus, cpus_per_rank) of a tensor-parallel replica. GPU ranks each
-    hold a GPU and a core; CPU ranks (gloo, for trying TP by hand or in tests)
-    share the machine's cores, so they ask for half a core each."""
-    return (1.0, 1.0) if device.startswith("cuda") else (0.5, 0.5)
-
-
 def replica_factory(tp_size: int, device: str) -> Callable[[GeneratorConfig], Any]:
     """How one model replica is built: in this process at tp_size 1, else as a
     tensor-parallel group of rank actors (model/replica.py)."""
-    if tp_size == 1:
-        return AVGenerator
-    _, cpus_per_rank = replica_resources(device)
-    return partial(make_replica, tp_size=tp_size, use_gpu=device.startswith("cuda"), cpus_per_rank=cpus_per_rank)
+    shape = ReplicaShape.for_device(tp_size, device)
+    return AVGenerator if shape.in_process else partial(make_replica, shape=shape)
 
 
 @contextmanager
 def replica_pool(tp_size: int, replicas: int, device: str) -> Iterator[dict]:
-    """The render stage's actor pool, as ``map_batches`` arguments: one actor per model replica.
-
-    At tp_size 1 the actor holds the replica itself and asks for its device. Above,
-    each actor gets its own STRICT_PACK placement group (owner bundle + one bundle
-    per rank) from ``ray_remote_args_fn`` and starts its rank actors inside it,
-    as Ray's own batch LLM stage does; the actor itself asks for no GPU. Ray keeps
-    a driver's placement groups until the driver exits, so those made here are
-    removed when the block ends.
-    """
-    pool = ray.data.ActorPoolStrategy(size=replicas, max_concurrent_calls_per_actor=2,
-                                      enable_true_multi_threading=True)
-    use_gpu = device.startswith("cuda")
-    if tp_size == 1:
-        yield {"compute": pool, **({"num_gpus": 1} if use_gpu else {"num_cpus": 1})}
-        return
-    owner_cpus, cpus_per_rank = replica_resources(device)
-    make_remote_args = replica_remote_args_fn(tp_size, use_gpu, cpus_per_rank, owner_cpus)
-    groups = []
-
-    def remote_args() -> dict:
-        args = make_remote_args()
-        groups.append(args["scheduling_strategy"].placement_group)
-        return args
-
-    try:
-        yield {"compute": pool, "num_cpus": owner_cpus, "num_gpus": 0, "ray_remote_args_fn": remote_args}
-    finally:
-        for group in groups:
-            ray.util.remove_placement_group(group)
+    """The render stage's actor pool, as ``map_batches`` arguments: one actor per model
+    replica, placed by model/placement.py. Each actor runs two calls at once (RenderClips:
+    one holds the model while the other reviews and encodes)."""
+    with ReplicaShape.for_device(tp_size, device).data_pool_args(
+            replicas, max_concurrent_calls_per_actor=2, enable_true_multi_threading=True) as args:
+        yield args
 
 
 @dataclass

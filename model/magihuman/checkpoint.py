@@ -1,4 +1,5 @@
-"""Loading (and writing) MagiHuman DiT checkpoints in the released safetensors layout.
+"""Loading (and writing) MagiHuman DiT checkpoints in the released safetensors layout: the one DiT
+loader, for one process and for a tensor-parallel rank's slices (plan in model/parallel.py).
 
 A checkpoint directory holds `model.safetensors`, or shards listed in
 `model.safetensors.index.json`; any of these files may instead be zstd-compressed as
@@ -15,15 +16,18 @@ import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
 import torch
 import zstandard
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from .config import ArchConfig, resolve_arch, PRESETS
+from .config import PRESETS, ArchConfig, resolve_arch
 from .dit import MagiHumanDiT
+
+if TYPE_CHECKING:
+    from ..parallel import TPGroup
 
 log = logging.getLogger(__name__)
 
@@ -53,11 +57,21 @@ class CheckpointError(ValueError):
 
 @dataclass
 class LoadReport:
+    """What one process read: the files, the tensors loaded and ignored, and the bytes of the
+    tensors it read in full (replicated) and of its slices of the sharded ones."""
+
     checkpoint_dir: str
+    rank: int = 0
+    world_size: int = 1
     files: list[str] = field(default_factory=list)
     loaded: int = 0
-    missing: list[str] = field(default_factory=list)
-    unexpected: list[str] = field(default_factory=list)
+    ignored: list[str] = field(default_factory=list)  # tensors of the checkpoint the model does not use
+    sharded_bytes: int = 0
+    replicated_bytes: int = 0
+
+    @property
+    def bytes_read(self) -> int:
+        return self.sharded_bytes + self.replicated_bytes
 
 
 class CheckpointReader:
@@ -140,62 +154,107 @@ def load_dit(
     arch: ArchConfig | str | dict | None = None,
     device: str | torch.device = "cpu",
     compute_dtype: torch.dtype = torch.bfloat16,
-    strict: bool = True,
     seed: int = 0,
     scratch_dir: str | Path | None = None,
+    tp: TPGroup | None = None,
 ) -> MagiHumanDiT:
-    """Build the DiT and fill it from `checkpoint_dir` (or random weights from `seed` when it is None).
+    """This rank's DiT (the whole model at tp size 1), filled from `checkpoint_dir`, or random
+    weights from `seed` when it is None.
 
-    Missing parameters, wrong shapes or dtypes raise CheckpointError naming the parameter;
-    tensors the model does not have raise too when `strict`, else they are logged. The result
-    is in eval mode without gradients; `model.load_report` lists what was read.
+    Under tensor parallelism (model/parallel.py's plan) each rank reads only its slice of every
+    sharded tensor; random weights are drawn for the whole model, then sliced, so every tp size
+    makes the same model. Missing parameters, wrong shapes or dtypes raise CheckpointError naming
+    the parameter; tensors the model does not use are logged and ignored. The result is in eval
+    mode without gradients and carries `load_report` (a LoadReport) and `tp` (None: one process).
     """
+    # model.parallel builds on the DiT's layers, so it is imported at call time: either package may be imported first.
+    from ..parallel import TPGroup, check_tp_size
+
+    tp = tp or TPGroup()
     arch = checkpoint_arch(checkpoint_dir, arch)
-    device = torch.device(device)
+    check_tp_size(arch, tp.world_size)
+    model = _empty_dit(arch, tp, device, compute_dtype)
+    report = LoadReport(checkpoint_dir=str(checkpoint_dir or ""), rank=tp.rank, world_size=tp.world_size)
+    if checkpoint_dir is None:
+        if tp.world_size == 1:
+            model.init_weights(seed)
+        else:
+            full = MagiHumanDiT(arch, compute_dtype=compute_dtype)
+            full.init_weights(seed)
+            fill_dit(model, ((name, "", tensor) for name, tensor in full.state_dict().items()), report)
+    else:
+        fill_dit(model, CheckpointReader(checkpoint_dir, scratch_dir=scratch_dir).iter_tensors(), report)
+        log.info("rank %d/%d read %d tensors, %.1f MB (%.1f MB of them sliced) from %s (%s)", tp.rank, tp.world_size,
+                 report.loaded, report.bytes_read / 1e6, report.sharded_bytes / 1e6, checkpoint_dir,
+                 ", ".join(report.files))
+    model.load_report = report
+    return model
+
+
+def _empty_dit(arch: ArchConfig, tp: TPGroup, device: str | torch.device, compute_dtype: torch.dtype) -> MagiHumanDiT:
+    """This rank's DiT with uninitialized weights on `device` (built on the meta device, so no
+    memory is touched twice), in eval mode without gradients."""
+    from ..parallel import parallelize_dit
+
     with torch.device("meta"):
         model = MagiHumanDiT(arch, compute_dtype=compute_dtype)
-    model.to_empty(device=device)
+        if tp.world_size > 1:
+            parallelize_dit(model, tp)
+    model.tp = tp
+    model.to_empty(device=torch.device(device))
     model.adapter.rope.reset_bands()
-    model.eval().requires_grad_(False)
-    if checkpoint_dir is None:
-        model.init_weights(seed)
-        model.load_report = LoadReport(checkpoint_dir="")
-        return model
+    return model.eval().requires_grad_(False)
 
-    report = LoadReport(checkpoint_dir=str(checkpoint_dir))
+
+def _shape(source: Any) -> list[int]:
+    return list(source.get_shape()) if hasattr(source, "get_shape") else list(source.shape)
+
+
+def _dtype(source: Any) -> torch.dtype | None:
+    return _SAFETENSORS_DTYPES.get(source.get_dtype()) if hasattr(source, "get_dtype") else source.dtype
+
+
+@torch.no_grad()
+def fill_dit(model: MagiHumanDiT, tensors: Iterable[tuple[str, str, Any]], report: LoadReport) -> None:
+    """Copy (name, file, source) tensors into `model`, a safetensors slice or an in-memory tensor
+    each; of the tensors the sharding plan slices, only this rank's part is read."""
+    from ..parallel import sliced_weights
+
     targets = dict(model.state_dict(keep_vars=True))
-    reader = CheckpointReader(checkpoint_dir, scratch_dir=scratch_dir)
+    sliced = sliced_weights(model)
     seen: set[str] = set()
-    for name, shard, tensor_slice in reader.iter_tensors():
-        if shard not in report.files:
-            report.files.append(shard)
+    for name, file, source in tensors:
         target = targets.get(name)
         if target is None:
-            report.unexpected.append(name)
+            report.ignored.append(name)
             continue
-        shape, dtype = list(tensor_slice.get_shape()), tensor_slice.get_dtype()
-        if shape != list(target.shape):
+        if file and file not in report.files:
+            report.files.append(file)
+        layer = sliced.get(name)
+        expected = layer.full_weight_shape if layer is not None else list(target.shape)
+        if _shape(source) != expected:
             raise CheckpointError(
-                f"parameter {name!r} in {shard} has shape {shape}, the architecture expects {list(target.shape)}; "
-                f"check the arch (config.json or preset) matches the checkpoint"
+                f"parameter {name!r} in {file or 'the source model'} has shape {_shape(source)}, the architecture "
+                f"expects {expected}; check the arch (config.json or preset) matches the checkpoint"
             )
-        if _SAFETENSORS_DTYPES.get(dtype) != target.dtype:
-            raise CheckpointError(f"parameter {name!r} in {shard} has dtype {dtype}, expected {target.dtype}")
-        target.copy_(tensor_slice[:])
+        if _dtype(source) != target.dtype:
+            raise CheckpointError(f"parameter {name!r} in {file} has dtype {source.get_dtype() if hasattr(source, 'get_dtype') else source.dtype}, expected {target.dtype}")
+        value = layer.read_shard(source) if layer is not None else source[:]
+        nbytes = value.numel() * value.element_size()
+        if layer is not None:
+            report.sharded_bytes += nbytes
+        else:
+            report.replicated_bytes += nbytes
+        target.copy_(value)
         seen.add(name)
     report.loaded = len(seen)
-    report.missing = sorted(set(targets) - seen - OPTIONAL_KEYS)
-    model.load_report = report
-    if report.missing:
-        shown = ", ".join(report.missing[:8]) + (f" and {len(report.missing) - 8} more" if len(report.missing) > 8 else "")
-        raise CheckpointError(f"checkpoint {checkpoint_dir} lacks {len(report.missing)} parameters of the model: {shown}")
-    if report.unexpected:
-        message = f"checkpoint {checkpoint_dir} holds {len(report.unexpected)} tensors the model does not have: {report.unexpected[:8]}"
-        if strict:
-            raise CheckpointError(message + "; check the arch, or pass strict=False to ignore them")
-        log.warning(message)
-    log.info("loaded %d tensors from %s (%s)", report.loaded, checkpoint_dir, ", ".join(report.files))
-    return model
+    missing = sorted(set(targets) - seen - OPTIONAL_KEYS)
+    if missing:
+        shown = ", ".join(missing[:8]) + (f" and {len(missing) - 8} more" if len(missing) > 8 else "")
+        raise CheckpointError(f"checkpoint {report.checkpoint_dir} lacks {len(missing)} parameters of the model: {shown}")
+    if report.ignored:
+        log.warning("checkpoint %s holds %d tensors the model does not use, ignored: %s", report.checkpoint_dir,
+                    len(report.ignored), report.ignored[:8])
 
 
 def save_checkpoint(

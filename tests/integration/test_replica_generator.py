@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from model.generator import AVGenerator, ClipSpec, GeneratorConfig
-from model.replica import clip_batches, make_replica
+from model.placement import ReplicaShape
+from model.replica import make_replica
 
 CONFIG = GeneratorConfig(model="tiny", dtype="float32", return_latents=True)
 BOUND = 1e-4  # relative L2 of fp32 distilled latents, TP vs TP=1 (see test_tp_equivalence.py)
@@ -19,7 +20,7 @@ def rel_err(a, b) -> float:
 @pytest.mark.slow
 def test_tp2_replica_makes_the_clips_a_single_process_makes(ray_session):
     specs = [ClipSpec("A chef tastes the soup.", 0.5, "16:9", seed=5), ClipSpec("Rain on a tin roof.", 0.5, "16:9", seed=6)]
-    replica = make_replica(CONFIG, 2, use_gpu=False, cpus_per_rank=0.25)
+    replica = make_replica(CONFIG, ReplicaShape(tp_size=2, cpus_per_rank=0.25))
     try:
         clips = replica.generate(specs)
     finally:
@@ -38,13 +39,4 @@ def test_tp2_replica_makes_the_clips_a_single_process_makes(ray_session):
 
 def test_tp_size_the_heads_do_not_allow_is_refused_before_any_actor_starts():
     with pytest.raises(ValueError, match="tp_size=3"):
-        make_replica(CONFIG, 3)
-
-
-def test_clip_batches_pack_short_clips_of_one_shape_and_keep_long_ones_apart():
-    specs = [ClipSpec("a", 1.0, seed=i) for i in range(3)] + [ClipSpec("b", 4.0), ClipSpec("c", 1.0, "9:16")]
-    # tiny preset, 16:9 at 128x64: latent 4x8 -> 2x4 patches per frame; 1 s = 26 frames = 8 latent frames
-    # and 29 audio latents (one per generated frame).
-    one_second = 8 * 2 * 4 + 29
-    assert clip_batches(specs, "tiny", max_tokens=10 * one_second) == [[0, 1, 2], [3], [4]]
-    assert clip_batches(specs, "tiny", max_tokens=2 * one_second) == [[0, 1], [2], [3], [4]]
+        make_replica(CONFIG, ReplicaShape(tp_size=3))

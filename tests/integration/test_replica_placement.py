@@ -28,10 +28,14 @@ def run_cluster_scenarios() -> dict:
     from ray.util import placement_group_table
 
     from model.parallel import TPGroup
-    from model.replica import DenoiseRequest, DiTModel, ReplicaConfig, ReplicaPool, TPReplica, replica_remote_args_fn
+    from tests.integration.rank_models import DenoiseRequest, DiTModel, ReplicaPool
+
+    from model.placement import ReplicaShape
+    from model.replica import ReplicaConfig, TPReplica
 
     model = DiTModel(arch="tiny", compute_dtype="float32", seed=3, steps=2)
-    config = ReplicaConfig(tp_size=4, use_gpu=True, cpus_per_rank=0.25, start_timeout_s=180, call_timeout_s=120)
+    shape = ReplicaShape(tp_size=4, use_gpu=True, cpus_per_rank=0.25, owner_cpus=0.25)
+    config = ReplicaConfig(shape=shape, start_timeout_s=180, call_timeout_s=120)
     g = torch.Generator().manual_seed(0)
     requests = [DenoiseRequest(torch.randn(5, 96, generator=g), 2, 4, 4, 5, seed=i) for i in range(2)]
     reference = model.build(TPGroup(0, 1), torch.device("cpu")).generate(requests)
@@ -53,11 +57,11 @@ def run_cluster_scenarios() -> dict:
         report["pool_max_rel_err"] = max_rel_err(pool.generate(requests, batches=[[0], [1]]))
         pool.shutdown()
 
-        # 2. What a Ray Data actor pool does with `ray_remote_args_fn`: the owner actor sits in bundle 0
-        # of a fresh STRICT_PACK group, asks for no GPU, and the ranks it starts take the GPU bundles.
-        remote_args = replica_remote_args_fn(4, use_gpu=True, cpus_per_rank=0.25, owner_cpus=0.25)()
+        # 2. What a Ray Data actor pool does with the shape's `ray_remote_args_fn`: the owner actor sits in
+        # bundle 0 of a fresh STRICT_PACK group, asks for no GPU, and the ranks it starts take the GPU bundles.
+        remote_args = shape.remote_args_fn()()
         pg = remote_args["scheduling_strategy"].placement_group
-        owner = ray.remote(TPReplica).options(num_cpus=0.25, num_gpus=0, **remote_args).remote(model, config)
+        owner = ray.remote(TPReplica).options(**shape.actor_options(), **remote_args).remote(model, config)
         report["owner_rank_nodes"] = ray.get(owner.node_ids.remote(), timeout=180)
         table = placement_group_table(pg)
         report["owner_bundle_nodes"] = sorted(set(table["bundles_to_node_id"].values()))
@@ -88,7 +92,7 @@ def test_pool_of_two_tp4_replicas_packs_each_on_one_node_and_spreads_them(report
     assert report["pool_max_rel_err"] < 1e-4  # and compute what TP=1 computes
 
 
-def test_an_owner_actor_placed_by_replica_remote_args_fn_puts_its_ranks_in_its_own_group(report):
+def test_an_owner_actor_placed_by_the_shapes_remote_args_fn_puts_its_ranks_in_its_own_group(report):
     assert len(report["owner_bundle_nodes"]) == 1
     assert set(report["owner_rank_nodes"]) == set(report["owner_bundle_nodes"])
     assert report["owner_bundles"][0] == {"CPU": 0.25}

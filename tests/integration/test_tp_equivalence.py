@@ -25,7 +25,7 @@ import torch.multiprocessing as mp
 from safetensors.torch import load_file
 
 from model.magihuman import denoise, load_dit
-from model.parallel import TPGroup, head_shard, load_dit_shard
+from model.parallel import TPGroup, head_shard
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "magihuman-tiny"
 FP32_BOUNDS = {"v_video": 1e-5, "v_audio": 1e-5, "d_video": 1e-4, "d_audio": 1e-4}  # relative L2, see docstring
@@ -61,17 +61,17 @@ def rank_main(rank: int, store: str, checkpoint: str, out: str) -> None:
     pairs = [dist.new_group([0, 1]), dist.new_group([2, 3])]  # every rank creates every group
     inputs = make_inputs()
     results = {}
-    tp4 = load_dit_shard(checkpoint, TPGroup(rank, WORLD), compute_dtype=torch.float32)
+    tp4 = load_dit(checkpoint, tp=TPGroup(rank, WORLD), compute_dtype=torch.float32)
     results["tp4_fp32"] = run_model(tp4, inputs)
     # Subgroup {0,1} runs fp32, {2,3} bf16 (the production compute dtype), at the same time.
     dtype = torch.float32 if rank < 2 else torch.bfloat16
-    tp2 = load_dit_shard(checkpoint, TPGroup(rank % 2, 2, pairs[rank // 2]), compute_dtype=dtype)
+    tp2 = load_dit(checkpoint, tp=TPGroup(rank % 2, 2, pairs[rank // 2]), compute_dtype=dtype)
     results["tp2_fp32" if rank < 2 else "tp2_bf16"] = run_model(tp2, inputs)
     # A mis-sharded TP=2 (rank 1 takes rank 0's heads): the bound must reject it.
     if rank < 2:
-        wrong = load_dit_shard(checkpoint, TPGroup(rank % 2, 2, pairs[0]), compute_dtype=torch.float32)
+        wrong = load_dit(checkpoint, tp=TPGroup(rank % 2, 2, pairs[0]), compute_dtype=torch.float32)
         if rank == 1:
-            ref = load_dit_shard(checkpoint, TPGroup(0, 2), compute_dtype=torch.float32)
+            ref = load_dit(checkpoint, tp=TPGroup(0, 2), compute_dtype=torch.float32)
             for dst, src in zip(wrong.block.layers, ref.block.layers):
                 dst.attention.linear_qkv.weight.copy_(src.attention.linear_qkv.weight)
         video, audio, text, lens = inputs
@@ -85,7 +85,7 @@ def rank_main(rank: int, store: str, checkpoint: str, out: str) -> None:
 def rank_results(tiny_checkpoint_dir, tmp_path_factory) -> list[dict]:
     out = tmp_path_factory.mktemp("tp-out")
     mp.spawn(rank_main, args=(str(out / "store"), str(tiny_checkpoint_dir), str(out)), nprocs=WORLD, join=True)
-    return [torch.load(out / f"rank{r}.pt") for r in range(WORLD)]
+    return [torch.load(out / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ import torch
 from safetensors import safe_open
 
 from model.magihuman import PRESETS, CheckpointError, load_dit, save_checkpoint
-from model.parallel import TPGroup, check_tp_size, even_range, head_shard, load_dit_shard
+from model.parallel import TPGroup, check_tp_size, even_range, head_shard
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "magihuman-tiny"
 TINY = PRESETS["tiny"]
@@ -40,7 +40,7 @@ def test_15b_heads_at_tp8_give_five_query_heads_and_one_kv_group_per_rank():
 
 def test_tp1_shard_is_the_whole_model(tiny_checkpoint_dir):
     full = load_dit(tiny_checkpoint_dir)
-    shard = load_dit_shard(tiny_checkpoint_dir, TPGroup(0, 1))
+    shard = load_dit(tiny_checkpoint_dir, tp=TPGroup(0, 1))
     full_state, shard_state = full.state_dict(), shard.state_dict()
     assert full_state.keys() == shard_state.keys()
     assert all(torch.equal(full_state[k], shard_state[k]) for k in full_state)
@@ -50,7 +50,7 @@ def test_tp1_shard_is_the_whole_model(tiny_checkpoint_dir):
 def test_shards_put_back_together_are_the_checkpoint(tiny_checkpoint_dir, tp_size):
     """Concatenating every rank's q / k / v / gate rows and MLP / projection slices rebuilds each tensor."""
     full = load_dit(tiny_checkpoint_dir).state_dict()
-    shards = [load_dit_shard(tiny_checkpoint_dir, TPGroup(r, tp_size)).state_dict() for r in range(tp_size)]
+    shards = [load_dit(tiny_checkpoint_dir, tp=TPGroup(r, tp_size)).state_dict() for r in range(tp_size)]
     hq, hkv, d = TINY.num_heads_q, TINY.num_heads_kv, TINY.head_dim
     kv_owners = sorted({head_shard(TINY, TPGroup(r, tp_size)).kv for r in range(tp_size)})
     first_rank_of = {kv: next(r for r in range(tp_size) if head_shard(TINY, TPGroup(r, tp_size)).kv == kv) for kv in kv_owners}
@@ -91,7 +91,7 @@ def test_each_rank_reads_one_nth_of_the_sharded_part_plus_the_replicated_part(ti
     qkv_rows = (TINY.num_heads_q + 2 * TINY.num_heads_kv) * TINY.head_dim + TINY.num_heads_q
     kv = sum(sizes[n] * kv_rows // qkv_rows for n in sharded_names if "linear_qkv" in n)
     kv_extra = kv // min(tp_size, TINY.num_heads_kv) - kv // tp_size
-    reports = [load_dit_shard(tiny_checkpoint_dir, TPGroup(r, tp_size)).load_report for r in range(tp_size)]
+    reports = [load_dit(tiny_checkpoint_dir, tp=TPGroup(r, tp_size)).load_report for r in range(tp_size)]
     for rank, report in enumerate(reports):
         assert report.replicated_bytes == replicated
         assert report.sharded_bytes == sharded // tp_size + kv_extra, f"rank {rank}"
@@ -104,15 +104,15 @@ def test_each_rank_reads_one_nth_of_the_sharded_part_plus_the_replicated_part(ti
 def test_sliced_loading_reads_index_shards_and_zst(tiny_checkpoint_dir, tmp_path):
     full = load_dit(tiny_checkpoint_dir)
     save_checkpoint(full.state_dict(), tmp_path, arch=TINY, max_shard_bytes=1_000_000, compress=True)
-    a = load_dit_shard(tiny_checkpoint_dir, TPGroup(1, 2)).state_dict()
-    report = (b := load_dit_shard(tmp_path, TPGroup(1, 2))).load_report
+    a = load_dit(tiny_checkpoint_dir, tp=TPGroup(1, 2)).state_dict()
+    report = (b := load_dit(tmp_path, tp=TPGroup(1, 2))).load_report
     assert len(report.files) > 1
     assert all(torch.equal(a[k], v) for k, v in b.state_dict().items())
 
 
 def test_random_weights_shard_like_the_full_random_model():
     full = load_dit(None, arch="tiny", seed=11).state_dict()
-    shard = load_dit_shard(None, TPGroup(0, 2), arch="tiny", seed=11).state_dict()
+    shard = load_dit(None, tp=TPGroup(0, 2), arch="tiny", seed=11).state_dict()
     key = "block.layers.3.mlp.down_proj.weight"
     torch.testing.assert_close(shard[key], full[key][:, : full[key].shape[1] // 2], rtol=0, atol=0)
     assert torch.equal(shard["final_linear_video.weight"], full["final_linear_video.weight"])
@@ -120,6 +120,6 @@ def test_random_weights_shard_like_the_full_random_model():
 
 def test_checkpoint_of_another_architecture_is_named(tiny_checkpoint_dir):
     with pytest.raises(CheckpointError, match="linear_qkv.weight.*shape"):
-        load_dit_shard(tiny_checkpoint_dir, TPGroup(0, 2), arch=TINY.replace(num_query_groups=4))
+        load_dit(tiny_checkpoint_dir, tp=TPGroup(0, 2), arch=TINY.replace(num_query_groups=4))
     with pytest.raises(ValueError, match="tp_size=3"):
-        load_dit_shard(tiny_checkpoint_dir, TPGroup(0, 3))
+        load_dit(tiny_checkpoint_dir, tp=TPGroup(0, 3))

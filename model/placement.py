@@ -1,0 +1,116 @@
+"""The shape of one model replica and how Ray places it: the one placement policy.
+
+A replica is `tp_size` ranks. At tp_size 1 the actor that runs a Ray Data or Serve call holds
+the model itself and asks for the device. Above, that actor only owns the replica: it asks for no
+GPU and sits in bundle 0 of a STRICT_PACK placement group (the owner bundle), and the replica
+(model/replica.py) starts one rank actor in each of the other bundles, so a TP group never
+spans nodes. This is the layout of Ray's own batch LLM stage (`ray_remote_args_fn` making a
+placement group per actor) and of Serve's `placement_group_bundles` (the replica actor in bundle 0).
+
+`ReplicaShape` gives both forms: `data_pool_args` (Ray Data `map_batches` arguments) and
+`serve_options` (Serve deployment options); `rank_bundles` / `rank_actor_options` are what the
+replica itself asks for.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import ray
+from pydantic import BaseModel, ConfigDict, Field
+from ray.util.placement_group import placement_group, remove_placement_group
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+STRATEGY = "STRICT_PACK"  # every rank of a TP group on one node (NVLink / shared memory between ranks)
+
+
+class ReplicaShape(BaseModel):
+    """What one replica asks of the cluster."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    tp_size: int = Field(1, ge=1, description="tensor-parallel ranks")
+    use_gpu: bool = Field(False, description="one GPU per rank (NCCL); else CPU ranks over gloo")
+    cpus_per_rank: float = Field(1.0, gt=0)
+    owner_cpus: float = Field(1.0, ge=0, description="the actor owning a TP group (bundle 0); 0: no owner bundle")
+
+    @classmethod
+    def for_device(cls, tp_size: int, device: str) -> "ReplicaShape":
+        """GPU ranks each hold a GPU and a core; CPU ranks (gloo, for trying TP by hand or in
+        tests) share the machine's cores, so ranks and owner ask for half a core each."""
+        gpu = device.startswith("cuda")
+        cpus = 1.0 if gpu else 0.5
+        return cls(tp_size=tp_size, use_gpu=gpu, cpus_per_rank=cpus, owner_cpus=cpus)
+
+    @property
+    def in_process(self) -> bool:
+        """The calling actor holds the model itself (no rank actors)."""
+        return self.tp_size == 1
+
+    def rank_bundles(self) -> list[dict[str, float]]:
+        """One bundle per rank: {"CPU": c, "GPU": 1} on GPUs, {"CPU": c} on CPUs."""
+        bundle = {"CPU": self.cpus_per_rank, "GPU": 1} if self.use_gpu else {"CPU": self.cpus_per_rank}
+        return [dict(bundle) for _ in range(self.tp_size)]
+
+    def group_bundles(self) -> list[dict[str, float]]:
+        """The owner bundle (when owner_cpus > 0), then the rank bundles."""
+        owner = [{"CPU": self.owner_cpus}] if self.owner_cpus > 0 else []
+        return owner + self.rank_bundles()
+
+    def rank_actor_options(self) -> dict[str, float]:
+        return {"num_cpus": self.cpus_per_rank, "num_gpus": 1 if self.use_gpu else 0}
+
+    def actor_options(self) -> dict[str, float]:
+        """Resources of the actor a Ray Data or Serve call runs in: the device at tp_size 1, else
+        only the owner bundle's CPUs (its ranks hold the GPUs)."""
+        if self.in_process:
+            return {"num_cpus": 1, "num_gpus": 1} if self.use_gpu else {"num_cpus": 1}
+        return {"num_cpus": self.owner_cpus, "num_gpus": 0}
+
+    def remote_args_fn(self) -> Callable[[], dict[str, Any]]:
+        """`ray_remote_args_fn` for a Ray Data actor pool whose actors each own one TP replica: every
+        call makes a fresh placement group and schedules the actor in bundle 0 with child capture,
+        so the ranks it starts land in the same group. With owner_cpus 0 there is no owner bundle
+        and the actor (asking for nothing) may sit in any bundle."""
+
+        def remote_args() -> dict[str, Any]:
+            pg = placement_group(self.group_bundles(), strategy=STRATEGY)
+            return {"scheduling_strategy": PlacementGroupSchedulingStrategy(
+                pg, placement_group_bundle_index=0 if self.owner_cpus > 0 else -1,
+                placement_group_capture_child_tasks=True)}
+
+        return remote_args
+
+    @contextmanager
+    def data_pool_args(self, replicas: int, **strategy_options: Any) -> Iterator[dict[str, Any]]:
+        """`map_batches` arguments of an actor pool of `replicas` actors, one replica each;
+        `strategy_options` go to `ActorPoolStrategy`. Ray keeps a driver's placement groups until
+        the driver exits, so the ones made for the pool are removed when the block ends."""
+        pool = ray.data.ActorPoolStrategy(size=replicas, **strategy_options)
+        if self.in_process:
+            yield {"compute": pool, **self.actor_options()}
+            return
+        make_remote_args = self.remote_args_fn()
+        groups = []
+
+        def remote_args() -> dict[str, Any]:
+            args = make_remote_args()
+            groups.append(args["scheduling_strategy"].placement_group)
+            return args
+
+        try:
+            yield {"compute": pool, **self.actor_options(), "ray_remote_args_fn": remote_args}
+        finally:
+            for group in groups:
+                remove_placement_group(group)
+
+    def serve_options(self) -> dict[str, Any]:
+        """Serve deployment options placing one replica per Serve replica: the replica actor in
+        bundle 0, the ranks (which take the last tp_size bundles) in the rest."""
+        options: dict[str, Any] = {"ray_actor_options": self.actor_options()}
+        if not self.in_process:
+            options["placement_group_bundles"] = self.group_bundles()
+            options["placement_group_strategy"] = STRATEGY
+        return options
