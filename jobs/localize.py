@@ -15,7 +15,8 @@ import sys
 
 from pipeline.dam import DAMError, open_dam
 from pipeline.lineage import JobType
-from pipeline.run import CampaignConfig, CampaignResult, read_dam_manifest, run_campaign
+from pipeline.reports import read_dam_manifest
+from pipeline.run import CampaignConfig, CampaignResult, run_campaign
 
 
 def localize(config: CampaignConfig, log=print) -> CampaignResult:

@@ -3,7 +3,7 @@
 Two deployments:
 
 - ``Renderer``: owns one model replica and runs generate + review + mux on it
-  (:class:`pipeline.run.RenderClips`, the batch job's render stage). One
+  (:class:`pipeline.render.RenderClips`, the batch job's render stage). One
   request at a time per replica.
 - ``Api``: the FastAPI ingress. It validates briefs with the batch job's rules
   (:class:`CampaignBrief` plus the per-locale checks of ingest), fans them out
@@ -66,7 +66,8 @@ from pipeline.errors import describe_error
 from pipeline.ingest import check_locales
 from pipeline.mux import CHANNEL_PROFILES
 from pipeline.review import ReviewResult, ReviewThresholds
-from pipeline.run import RenderClips, ensure_ray, resolve_device
+from pipeline.render import RenderClips
+from pipeline.run import ensure_ray, replica_factory, resolve_device
 from schemas.brief import CampaignBrief
 from schemas.render import RENDER_REQUEST_ARROW_SCHEMA, RenderRequest
 
@@ -188,7 +189,7 @@ class Renderer:
         # At tp > 1 the replica's rank actors take the rank bundles of this replica's
         # placement group (renderer_options).
         self.render_clips = RenderClips(generator_config, thresholds=thresholds, profile=CHANNEL_PROFILES[profile],
-                                        batch_size=1, tp_size=tp)
+                                        batch_size=1, make_generator=replica_factory(tp, generator_config.device))
 
     def __call__(self, requests: pa.Table) -> pa.Table:
         return self.render_clips(requests)

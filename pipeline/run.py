@@ -1,13 +1,12 @@
-"""The one place that knows the stage order and the Ray Data calls."""
+"""The one place that knows the stage order and the Ray Data calls: `plan` (ingest +
+expand), `run_campaign` (plan, skip what the DAM has, render, archive, report) and
+the placement of the render stage's replicas. The stages themselves live in their
+own modules (render.py, archive.py, reports.py, ...)."""
 
 from __future__ import annotations
 
-import hashlib
-import io
 import logging
 import os
-import tempfile
-import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -29,22 +28,19 @@ from model.generator import AVGenerator, GeneratorConfig
 from model.presets import get_preset
 from model.placement import ReplicaShape
 from model.replica import make_replica
-from pipeline.archive import ArchiveRenders, ArchiveResult, find_archived
+from pipeline.archive import ArchiveRenders, find_archived
 from pipeline.dam import DAM, open_dam
-from pipeline.dam.local import LocalDAM
 from pipeline.expand import ExpandBriefs
-from pipeline.errors import describe_error
-from pipeline.generate import FailedRender, GenerateClips, GeneratedClip, shape_batches
+from pipeline.generate import shape_batches
 from pipeline.ingest import REJECTS_SCHEMA, ValidateBriefs, first_row_by_brief_id, read_briefs_table, reason_category
 from pipeline.lineage import JobType, LineageConfig, LineageRun, briefs_dataset, checkpoint_dataset, dam_dataset
-from pipeline.manifest import MANIFEST_ARROW_SCHEMA, ManifestRow, contact_sheet_html
-from pipeline.mux import CHANNEL_PROFILES, ChannelProfile, mux_clip
-from pipeline.review import ReviewExpectation, ReviewResult, ReviewThresholds, decide_review, measure_clip
+from pipeline.manifest import ManifestRow
+from pipeline.mux import CHANNEL_PROFILES
+from pipeline.render import RenderClips
+from pipeline.reports import manifest_row, rendered_manifest_row, write_reports
+from pipeline.review import ReviewThresholds
 from schemas.brief import BRIEF_ARROW_SCHEMA
 from schemas.render import RENDER_REQUEST_ARROW_SCHEMA, RenderRequest
-
-MANIFEST_KEY = "manifest.parquet"
-CONTACT_SHEET_KEY = "contact_sheet.html"
 
 # Rows per Ray Data block when planning: large enough to amortize task
 # overhead, small enough that both cores get work on a few thousand briefs.
@@ -166,89 +162,6 @@ class CampaignConfig(BaseModel):
         return os.fspath(value) if isinstance(value, os.PathLike) else value
 
 
-class RenderClips:
-    """Actor-pool stage: generate, review and mux in one process, so decoded
-    frames never leave the machine that decoded them; only the encoded
-    deliverables (MP4, WAV, poster, captions) travel on to archive."""
-
-    def __init__(self, generator_config: GeneratorConfig, thresholds: ReviewThresholds, profile: ChannelProfile,
-                 batch_size: int, tp_size: int = 1):
-        self.generate = GenerateClips(generator_config, max_batch=batch_size,
-                                      make_generator=replica_factory(tp_size, generator_config.device))
-        self.thresholds = thresholds
-        self.profile = profile
-        # The actor runs two calls at once: one holds the model while the other
-        # reviews and encodes its clips on the CPU.
-        self.model_lock = threading.Lock()
-
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        requests = [RenderRequest.model_validate(row) for row in batch.to_pylist()]
-        with self.model_lock:
-            results = self.generate(requests)
-        rows = []
-        for result in results:
-            row = {**result.request.model_dump(include=set(RENDERED_SCHEMA.names)),
-                   "review_json": None, "assets": None, "timings_s": None, "error": None}
-            if isinstance(result, FailedRender):
-                row["error"] = result.error
-            else:
-                try:
-                    row.update(self._review_and_mux(result))
-                except Exception as exc:  # noqa: BLE001 - a clip that cannot be encoded is one failure row
-                    row["error"] = f"review/mux: {describe_error(exc)}"
-            rows.append(row)
-        return pa.Table.from_pylist(rows, schema=RENDERED_SCHEMA)
-
-    def _review_and_mux(self, clip: GeneratedClip) -> dict:
-        timings = dict(clip.timings_s)
-        started = time.perf_counter()
-        expected = ReviewExpectation.from_request(clip.request)
-        signals = measure_clip(clip.frames, clip.audio, clip.sample_rate, clip.fps, expected, self.thresholds)
-        timings["review"] = time.perf_counter() - started
-        started = time.perf_counter()
-        with tempfile.TemporaryDirectory(prefix="paddock-mux-") as tmp:
-            muxed = mux_clip(clip.frames, clip.audio, clip.sample_rate, clip.fps, tmp, clip.request.render_id,
-                             dialogue=clip.request.dialogue, speech_spans=signals.speech_spans, profile=self.profile)
-            # Decided once, on the delivered file: mux normalized its loudness.
-            review = decide_review(signals.as_delivered(muxed.output_lufs, muxed.output_true_peak_dbtp),
-                                   expected, self.thresholds)
-            assets = {ext: path.read_bytes() for ext, path in
-                      (("mp4", muxed.mp4_path), ("wav", muxed.wav_path), ("jpg", muxed.poster_path),
-                       ("vtt", muxed.vtt_path))}
-        timings["mux"] = time.perf_counter() - started
-        return {"review_json": review.model_dump_json(), "assets": list(assets.items()), "timings_s": list(timings.items())}
-
-
-RENDERED_SCHEMA = pa.schema([
-    *(RENDER_REQUEST_ARROW_SCHEMA.field(name) for name in
-      ("render_id", "campaign_id", "brief_id", "locale", "aspect_ratio", "model_id", "seed")),
-    ("review_json", pa.string()),
-    ("assets", pa.map_(pa.string(), pa.binary())),
-    ("timings_s", pa.map_(pa.string(), pa.float64())),
-    ("error", pa.string()),
-])
-
-
-def _manifest_row(request: RenderRequest, status: str, *, error: str | None = None,
-                  review: ReviewResult | None = None, archive: ArchiveResult | None = None,
-                  timings: dict[str, float] | None = None, bytes_from_render: int = 0) -> ManifestRow:
-    row = ManifestRow(
-        **request.model_dump(include=set(ManifestRow.model_fields) & set(RenderRequest.model_fields)),
-        status=status, error=error, timings_s=timings or {}, bytes_from_render=bytes_from_render,
-    )
-    if review is not None:
-        row = row.model_copy(update={
-            "review_status": review.review_status, "review_reasons": review.review_reasons,
-            **{f"review_{name}": getattr(review, name) for name in (
-                "duration_s", "black_frame_share", "frozen_frame_share", "silence_share", "clipping_share",
-                "integrated_lufs", "true_peak_dbtp", "av_offset_ms", "av_offset_confidence")},
-        })
-    if archive is not None:
-        row = row.model_copy(update={"dam_uri": archive.dam_uri, "keys": archive.keys, "sha256": archive.sha256,
-                                     "sizes": archive.sizes, "bytes_uploaded": archive.bytes_uploaded})
-    return row
-
-
 def resolve_device(device: str) -> str:
     """"auto": CUDA when the Ray cluster has GPUs (the driver may run on a head
     without any), or, with no Ray running, when this machine has one."""
@@ -320,20 +233,11 @@ def _already_archived(dam: DAM, requests: list[RenderRequest]) -> dict[str, Mani
         record = find_archived(dam, request)
         if record is None:
             return None
-        return _manifest_row(request, "skipped", review=record.review).model_copy(update={
+        return manifest_row(request, "skipped", review=record.review).model_copy(update={
             "dam_uri": dam.uri, "keys": record.keys, "sha256": record.sha256, "sizes": record.sizes})
 
     with ThreadPoolExecutor(max_workers=16) as pool:
         return {row.render_id: row for row in pool.map(check, requests) if row is not None}
-
-
-def read_dam_manifest(dam: DAM) -> dict[str, ManifestRow]:
-    """The manifest a previous run left in the DAM, by render_id (empty when there is none)."""
-    data = dam.get_bytes(MANIFEST_KEY)
-    if data is None:
-        return {}
-    table = pq.read_table(io.BytesIO(data))
-    return {row["render_id"]: ManifestRow.model_validate(row) for row in table.to_pylist()}
 
 
 def run_campaign(config: CampaignConfig, log: Callable[[str], None] = print, *,
@@ -401,7 +305,8 @@ def _run_campaign(config: CampaignConfig, dam: DAM, log: Callable[[str], None],
                     RenderClips,
                     fn_constructor_kwargs={"generator_config": generator_config, "thresholds": config.thresholds,
                                            "profile": CHANNEL_PROFILES[config.profile],
-                                           "batch_size": config.batch_size, "tp_size": config.tp_size},
+                                           "batch_size": config.batch_size,
+                                           "make_generator": replica_factory(config.tp_size, generator_config.device)},
                     batch_size=config.batch_size, batch_format="pyarrow",
                     **pool_args,
                 )
@@ -411,56 +316,13 @@ def _run_campaign(config: CampaignConfig, dam: DAM, log: Callable[[str], None],
             for batch in rendered.iter_batches(batch_format="pyarrow", batch_size=None):
                 for row in batch.to_pylist():
                     request = by_id[row["render_id"]]
-                    review = ReviewResult.model_validate_json(row["review_json"]) if row["review_json"] else None
-                    archive = ArchiveResult.model_validate_json(row["archive_json"]) if row["archive_json"] else None
-                    status = "done" if archive is not None else "failed"
-                    manifest[request.render_id] = _manifest_row(
-                        request, status, error=row["error"], review=review, archive=archive,
-                        timings={**dict(row["timings_s"] or []),
-                                 **({"archive": row["archive_s"]} if row["archive_s"] is not None else {})},
-                        bytes_from_render=row["assets_bytes"])
+                    made = manifest[request.render_id] = rendered_manifest_row(request, row)
                     done = len(manifest) - len(archived)
                     log(f"[{done}/{len(todo)}] {request.brief_id} {request.locale} {request.aspect_ratio} "
-                        f"v{request.variant_index}: {status}"
-                        + (f", {review.review_status}" if review else "") + (f" ({row['error']})" if row["error"] else "")
-                        + f"  {time.perf_counter() - started:.0f}s")
+                        f"v{request.variant_index}: {made.status}"
+                        + (f", {made.review_status}" if made.review_status else "")
+                        + (f" ({made.error})" if made.error else "") + f"  {time.perf_counter() - started:.0f}s")
 
     rows = [manifest[r.render_id] for r in requests]
-    manifest_path, sheet_path = _write_reports(rows, dam, config.workdir)
+    manifest_path, sheet_path = write_reports(rows, dam, config.workdir)
     return CampaignResult(planned, rows, manifest_path, sheet_path, dam.uri)
-
-
-def _manifest_bytes(rows: list[ManifestRow]) -> bytes:
-    sink = io.BytesIO()
-    pq.write_table(pa.Table.from_pylist([r.model_dump() for r in rows], schema=MANIFEST_ARROW_SCHEMA), sink)
-    return sink.getvalue()
-
-
-def _put_if_changed(dam: DAM, key: str, data: bytes) -> None:
-    """Write ``key`` unless the DAM already holds exactly these bytes (a re-run uploads nothing)."""
-    stored = dam.head(key)
-    if stored is None or stored.sha256 != hashlib.sha256(data).hexdigest():
-        dam.put_bytes(key, data)
-
-
-def _write_reports(rows: list[ManifestRow], dam: DAM, workdir: Path) -> tuple[Path, Path]:
-    """This run's manifest.parquet and contact_sheet.html in the work directory; then, last, the
-    DAM's: every render the DAM holds, this run's merged into what earlier runs recorded."""
-    manifest_path = workdir / "manifest.parquet"
-    manifest_path.write_bytes(_manifest_bytes(rows))
-    sheet_path = workdir / "contact_sheet.html"
-    local_root = dam.root.resolve().as_uri() + "/" if isinstance(dam, LocalDAM) else ""
-    sheet_path.write_text(contact_sheet_html(rows, asset_base=local_root), encoding="utf-8")
-
-    # Read again: another job may have written the DAM's manifest since this one started.
-    previous = read_dam_manifest(dam)
-    merged = dict(previous)
-    for row in rows:
-        # A render skipped here keeps the row of the run that made it.
-        if not (row.status == "skipped" and row.render_id in previous):
-            merged[row.render_id] = row
-    dam_rows = sorted(merged.values(), key=lambda r: (r.campaign_id, r.brief_id, r.locale, r.aspect_ratio,
-                                                      r.variant_index, r.render_id))
-    _put_if_changed(dam, MANIFEST_KEY, _manifest_bytes(dam_rows))
-    _put_if_changed(dam, CONTACT_SHEET_KEY, contact_sheet_html(dam_rows).encode("utf-8"))
-    return manifest_path, sheet_path

@@ -14,7 +14,8 @@ import pytest
 from jobs.localize import localize
 from jobs.submit import campaign_entrypoint
 from pipeline.dam import DAMError
-from pipeline.run import CampaignConfig, read_dam_manifest
+from pipeline.reports import read_dam_manifest
+from pipeline.run import CampaignConfig
 from pipeline.dam import open_dam
 from schemas.brief import BRIEF_ARROW_SCHEMA
 
