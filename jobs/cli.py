@@ -134,7 +134,7 @@ def _serve(args: argparse.Namespace) -> int:
     from jobs.serve_app import ServeConfig, ServeSetupError, run_server
 
     config = ServeConfig(model=args.model, checkpoint_dir=args.checkpoint_dir, device=args.device, dam=args.dam,
-                         s3_endpoint=args.s3_endpoint, tp=args.tp, replicas=args.replicas,
+                         s3_endpoint=args.s3_endpoint, tp_size=args.tp, replicas=args.replicas,
                          queue_limit=args.queue_limit, insecure_local=args.insecure_local, profile=args.profile)
     try:
         run_server(config, port=args.port, host=args.host)

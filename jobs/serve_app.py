@@ -44,7 +44,6 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any, Literal
 
 import pyarrow as pa
@@ -57,7 +56,6 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from model.generator import GeneratorConfig
-from model.presets import ModelName
 from model.placement import ReplicaShape
 from pipeline.archive import ArchiveRenders, ArchiveResult, find_archived
 from pipeline.dam import open_dam
@@ -66,6 +64,7 @@ from pipeline.errors import describe_error
 from pipeline.ingest import check_locales
 from pipeline.mux import CHANNEL_PROFILES
 from pipeline.review import ReviewResult, ReviewThresholds
+from pipeline.settings import RenderSettings
 from pipeline.render import RenderClips
 from pipeline.run import ensure_ray, replica_factory, resolve_device
 from schemas.brief import CampaignBrief
@@ -89,32 +88,16 @@ class ServeSetupError(ValueError):
     """The server cannot start as configured; the message names the setting and the fix."""
 
 
-class ServeConfig(BaseModel):
-    """Everything the ad-hoc endpoint needs: the application args of ``build_app``."""
+class ServeConfig(RenderSettings):
+    """Everything the ad-hoc endpoint needs: the application args of ``build_app``. The shared
+    settings (model, device, dam, tp_size, replicas = Renderer replicas, ...) are pipeline/settings.py's."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(frozen=True)
 
-    model: ModelName = "tiny"
-    checkpoint_dir: Path | None = None
-    device: Literal["auto", "cpu", "cuda"] = Field(
-        "auto", description="auto: cuda when the Ray cluster has GPUs when the app is built, else cpu")
-    dam: str = "./dam"
-    s3_endpoint: str | None = None
-    tp: int = Field(1, ge=1, description="tensor-parallel ranks per model replica")
-    replicas: int = Field(1, ge=1, description="model replicas (Renderer deployment replicas)")
     queue_limit: int = Field(32, ge=1, description="renders waiting at most; more answer 503 with Retry-After")
     insecure_local: bool = Field(False, description="no auth; loopback only")
-    profile: str = Field("web", description="loudness profile of the deliverables: web | broadcast")
-    thresholds: ReviewThresholds = ReviewThresholds()
     presign_expires_s: int = Field(3600, ge=60, le=7 * 24 * 3600, description="lifetime of presigned S3 URLs")
     max_statuses: int = Field(10_000, ge=1, description="finished renders remembered; the oldest are forgotten")
-
-    @field_validator("profile")
-    @classmethod
-    def _profile(cls, value: str) -> str:
-        if value not in CHANNEL_PROFILES:
-            raise ValueError(f"profile={value!r} is not one of {', '.join(CHANNEL_PROFILES)}")
-        return value
 
 
 # --------------------------------------------------------------------------- auth
@@ -445,14 +428,14 @@ def build_application(config: ServeConfig, api_tokens: str | None = None) -> ser
     from its own environment (how RayService pods get it, from a Secret)."""
     device = resolve_device(config.device)
     generator_config = GeneratorConfig(model=config.model, checkpoint_dir=config.checkpoint_dir, device=device)
-    renderer = Renderer.options(**renderer_options(config.tp, config.replicas, device)).bind(
-        generator_config, config.thresholds, config.profile, config.tp)
+    renderer = Renderer.options(**renderer_options(config.tp_size, config.replicas, device)).bind(
+        generator_config, config.thresholds, config.profile, config.tp_size)
     return Api.bind(config, renderer, api_tokens)
 
 
 def build_app(args: dict[str, Any]) -> serve.Application:
     """Application builder for ``serve run jobs.serve_app:build_app`` and RayService
-    (args: model, checkpoint_dir, dam, s3_endpoint, tp, replicas, queue_limit, insecure_local, ...)."""
+    (args: model, checkpoint_dir, dam, s3_endpoint, tp_size, replicas, queue_limit, insecure_local, ...)."""
     try:
         config = ServeConfig.model_validate(args)
     except ValidationError as exc:

@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import ray
 import torch
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
 from ray.data.expressions import col
 
 from model.generator import AVGenerator, GeneratorConfig
@@ -38,7 +38,7 @@ from pipeline.manifest import ManifestRow
 from pipeline.mux import CHANNEL_PROFILES
 from pipeline.render import RenderClips
 from pipeline.reports import manifest_row, rendered_manifest_row, write_reports
-from pipeline.review import ReviewThresholds
+from pipeline.settings import RenderSettings
 from schemas.brief import BRIEF_ARROW_SCHEMA
 from schemas.render import RENDER_REQUEST_ARROW_SCHEMA, RenderRequest
 
@@ -138,23 +138,13 @@ def write_plan(result: PlanResult, out_dir: str | Path) -> tuple[Path, Path]:
 # --------------------------------------------------------------------------- the campaign batch job
 
 
-class CampaignConfig(BaseModel):
-    """Everything `paddock run` needs; real weights, GPUs and S3 are settings here, not code."""
-
-    model_config = ConfigDict(extra="forbid")
+class CampaignConfig(RenderSettings):
+    """Everything `paddock run` needs; real weights, GPUs and S3 are settings here, not code.
+    The shared settings are pipeline/settings.py's."""
 
     briefs: str = Field(description="briefs Parquet file: a local path or s3://bucket/key")
-    dam: str = "./dam"
-    s3_endpoint: str | None = None
-    model: str = "tiny"
-    checkpoint_dir: Path | None = None
-    device: str = "auto"
-    tp_size: int = Field(1, ge=1)
-    replicas: int = Field(1, ge=1)
     workdir: Path = Path("./work")
     batch_size: int = Field(2, ge=1, description="requests per call into a replica")
-    profile: str = "web"
-    thresholds: ReviewThresholds = ReviewThresholds()
 
     @field_validator("briefs", mode="before")
     @classmethod

@@ -237,8 +237,8 @@ def test_rayservice_builds_the_serve_app_on_exactly_its_gpus():
     cluster = RAYSERVICE["spec"]["rayClusterConfig"]
     (gpu,) = _gpu_groups(cluster)
     assert gpu["minReplicas"] == gpu["replicas"] == gpu["maxReplicas"]
-    assert args["tp"] * args["replicas"] == gpu["replicas"] * _gpus_per_pod(gpu)
-    assert _gpus_per_pod(gpu) % args["tp"] == 0
+    assert args["tp_size"] * args["replicas"] == gpu["replicas"] * _gpus_per_pod(gpu)
+    assert _gpus_per_pod(gpu) % args["tp_size"] == 0
     assert args["dam"].startswith("s3://")
     port = serve["http_options"]["port"]
     for group in [cluster["headGroupSpec"], gpu]:
