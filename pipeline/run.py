@@ -241,27 +241,18 @@ def run_campaign(config: CampaignConfig, log: Callable[[str], None] = print, *,
     """
     dam = open_dam(config.dam, s3_endpoint=config.s3_endpoint)
     config.workdir.mkdir(parents=True, exist_ok=True)
-    lineage = LineageRun(
+    with LineageRun(
         LineageConfig.from_env(job_type.value.lower(), config.workdir), job_type,
         inputs=[briefs_dataset(config.briefs, BRIEF_ARROW_SCHEMA),
                 checkpoint_dataset(config.model, config.checkpoint_dir)],
         outputs=[dam_dataset(dam.uri)],
-    )
-    lineage.start()
-    try:
+    ) as lineage:
         result = _run_campaign(config, dam, log, select)
-    except BaseException as exc:
-        lineage.fail(exc)
-        lineage.close()
-        raise
-    lineage.outputs = [dam_dataset(dam.uri, rows=len(result.manifest),
-                                   file_count=sum(len(r.keys) for r in result.manifest),
-                                   size_bytes=sum(sum(r.sizes.values()) for r in result.manifest))]
-    if result.failed:
-        lineage.fail(f"{len(result.failed)} of {len(result.manifest)} renders failed")
-    else:
-        lineage.complete()
-    lineage.close()
+        lineage.outputs = [dam_dataset(dam.uri, rows=len(result.manifest),
+                                       file_count=sum(len(r.keys) for r in result.manifest),
+                                       size_bytes=sum(sum(r.sizes.values()) for r in result.manifest))]
+        if result.failed:
+            lineage.fail(f"{len(result.failed)} of {len(result.manifest)} renders failed")
     return result
 
 
