@@ -2,8 +2,9 @@
 
 Where each part lives:
 
-- this module: the interface (:class:`DAM`, :class:`StoredObject`,
-  :class:`DAMError`) and :func:`open_dam`, which picks a backend from a URI;
+- this module: :func:`open_dam`, which picks a backend from a URI, and the
+  interface (:class:`DAM`, :class:`StoredObject`, :class:`DAMError`, defined in
+  :mod:`pipeline.dam.base` so that the backends need not import this module);
 - :mod:`pipeline.dam.keys`: the key layout and the whole-file SHA-256;
 - :mod:`pipeline.dam.local`: a local directory (the default, ``./dam``);
 - :mod:`pipeline.dam.s3`: an S3 bucket + prefix (any S3-compatible store via an
@@ -16,77 +17,12 @@ the archive stage's business: :mod:`pipeline.archive`.
 from __future__ import annotations
 
 import os
-from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 from urllib.parse import unquote, urlparse
 
+from pipeline.dam.base import DAM, DAMError, StoredObject
 
-class DAMError(RuntimeError):
-    """A DAM could not be opened, read or written; the message names the URI and the fix."""
-
-
-@dataclass(frozen=True)
-class StoredObject:
-    """One object as the DAM holds it.
-
-    ``sha256`` is the hex SHA-256 of the whole object (the value the manifest
-    keeps). ``storage_checksum`` is the store's own checksum when it has one
-    (S3 ``ChecksumSHA256``: base64, composite for multipart uploads), else None.
-    """
-
-    key: str
-    size: int
-    sha256: str
-    storage_checksum: str | None = None
-    metadata: Mapping[str, str] = field(default_factory=dict)
-
-
-class DAM(ABC):
-    """Where deliverables are kept. Keys are '/'-separated and relative to the DAM root."""
-
-    @property
-    @abstractmethod
-    def uri(self) -> str:
-        """The DAM root as a URI (``file:///...`` or ``s3://bucket/prefix``)."""
-
-    @abstractmethod
-    def put_file(
-        self,
-        key: str,
-        path: str | os.PathLike,
-        *,
-        sha256: str | None = None,
-        metadata: Mapping[str, str] | None = None,
-        tags: Mapping[str, str] | None = None,
-        content_type: str | None = None,
-    ) -> StoredObject:
-        """Store a local file under ``key``; ``sha256`` (hex) saves hashing it again."""
-
-    @abstractmethod
-    def put_bytes(
-        self,
-        key: str,
-        data: bytes,
-        *,
-        metadata: Mapping[str, str] | None = None,
-        tags: Mapping[str, str] | None = None,
-        content_type: str | None = None,
-    ) -> StoredObject:
-        """Store ``data`` under ``key``."""
-
-    @abstractmethod
-    def get_bytes(self, key: str) -> bytes | None:
-        """The object's bytes, or None when there is no such object."""
-
-    @abstractmethod
-    def head(self, key: str) -> StoredObject | None:
-        """Size and checksums of an object, or None when there is no such object."""
-
-    @abstractmethod
-    def url(self, key: str, expires_s: int) -> str:
-        """Where a client fetches the object: a presigned GET URL valid ``expires_s``
-        seconds (S3), or a ``file://`` URI (local; it does not expire)."""
+__all__ = ["DAM", "DAMError", "StoredObject", "open_dam"]
 
 
 def open_dam(uri: str | os.PathLike = "./dam", s3_endpoint: str | None = None, **s3_options: Any) -> DAM:
@@ -96,13 +32,13 @@ def open_dam(uri: str | os.PathLike = "./dam", s3_endpoint: str | None = None, *
     boto3 uses AWS (or ``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL`` when set).
     ``s3_options`` go to :class:`~pipeline.dam.s3.S3DAM`.
     """
-    # Imported here: the backends import this module, and a local DAM needs no boto3.
     from pipeline.dam.local import LocalDAM
-    from pipeline.dam.s3 import S3DAM
 
     text = os.fspath(uri)
     parsed = urlparse(text)
     if parsed.scheme == "s3":
+        from pipeline.dam.s3 import S3DAM  # here: a local DAM needs no boto3
+
         return S3DAM(parsed.netloc, unquote(parsed.path), endpoint_url=s3_endpoint, **s3_options)
     if s3_endpoint or s3_options:
         raise DAMError(f"DAM {text!r} is a local directory; S3 options ({'s3_endpoint' if s3_endpoint else ', '.join(s3_options)}) apply only to s3:// DAMs")

@@ -8,7 +8,7 @@ import uuid
 from pathlib import Path
 from typing import BinaryIO, Callable
 
-from pipeline.dam import DAM, DAMError, StoredObject
+from pipeline.dam.base import DAM, DAMError, StoredObject
 from pipeline.dam.keys import check_key, file_sha256
 
 

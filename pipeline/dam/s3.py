@@ -17,7 +17,7 @@ from botocore.config import Config
 from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError, PartialCredentialsError
 from s3transfer.utils import ChunksizeAdjuster
 
-from pipeline.dam import DAM, DAMError, StoredObject
+from pipeline.dam.base import DAM, DAMError, StoredObject
 from pipeline.dam.keys import check_key, file_sha256
 
 logger = logging.getLogger(__name__)

@@ -11,9 +11,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from jobs.localize import localize
 from jobs.submit import campaign_entrypoint
 from pipeline.dam import DAMError
+from pipeline.localize import localize
 from pipeline.reports import read_dam_manifest
 from pipeline.run import CampaignConfig
 from pipeline.dam import open_dam
