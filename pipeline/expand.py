@@ -12,7 +12,7 @@ import re
 
 import pyarrow as pa
 
-from model.magihuman.sizes import BASE_SIZES, FINAL_SIZES
+from model.magihuman.sizes import FINAL_SIZES
 from schemas.brief import SEED_LIMIT, CampaignBrief, DialogueLine
 from schemas.locales import language_for_locale
 from schemas.render import RENDER_REQUEST_ARROW_SCHEMA, RenderRequest
@@ -59,7 +59,6 @@ def expand_brief(brief: CampaignBrief, row_index: int, model_id: str) -> list[Re
         dialogue = brief.dialogue_for(locale) or []
         prompt = compose_prompt(brief.prompt, dialogue, language, brief.background_sound)
         for aspect in brief.target_aspect_ratios:
-            base_w, base_h = BASE_SIZES[aspect]
             width, height = FINAL_SIZES[brief.resolution][aspect]
             for variant in range(brief.variants):
                 seed = (brief.base_seed + variant) % SEED_LIMIT
@@ -85,15 +84,12 @@ def expand_brief(brief: CampaignBrief, row_index: int, model_id: str) -> list[Re
                         language=language,
                         aspect_ratio=aspect,
                         resolution=brief.resolution,
-                        base_width=base_w,
-                        base_height=base_h,
                         width=width,
                         height=height,
                         duration_s=brief.duration_s,
                         seed=seed,
                         variant_index=variant,
                         prompt=prompt,
-                        scene=brief.prompt,
                         dialogue=dialogue,
                         background_sound=brief.background_sound,
                         reference_image_uri=brief.reference_image_uri,

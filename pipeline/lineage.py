@@ -70,7 +70,6 @@ class JobType(str, Enum):
 
     CAMPAIGN_BATCH = "CAMPAIGN_BATCH"
     LOCALIZATION = "LOCALIZATION"
-    SERVE = "SERVE"
 
 
 @dataclass

@@ -21,15 +21,12 @@ class RenderRequest(BaseModel):
     language: str
     aspect_ratio: AspectRatio
     resolution: Resolution
-    base_width: int = Field(description="width the base model generates at")
-    base_height: int
     width: int = Field(description="final delivered width")
     height: int
     duration_s: int
     seed: int
     variant_index: int
     prompt: str = Field(description="the composed model prompt (scene, Dialogue, Background Sound)")
-    scene: str = Field(description="the brief's English scene description")
     dialogue: list[DialogueLine]
     background_sound: str | None = None
     reference_image_uri: str | None = None

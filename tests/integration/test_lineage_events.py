@@ -158,7 +158,7 @@ def test_unwritable_lineage_file_warns_and_the_job_goes_on(file_config, tmp_path
 def test_openlineage_disabled_emits_nothing(file_config, tmp_path, monkeypatch):
     monkeypatch.setenv("OPENLINEAGE_DISABLED", "true")
     inputs, outputs = _datasets(tmp_path / "b.parquet", str(tmp_path / "dam"))
-    with LineageRun(file_config, JobType.SERVE, inputs=inputs, outputs=outputs):
+    with LineageRun(file_config, JobType.LOCALIZATION, inputs=inputs, outputs=outputs):
         pass
     assert not (tmp_path / "work" / "lineage.jsonl").exists()
 

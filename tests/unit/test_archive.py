@@ -241,8 +241,8 @@ def test_find_archived_finds_a_planned_renders_record(tmp_path):
     result = archive_render(dam, render)
     request = RenderRequest(
         render_id="9f3c2a", brief_id="b1", campaign_id="c1", row_index=0, locale="pt-BR", language="English",
-        aspect_ratio="16:9", resolution="256p", base_width=448, base_height=256, width=448, height=256,
-        duration_s=2, seed=7, variant_index=0, prompt="p", scene="s", dialogue=[], forbidden_terms=[],
+        aspect_ratio="16:9", resolution="256p", width=448, height=256,
+        duration_s=2, seed=7, variant_index=0, prompt="p", dialogue=[], forbidden_terms=[],
         model_id="magihuman-tiny")
     record = find_archived(dam, request)
     assert record is not None and record.keys == result.keys and record.sizes == result.sizes

@@ -48,7 +48,7 @@ def test_defaults_make_one_request():
     (request,) = expand_brief(brief, 3, "tiny")
     assert (request.locale, request.language, request.aspect_ratio) == ("fr-FR", "French", "16:9")
     assert (request.duration_s, request.resolution, request.variant_index, request.row_index) == (5, "540p", 0, 3)
-    assert (request.width, request.height, request.base_width, request.base_height) == (960, 540, 448, 256)
+    assert (request.width, request.height) == (960, 540)
     assert request.num_frames == 126
     assert request.seed == brief.base_seed  # derived from brief_id, stable across runs
     assert CampaignBrief(brief_id="b", campaign_id="x", prompt="y", source_locale="en-US").base_seed == brief.base_seed
@@ -146,10 +146,10 @@ def test_locale_to_language(tag, language):
 
 
 def test_sizes_per_aspect_and_resolution():
-    sizes = {(r.aspect_ratio, r.resolution): (r.width, r.height, r.base_width, r.base_height)
+    sizes = {(r.aspect_ratio, r.resolution): (r.width, r.height)
              for res in ("256p", "540p", "1080p")
              for r in expand_brief(make_brief(resolution=res, variants=1, locales=["en-US"]), 0, "tiny")}
-    assert sizes[("16:9", "256p")] == (448, 256, 448, 256)
-    assert sizes[("9:16", "540p")] == (540, 960, 256, 448)
-    assert sizes[("1:1", "1080p")] == (1080, 1080, 352, 352)
+    assert sizes[("16:9", "256p")] == (448, 256)
+    assert sizes[("9:16", "540p")] == (540, 960)
+    assert sizes[("1:1", "1080p")] == (1080, 1080)
     assert sizes[("16:9", "1080p")][:2] == (1920, 1080)

@@ -13,8 +13,8 @@ from schemas.render import RenderRequest
 def request(render_id: str, resolution: str = "256p", duration_s: int = 2, prompt: str = "ok") -> RenderRequest:
     return RenderRequest(
         render_id=render_id, brief_id="b1", campaign_id="c1", row_index=0, locale="en-US", language="English",
-        aspect_ratio="16:9", resolution=resolution, base_width=448, base_height=256, width=448, height=256,
-        duration_s=duration_s, seed=0, variant_index=0, prompt=prompt, scene="s", dialogue=[], forbidden_terms=[],
+        aspect_ratio="16:9", resolution=resolution, width=448, height=256,
+        duration_s=duration_s, seed=0, variant_index=0, prompt=prompt, dialogue=[], forbidden_terms=[],
         model_id="tiny")
 
 

@@ -126,8 +126,8 @@ def test_bad_array_shapes_name_the_problem():
 def test_expectation_from_render_request():
     request = RenderRequest(
         render_id="r1", brief_id="b1", campaign_id="c1", row_index=0, locale="es-ES", language="Spanish",
-        aspect_ratio="16:9", resolution="256p", base_width=448, base_height=256, width=448, height=256,
-        duration_s=5, seed=1, variant_index=0, prompt="p", scene="s",
+        aspect_ratio="16:9", resolution="256p", width=448, height=256,
+        duration_s=5, seed=1, variant_index=0, prompt="p",
         dialogue=[{"speaker": "Ana", "line": "Hola"}], forbidden_terms=["gratis"], model_id="m",
     )  # fmt: skip
     expected = ReviewExpectation.from_request(request)
