@@ -33,8 +33,8 @@ logger = logging.getLogger(__name__)
 RECORD_VERSION = 1
 
 
-class RenderAssets(BaseModel):
-    """A render's finished deliverables on local disk, ready to archive."""
+class RenderIdentity(BaseModel):
+    """Who a render is and how it was reviewed: what its objects' metadata and its completion record carry."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -48,6 +48,11 @@ class RenderAssets(BaseModel):
     review_status: ReviewStatus
     review: ReviewResult | None = None
     """the review tags, kept in the completion record so a skipped render's manifest row can be rebuilt"""
+
+
+class RenderAssets(RenderIdentity):
+    """A render's finished deliverables on local disk, ready to archive."""
+
     files: dict[str, Path]
     """extension (no dot, e.g. "mp4", "wav", "jpg", "vtt") -> local file"""
 
@@ -112,22 +117,11 @@ class ArchivedObject(BaseModel):
     storage_checksum: str | None = None
 
 
-class CompletionRecord(BaseModel):
+class CompletionRecord(RenderIdentity):
     """The ``.done.json`` a render's archive writes last: who the render is, its
     review, and every object it is made of. The one reader and writer of that file."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
     version: int = RECORD_VERSION
-    render_id: str
-    campaign_id: str
-    brief_id: str
-    locale: str
-    aspect_ratio: str
-    model_id: str
-    seed: int
-    review_status: ReviewStatus
-    review: ReviewResult | None = None
     archived_at: datetime
     objects: dict[str, ArchivedObject]
 
