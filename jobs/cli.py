@@ -1,4 +1,8 @@
-"""The `paddock` command line."""
+"""The `paddock` command line, and the Ray Job entry point (`python -m jobs.cli run|localize ...`).
+
+Its vocabulary (shared argument groups, CliError) is jobs/args.py; the jobs
+themselves are pipeline functions (pipeline.run.run_campaign, pipeline.localize.localize).
+"""
 
 from __future__ import annotations
 
@@ -10,23 +14,21 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from pipeline.archive import DAMError
+from jobs.args import (
+    DEFAULT_MODEL,
+    JOB_COMMANDS,
+    MODELS,
+    PROFILES,
+    USER_ERRORS,
+    CliError,
+    add_campaign_args,
+    add_model_args,
+)
 from pipeline.console import VERBOSE_ENV, filter_stderr_noise
-from pipeline.ingest import BriefsFileError, read_briefs_table
-from pipeline.media import FFmpegSetupError, check_ffmpeg
+from pipeline.errors import describe_validation_error, ray_worker_error
+from pipeline.ingest import read_briefs_table
+from pipeline.media import check_ffmpeg
 from schemas.formats import ASPECT_RATIOS, RESOLUTIONS
-
-DEFAULT_MODEL = "tiny"
-MODELS = ("tiny", "magihuman-distill", "magihuman-base")
-PROFILES = ("web", "broadcast", "draft")  # pipeline.mux.CHANNEL_PROFILES, without importing the media stack
-
-
-class CliError(Exception):
-    """A problem the user can fix; printed as one line, no traceback."""
-
-
-# Errors that say what to fix in their message: one line on stderr, exit code 2.
-USER_ERRORS = (BriefsFileError, CliError, DAMError, FFmpegSetupError)
 
 
 def _plan(args: argparse.Namespace) -> int:
@@ -82,7 +84,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _localize(args: argparse.Namespace) -> int:
-    from jobs.localize import localize
+    from pipeline.localize import localize
     from pipeline.run import RunSetupError
 
     try:
@@ -138,7 +140,7 @@ def _serve(args: argparse.Namespace) -> int:
     from jobs.serve_app import ServeConfig, ServeSetupError, run_server
 
     config = ServeConfig(model=args.model, checkpoint_dir=args.checkpoint_dir, device=args.device, dam=args.dam,
-                         s3_endpoint=args.s3_endpoint, tp=args.tp, replicas=args.replicas,
+                         s3_endpoint=args.s3_endpoint, tp_size=args.tp, replicas=args.replicas,
                          queue_limit=args.queue_limit, insecure_local=args.insecure_local, profile=args.profile)
     try:
         run_server(config, port=args.port, host=args.host)
@@ -152,26 +154,6 @@ def _doctor(args: argparse.Namespace) -> int:
 
     return doctor(DoctorSettings(model=args.model, device=args.device, checkpoint_dir=args.checkpoint_dir,
                                  dam=args.dam, s3_endpoint=args.s3_endpoint, address=args.address))
-
-
-def _add_model_args(cmd: argparse.ArgumentParser) -> None:
-    cmd.add_argument("--model", default=DEFAULT_MODEL, choices=MODELS, help="(default: %(default)s)")
-    cmd.add_argument("--checkpoint-dir", type=Path, default=None, help="folder with the released weights (see README)")
-    cmd.add_argument("--device", default="auto", help="auto | cpu | cuda (default: %(default)s)")
-    cmd.add_argument("--tp", type=int, default=1, help="tensor-parallel ranks per replica (default: %(default)s)")
-
-
-def _add_campaign_args(cmd: argparse.ArgumentParser) -> None:
-    cmd.add_argument("briefs", help="briefs Parquet file")
-    cmd.add_argument("--dam", default="./dam", help="./dir or s3://bucket/prefix (default: %(default)s)")
-    cmd.add_argument("--s3-endpoint", default=None, help="endpoint URL of an S3-compatible store")
-    _add_model_args(cmd)
-    cmd.add_argument("--replicas", type=int, default=1, help="model replicas in the pool (default: %(default)s)")
-    cmd.add_argument("--workdir", type=Path, default=Path("./work"), help="local work directory (default: %(default)s)")
-    cmd.add_argument("--batch-size", type=int, default=2, help="requests per replica call (default: %(default)s)")
-    cmd.add_argument("--profile", default="web", choices=PROFILES,
-                     help="delivery profile: web (-14 LUFS) | broadcast (-23 LUFS) | draft (web loudness, fastest "
-                          "x264 preset) (default: %(default)s)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -193,19 +175,20 @@ def build_parser() -> argparse.ArgumentParser:
     plan_cmd.set_defaults(handler=_plan)
 
     run_cmd = add_command("run", help="make, review, encode and archive every clip of a briefs file")
-    _add_campaign_args(run_cmd)
+    add_campaign_args(run_cmd)
     run_cmd.set_defaults(handler=_run)
 
     localize_cmd = add_command(
         "localize", help="for a campaign already run, render only the locales new since the DAM's manifest")
-    _add_campaign_args(localize_cmd)
+    add_campaign_args(localize_cmd)
     localize_cmd.set_defaults(handler=_localize)
 
     submit_cmd = add_command(
         "submit", help="submit a campaign to a Ray cluster as a Ray Job",
-        description="Submits `python -m jobs.<job> RUN_ARGS...` to the cluster; RUN_ARGS are those of `paddock run`.")
+        description="Submits `python -m jobs.cli run|localize RUN_ARGS...` to the cluster; RUN_ARGS are those of "
+                    "`paddock run`.")
     submit_cmd.add_argument("--address", required=True, help="the cluster's job server, e.g. http://head:8265")
-    submit_cmd.add_argument("--job", choices=("run_campaign", "localize"), default="run_campaign")
+    submit_cmd.add_argument("--job", choices=tuple(JOB_COMMANDS), default="run_campaign")
     submit_cmd.add_argument("--wait", action="store_true", help="follow the job's logs until it ends")
     submit_cmd.add_argument("run_args", nargs=argparse.REMAINDER, help="BRIEFS and the options of `paddock run`")
     submit_cmd.set_defaults(handler=_submit)
@@ -218,7 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve_cmd.add_argument("--host", default="127.0.0.1", help="(default: %(default)s)")
     serve_cmd.add_argument("--dam", default="./dam", help="./dir or s3://bucket/prefix (default: %(default)s)")
     serve_cmd.add_argument("--s3-endpoint", default=None, help="endpoint URL of an S3-compatible store")
-    _add_model_args(serve_cmd)
+    add_model_args(serve_cmd)
     serve_cmd.add_argument("--replicas", type=int, default=1, help="model replicas (default: %(default)s)")
     serve_cmd.add_argument("--queue-limit", type=int, default=32,
                            help="renders waiting at most; more get 503 + Retry-After (default: %(default)s)")
@@ -232,7 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
     doctor_cmd.add_argument("--dam", default="./dam", help="./dir or s3://bucket/prefix (default: %(default)s)")
     doctor_cmd.add_argument("--s3-endpoint", default=None, help="endpoint URL of an S3-compatible store")
     doctor_cmd.add_argument("--address", default=None, help="Ray cluster address (default: $RAY_ADDRESS, else local)")
-    _add_model_args(doctor_cmd)
+    add_model_args(doctor_cmd)
     doctor_cmd.set_defaults(handler=_doctor)
 
     gen_cmd = add_command("generate", help="make one clip by hand (H.264 + AAC MP4)")
@@ -243,7 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen_cmd.add_argument("--resolution", default="256p", choices=RESOLUTIONS, help="(default: %(default)s)")
     gen_cmd.add_argument("--seed", type=int, default=0, help="(default: %(default)s)")
     gen_cmd.add_argument("--image", default=None, help="first-frame reference image (image-to-video)")
-    _add_model_args(gen_cmd)
+    add_model_args(gen_cmd)
     gen_cmd.add_argument("--out", required=True, help="output .mp4 path")
     gen_cmd.set_defaults(handler=_generate)
     return parser
@@ -258,9 +241,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return handler(args)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        field = ".".join(str(p) for p in first["loc"])
-        print(f"paddock {args.command}: error: {field}: {first['msg']}", file=sys.stderr)
+        print(f"paddock {args.command}: error: {describe_validation_error(exc)}", file=sys.stderr)
         return 2
     except USER_ERRORS as exc:
         print(f"paddock {args.command}: error: {exc}", file=sys.stderr)
@@ -271,10 +252,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:
         if not type(exc).__module__.startswith("ray."):
             raise
-        # An error raised in a Ray worker: its last line is the worker's own exception.
-        lines = [line for line in str(exc).strip().splitlines() if line.strip()]
-        print(f"paddock {args.command}: error in a Ray worker: {lines[-1] if lines else type(exc).__name__}",
-              file=sys.stderr)
+        print(f"paddock {args.command}: error in a Ray worker: {ray_worker_error(exc)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(f"paddock {args.command}: interrupted", file=sys.stderr)

@@ -163,7 +163,7 @@ def check_model_rows(settings: DoctorSettings) -> list[Row]:
 
 
 def check_dam_row(settings: DoctorSettings) -> Row:
-    from pipeline.archive import DAMError, open_dam
+    from pipeline.dam import DAMError, open_dam
 
     uri = settings.dam or "./dam"
     try:

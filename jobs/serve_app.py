@@ -3,7 +3,7 @@
 Two deployments:
 
 - ``Renderer``: owns one model replica and runs generate + review + mux on it
-  (:class:`pipeline.run.RenderClips`, the batch job's render stage). One
+  (:class:`pipeline.render.RenderClips`, the batch job's render stage). One
   request at a time per replica.
 - ``Api``: the FastAPI ingress. It validates briefs with the batch job's rules
   (:class:`CampaignBrief` plus the per-locale checks of ingest), fans them out
@@ -30,14 +30,12 @@ leak; two clients posting the same brief both get its ids). With
 binds and answers loopback.
 
 Asset URLs: presigned GET URLs for an S3 DAM (valid ``presign_expires_s``),
-``file://`` URIs of the archived files for a local-directory DAM.
+``file://`` URIs of the archived files for a local-directory DAM (``DAM.url``).
 """
 
 import asyncio
-import functools
 import hmac
 import ipaddress
-import json
 import logging
 import math
 import os
@@ -46,12 +44,9 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any, Literal
 
-import boto3
 import pyarrow as pa
-from botocore.config import Config
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi import status as http_status
 from fastapi.exceptions import RequestValidationError
@@ -61,18 +56,19 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from model.generator import GeneratorConfig
-from model.presets import ModelName
 from model.placement import ReplicaShape
-from pipeline.archive import DAM, ArchiveRenders, ArchiveResult, LocalDAM, S3DAM, is_archived, open_dam, render_key_prefix
+from pipeline.archive import ArchiveRenders, ArchiveResult, find_archived
+from pipeline.dam import open_dam
 from pipeline.expand import expand_brief
-from pipeline.generate import describe_error
-from pipeline.ingest import locale_fault
+from pipeline.errors import describe_error
+from pipeline.ingest import check_locales
 from pipeline.media import check_ffmpeg
 from pipeline.mux import CHANNEL_PROFILES
-from pipeline.review import ReviewThresholds
-from pipeline.run import RenderClips, ensure_ray, resolve_device
+from pipeline.review import ReviewResult, ReviewThresholds
+from pipeline.settings import RenderSettings
+from pipeline.render import RenderClips
+from pipeline.run import ensure_ray, replica_factory, resolve_device
 from schemas.brief import CampaignBrief
-from schemas.locales import LocaleError, canonical_locale
 from schemas.render import RENDER_REQUEST_ARROW_SCHEMA, RenderRequest
 
 logger = logging.getLogger(__name__)
@@ -93,32 +89,16 @@ class ServeSetupError(ValueError):
     """The server cannot start as configured; the message names the setting and the fix."""
 
 
-class ServeConfig(BaseModel):
-    """Everything the ad-hoc endpoint needs: the application args of ``build_app``."""
+class ServeConfig(RenderSettings):
+    """Everything the ad-hoc endpoint needs: the application args of ``build_app``. The shared
+    settings (model, device, dam, tp_size, replicas = Renderer replicas, ...) are pipeline/settings.py's."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(frozen=True)
 
-    model: ModelName = "tiny"
-    checkpoint_dir: Path | None = None
-    device: Literal["auto", "cpu", "cuda"] = Field(
-        "auto", description="auto: cuda when the Ray cluster has GPUs when the app is built, else cpu")
-    dam: str = "./dam"
-    s3_endpoint: str | None = None
-    tp: int = Field(1, ge=1, description="tensor-parallel ranks per model replica")
-    replicas: int = Field(1, ge=1, description="model replicas (Renderer deployment replicas)")
     queue_limit: int = Field(32, ge=1, description="renders waiting at most; more answer 503 with Retry-After")
     insecure_local: bool = Field(False, description="no auth; loopback only")
-    profile: str = Field("web", description="loudness profile of the deliverables: web | broadcast")
-    thresholds: ReviewThresholds = ReviewThresholds()
     presign_expires_s: int = Field(3600, ge=60, le=7 * 24 * 3600, description="lifetime of presigned S3 URLs")
     max_statuses: int = Field(10_000, ge=1, description="finished renders remembered; the oldest are forgotten")
-
-    @field_validator("profile")
-    @classmethod
-    def _profile(cls, value: str) -> str:
-        if value not in CHANNEL_PROFILES:
-            raise ValueError(f"profile={value!r} is not one of {', '.join(CHANNEL_PROFILES)}")
-        return value
 
 
 # --------------------------------------------------------------------------- auth
@@ -193,7 +173,7 @@ class Renderer:
         # At tp > 1 the replica's rank actors take the rank bundles of this replica's
         # placement group (renderer_options).
         self.render_clips = RenderClips(generator_config, thresholds=thresholds, profile=CHANNEL_PROFILES[profile],
-                                        batch_size=1, tp_size=tp)
+                                        batch_size=1, make_generator=replica_factory(tp, generator_config.device))
 
     def __call__(self, requests: pa.Table) -> pa.Table:
         return self.render_clips(requests)
@@ -233,7 +213,7 @@ class RenderStatus(BaseModel):
     model_id: str
     review_status: str | None = None
     review_reasons: list[str] = []
-    review: dict[str, Any] | None = Field(None, description="every review tag (pipeline.review.ReviewResult)")
+    review: ReviewResult | None = Field(None, description="every review tag")
     assets: dict[str, str] = Field({}, description="extension -> URL: presigned for S3, file:// for a local DAM")
     error: str | None = None
     submitted_at: datetime
@@ -245,52 +225,28 @@ class RenderEntry:
     request: RenderRequest
     clients: set[str]
     status: RenderStatusName = "queued"
-    review: dict[str, Any] | None = None
+    review: ReviewResult | None = None
     keys: dict[str, str] = field(default_factory=dict)
     error: str | None = None
     submitted_at: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
     finished_at: datetime | None = None
 
-    def finish(self, status: RenderStatusName, *, review: dict | None = None, keys: dict[str, str] | None = None,
+    def finish(self, status: RenderStatusName, *, review: ReviewResult | None = None, keys: dict[str, str] | None = None,
                error: str | None = None) -> None:
         self.status, self.review, self.keys, self.error = status, review, keys or {}, error
         self.finished_at = datetime.now(timezone.utc)
 
 
-@functools.lru_cache(maxsize=8)
-def _presigning_client(endpoint_url: str | None, region_name: str | None):
-    # SigV4 explicitly: botocore may presign with SigV2, which newer regions refuse.
-    return boto3.session.Session().client("s3", endpoint_url=endpoint_url, region_name=region_name,
-                                          config=Config(signature_version="s3v4"))
-
-
-def asset_url(dam: DAM, key: str, expires_s: int) -> str:
-    """Where a client fetches a DAM object: a presigned GET URL (S3) or a file:// URI (local)."""
-    if isinstance(dam, S3DAM):
-        client = _presigning_client(dam.endpoint_url, dam.region_name)
-        return client.generate_presigned_url(
-            "get_object", Params={"Bucket": dam.bucket, "Key": dam._full_key(key)}, ExpiresIn=expires_s)
-    if isinstance(dam, LocalDAM):
-        return (dam.root / key).as_uri()
-    raise TypeError(f"no asset URLs for a {type(dam).__name__}")
-
-
 def plan_renders(brief: CampaignBrief, model_id: str) -> list[RenderRequest]:
     """The brief's render requests, after the per-locale checks of ingest; a locale that
     cannot be rendered is a 422 naming it (an ad-hoc caller fixes the brief and posts again)."""
-    kept: list[str] = []
-    for index, tag in enumerate(brief.target_locales):
+    kept, faults = check_locales(brief)
+    if faults:
+        fault = faults[0]
         # With no `locales`, the one target is the source locale.
-        loc = ("body", "locales", index) if brief.locales is not None else ("body", "source_locale")
-        try:
-            locale = canonical_locale(tag)
-            fault = locale_fault(brief, locale)
-        except LocaleError as exc:
-            fault = f"{loc[1]}: {exc}"
-        if fault:
-            raise RequestValidationError([{"type": "value_error", "loc": loc, "msg": fault, "input": tag}])
-        if locale not in kept:
-            kept.append(locale)
+        loc = ("body", "locales", fault.index) if brief.locales is not None else ("body", "source_locale")
+        raise RequestValidationError([{"type": "value_error", "loc": loc, "msg": fault.reason,
+                                       "input": brief.target_locales[fault.index]}])
     return expand_brief(brief.model_copy(update={"locales": kept}), row_index=0, model_id=model_id)
 
 
@@ -354,7 +310,7 @@ class Api:
                        f"server queues at most {self.config.queue_limit}; split it or use the batch job"}])
         # Renders not known here, or failed before, may already be in the DAM (a restart forgets statuses).
         unknown = [r for r in requests if self._needs_render(r.render_id)]
-        records = await asyncio.gather(*(asyncio.to_thread(self._archived_record, r) for r in unknown))
+        records = await asyncio.gather(*(asyncio.to_thread(find_archived, self.dam, r) for r in unknown))
         # No await from here on: the checks and the enqueueing are one step. Checked again
         # after the awaits, since a concurrent call may have queued some of these meanwhile.
         pending = [(r, record) for r, record in zip(unknown, records) if self._needs_render(r.render_id)]
@@ -369,8 +325,7 @@ class Api:
             if record is None:
                 self.queue.put_nowait(entry)
             else:
-                entry.finish("done", review=record.get("review"),
-                             keys={ext: obj["key"] for ext, obj in record["objects"].items()})
+                entry.finish("done", review=record.review, keys=record.keys)
             self.renders[request.render_id] = entry
         for request in requests:
             self.renders[request.render_id].clients.add(client)
@@ -385,13 +340,12 @@ class Api:
         entry = self.renders.get(render_id)
         if entry is None or client not in entry.clients:
             raise HTTPException(http_status.HTTP_404_NOT_FOUND, detail=f"no render {render_id!r} among yours")
-        review = entry.review or {}
         return RenderStatus(
             **entry.request.model_dump(include={"render_id", "campaign_id", "brief_id", "locale", "aspect_ratio",
                                                 "take", "seed", "model_id"}),
-            status=entry.status, review_status=review.get("review_status"),
-            review_reasons=review.get("review_reasons", []), review=entry.review,
-            assets={ext: asset_url(self.dam, key, self.config.presign_expires_s) for ext, key in entry.keys.items()},
+            status=entry.status, review_status=entry.review.review_status if entry.review else None,
+            review_reasons=entry.review.review_reasons if entry.review else [], review=entry.review,
+            assets={ext: self.dam.url(key, self.config.presign_expires_s) for ext, key in entry.keys.items()},
             error=entry.error, submitted_at=entry.submitted_at, finished_at=entry.finished_at,
         )
 
@@ -424,10 +378,6 @@ class Api:
     def _needs_render(self, render_id: str) -> bool:
         known = self.renders.get(render_id)
         return known is None or known.status == "failed"
-
-    def _archived_record(self, request: RenderRequest) -> dict | None:
-        prefix = render_key_prefix(request.campaign_id, request.brief_id, request.locale, request.aspect_ratio)
-        return is_archived(self.dam, prefix, request.render_id)
 
     def _retry_after_s(self) -> int:
         per_render = self.seconds_per_render or FIRST_RENDER_ESTIMATE_S
@@ -463,7 +413,7 @@ class Api:
         table = pa.Table.from_pylist([entry.request.model_dump()], schema=RENDER_REQUEST_ARROW_SCHEMA)
         rendered = await self.renderer.remote(table)
         (row,) = (await asyncio.to_thread(self.archive, rendered)).to_pylist()
-        review = json.loads(row["review_json"]) if row["review_json"] else None
+        review = ReviewResult.model_validate_json(row["review_json"]) if row["review_json"] else None
         if row["archive_json"]:
             archived = ArchiveResult.model_validate_json(row["archive_json"])
             entry.finish("done", review=review, keys=archived.keys)
@@ -479,14 +429,14 @@ def build_application(config: ServeConfig, api_tokens: str | None = None) -> ser
     from its own environment (how RayService pods get it, from a Secret)."""
     device = resolve_device(config.device)
     generator_config = GeneratorConfig(model=config.model, checkpoint_dir=config.checkpoint_dir, device=device)
-    renderer = Renderer.options(**renderer_options(config.tp, config.replicas, device)).bind(
-        generator_config, config.thresholds, config.profile, config.tp)
+    renderer = Renderer.options(**renderer_options(config.tp_size, config.replicas, device)).bind(
+        generator_config, config.thresholds, config.profile, config.tp_size)
     return Api.bind(config, renderer, api_tokens)
 
 
 def build_app(args: dict[str, Any]) -> serve.Application:
     """Application builder for ``serve run jobs.serve_app:build_app`` and RayService
-    (args: model, checkpoint_dir, dam, s3_endpoint, tp, replicas, queue_limit, insecure_local, ...)."""
+    (args: model, checkpoint_dir, dam, s3_endpoint, tp_size, replicas, queue_limit, insecure_local, ...)."""
     try:
         config = ServeConfig.model_validate(args)
     except ValidationError as exc:

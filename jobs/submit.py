@@ -1,7 +1,7 @@
 """Submit a campaign to a Ray cluster as a Ray Job (what `paddock submit` does).
 
 The cluster's image must have paddock installed (infra/Dockerfile); the job
-runs `python -m jobs.<job> RUN_ARGS...` on the head node.
+runs `python -m jobs.cli run|localize RUN_ARGS...` on the head node.
 """
 
 from __future__ import annotations
@@ -12,23 +12,21 @@ import time
 
 from ray.job_submission import JobStatus, JobSubmissionClient
 
-ENTRY_MODULES = {"run_campaign": "jobs.run_campaign", "localize": "jobs.localize"}
+from jobs.args import JOB_COMMANDS, CliError, campaign_args_parser
 
 
 def campaign_entrypoint(job: str, run_args: list[str]) -> str:
     """The shell command a Ray Job runs for a campaign."""
-    return shlex.join(["python", "-m", ENTRY_MODULES[job], *run_args])
+    return shlex.join(["python", "-m", "jobs.cli", JOB_COMMANDS[job], *run_args])
 
 
 def submit_campaign(address: str, job: str, run_args: list[str], wait: bool = False,
                     poll_s: float = 2.0) -> int:
     """Submit; with ``wait``, stream the job's logs and return 0 only if it succeeded."""
-    from jobs.cli import CliError, build_parser
-
     run_args = [a for a in run_args if a != "--"]
     if not run_args:
         raise CliError("give the briefs file and the options of `paddock run` after the submit options")
-    parsed = build_parser().parse_args(["run", *run_args])  # a typo fails here, not on the cluster
+    parsed = campaign_args_parser().parse_args(run_args)  # a typo fails here, not on the cluster
     for flag, value in (("BRIEFS", parsed.briefs), ("--dam", parsed.dam)):
         if not str(value).startswith("s3://"):
             print(f"paddock submit: warning: {flag} {value} is a path on the cluster's nodes, not on this "

@@ -14,7 +14,7 @@ import re
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field
 
-from model.magihuman.sizes import BASE_SIZES, FINAL_SIZES
+from model.magihuman.sizes import FINAL_SIZES
 from schemas.brief import MAIN_VARIANT_ID, SEED_LIMIT, CampaignBrief, DialogueLine
 from schemas.locales import language_for_locale
 from schemas.render import RENDER_REQUEST_ARROW_SCHEMA, RenderRequest
@@ -77,7 +77,6 @@ def expand_brief(brief: CampaignBrief, row_index: int, model_id: str) -> list[Re
                                  f"{locale}; check the brief with pipeline.ingest.variant_locale_fault first")
             prompt = compose_prompt(scene, dialogue, language, background_sound)
             for aspect in brief.target_aspect_ratios:
-                base_w, base_h = BASE_SIZES[aspect]
                 width, height = FINAL_SIZES[brief.resolution][aspect]
                 for take in range(brief.takes):
                     seed = (brief.base_seed + take) % SEED_LIMIT
@@ -103,8 +102,6 @@ def expand_brief(brief: CampaignBrief, row_index: int, model_id: str) -> list[Re
                             language=language,
                             aspect_ratio=aspect,
                             resolution=brief.resolution,
-                            base_width=base_w,
-                            base_height=base_h,
                             width=width,
                             height=height,
                             duration_s=brief.duration_s,
@@ -112,7 +109,6 @@ def expand_brief(brief: CampaignBrief, row_index: int, model_id: str) -> list[Re
                             variant_id=variant.variant_id,
                             take=take,
                             prompt=prompt,
-                            scene=scene,
                             dialogue=dialogue,
                             background_sound=background_sound,
                             reference_image_uri=brief.reference_image_uri,

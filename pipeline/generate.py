@@ -1,10 +1,26 @@
 """generate: render requests in, decoded clips (or failure records) out.
 
 One instance owns one model replica. Requests are grouped by shape
-(resolution, aspect ratio, duration) so the replica can batch them; a group
-that fails is retried one request at a time, so one bad request (a reference
-image that cannot be read, an out-of-memory at a large size) becomes one
-failure row and the rest of the batch goes on.
+(:func:`shape_batches`, the pipeline's one grouping: the campaign job cuts its
+blocks with it too) so the replica can batch them.
+
+Retries, one layer per kind of fault:
+
+- a request the model cannot render (a reference image that cannot be read,
+  an out-of-memory at a large size): here. A batch that raises is retried one
+  request at a time, so the bad request becomes one failure row and the rest
+  of the batch goes on.
+- a rank of a tensor-parallel replica that dies or hangs: model/replica.py
+  rebuilds the group and retries the call (``ReplicaConfig.max_retries``); when
+  that runs out it raises ``ReplicaError``, which is not retried here again.
+- the render actor's own process dying: Ray Data restarts the actor and runs
+  the block again (actor pools' defaults); user errors never reach Ray, since
+  every failure becomes a row.
+- S3 throttling and 5xx: botocore, inside the S3 DAM
+  (pipeline/dam/s3.py); an OpenLineage endpoint: its HTTP transport
+  (pipeline/lineage.py). A failed render is not retried within a run: the
+  next run (or a repost to the server) makes it, since only finished renders
+  are skipped.
 """
 
 from __future__ import annotations
@@ -18,7 +34,9 @@ from itertools import groupby
 import numpy as np
 
 from model.generator import AVGenerator, ClipSpec, GeneratorConfig
+from model.replica import ReplicaError
 from pipeline.console import quiet_dependencies
+from pipeline.errors import describe_error
 from schemas.render import RenderRequest
 
 logger = logging.getLogger(__name__)
@@ -46,6 +64,15 @@ def shape_key(request: RenderRequest) -> tuple:
     return (request.resolution, request.aspect_ratio, request.duration_s, request.reference_image_uri is not None)
 
 
+def shape_batches(requests: Sequence[RenderRequest], max_batch: int) -> list[list[RenderRequest]]:
+    """The requests grouped by shape, each group cut into batches of at most ``max_batch``."""
+    batches = []
+    for _, group in groupby(sorted(requests, key=shape_key), key=shape_key):
+        group = list(group)
+        batches.extend(group[start:start + max_batch] for start in range(0, len(group), max_batch))
+    return batches
+
+
 def clip_spec(request: RenderRequest) -> ClipSpec:
     return ClipSpec(
         prompt=request.prompt,
@@ -55,14 +82,6 @@ def clip_spec(request: RenderRequest) -> ClipSpec:
         seed=request.seed,
         reference_image=request.reference_image_uri,
     )
-
-
-def describe_error(exc: BaseException) -> str:
-    """A one-line reason for a failure row."""
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    if "out of memory" in text.lower() or isinstance(exc, MemoryError):
-        return f"out of memory: {text or type(exc).__name__}"
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 class GenerateClips:
@@ -75,17 +94,17 @@ class GenerateClips:
 
     def __call__(self, requests: Sequence[RenderRequest]) -> list[GeneratedClip | FailedRender]:
         results: dict[str, GeneratedClip | FailedRender] = {}
-        for _, group in groupby(sorted(requests, key=shape_key), key=shape_key):
-            group = list(group)
-            for start in range(0, len(group), self.max_batch):
-                chunk = group[start:start + self.max_batch]
-                for result in self._generate_chunk(chunk):
-                    results[result.request.render_id] = result
+        for chunk in shape_batches(requests, self.max_batch):
+            for result in self._generate_chunk(chunk):
+                results[result.request.render_id] = result
         return [results[r.render_id] for r in requests]
 
     def _generate_chunk(self, chunk: list[RenderRequest]) -> list[GeneratedClip | FailedRender]:
         try:
             return self._generate(chunk)
+        except ReplicaError as exc:  # the replica already retried on fresh groups: its layer, not this one
+            logger.warning("replica failed on a batch of %d: %s", len(chunk), describe_error(exc))
+            return [FailedRender(request, describe_error(exc)) for request in chunk]
         except Exception as exc:  # noqa: BLE001 - a failed batch is retried request by request
             if len(chunk) == 1:
                 logger.warning("render %s failed: %s", chunk[0].render_id, describe_error(exc))

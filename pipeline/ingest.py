@@ -16,12 +16,14 @@ import logging
 import math
 import re
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import ValidationError
 
+from pipeline.errors import first_line
 from schemas.brief import (
     REQUIRED_COLUMNS,
     BriefVariant,
@@ -88,8 +90,7 @@ def read_briefs_table(path: str | Path, s3_endpoint: str | None = None) -> pa.Ta
                 raise BriefsFileError(f"{local}: is a directory, expected a briefs .parquet file")
             table = pq.read_table(local)
     except (pa.ArrowException, OSError) as exc:
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise BriefsFileError(f"{where}: not a readable Parquet file ({first_line})") from None
+        raise BriefsFileError(f"{where}: not a readable Parquet file ({first_line(exc)})") from None
     present = [c for c in REQUIRED_COLUMNS if c in table.column_names]
     if not present:
         raise BriefsFileError(
@@ -141,7 +142,39 @@ def _reason_from(error: ValidationError, within: str | None = None) -> str:
     return "; ".join(parts)
 
 
-def locale_fault(brief: CampaignBrief, locale: str) -> str | None:
+@dataclass(frozen=True)
+class LocaleFault:
+    """A target locale of a brief that cannot be rendered."""
+
+    index: int
+    """its position in ``brief.target_locales``"""
+    locale: str
+    """canonical when the tag is well-formed, else the tag as given"""
+    reason: str
+
+
+def check_locales(brief: CampaignBrief) -> tuple[list[str], list[LocaleFault]]:
+    """The per-locale checks, for the batch job and the server alike: the brief's target
+    locales that can be rendered (canonical, first occurrence kept), and why the others cannot."""
+    kept: list[str] = []
+    faults: list[LocaleFault] = []
+    for index, tag in enumerate(brief.target_locales):
+        try:
+            locale = canonical_locale(tag)
+        except LocaleError as exc:
+            faults.append(LocaleFault(index, str(tag), f"locales: {exc} (got {tag!r})"))
+            continue
+        if locale in kept:
+            continue
+        fault = _locale_fault(brief, locale)
+        if fault:
+            faults.append(LocaleFault(index, locale, fault))
+        else:
+            kept.append(locale)
+    return kept, faults
+
+
+def _locale_fault(brief: CampaignBrief, locale: str) -> str | None:
     """Why ``locale`` (canonical) cannot be rendered for ``brief``, or None when it can."""
     if language_for_locale(locale) is None:
         return f"locales: unsupported language ({locale}; {supported_locales_hint()})"
@@ -240,21 +273,8 @@ class ValidateBriefs:
         except ValidationError as exc:
             return [reject(_reason_from(exc))]
 
-        results: list[dict] = []
-        kept: list[str] = []
-        for tag in brief.target_locales:
-            try:
-                locale = canonical_locale(tag)
-            except LocaleError as exc:
-                results.append(reject(f"locales: {exc} (got {tag!r})", locale=str(tag)))
-                continue
-            if locale in kept:
-                continue
-            fault = locale_fault(brief, locale)
-            if fault:
-                results.append(reject(fault, locale=locale))
-            else:
-                kept.append(locale)
+        kept, faults = check_locales(brief)
+        results = [reject(fault.reason, locale=fault.locale) for fault in faults]
         results.extend(reject(reason) for reason in variant_rejects)
         variants = None
         if kept_variants is not None:

@@ -70,7 +70,6 @@ class JobType(str, Enum):
 
     CAMPAIGN_BATCH = "CAMPAIGN_BATCH"
     LOCALIZATION = "LOCALIZATION"
-    SERVE = "SERVE"
 
 
 @dataclass
@@ -235,13 +234,18 @@ def dam_dataset(dam_uri: str | os.PathLike, rows: int | None = None, size_bytes:
 class LineageRun:
     """One run of one job: ``start()``, then ``complete()`` or ``fail(error)``.
 
-    As a context manager it starts on entry, completes on a clean exit and
-    emits FAIL (with the error message and stack trace) on an exception, which
-    it re-raises. Set ``outputs`` inside the block to report final counts::
+    As a context manager (how the jobs use it) it starts on entry, completes on
+    a clean exit and emits FAIL (with the error message and stack trace) on an
+    exception, which it re-raises. Set ``outputs`` inside the block to report
+    final counts; call ``fail(reason)`` inside it to end the run as failed
+    without raising (the exit then adds nothing)::
 
         with LineageRun(config, JobType.CAMPAIGN_BATCH, inputs=[...], outputs=[dam_dataset(uri)]) as run:
             ...
             run.outputs = [dam_dataset(uri, rows=n, size_bytes=b)]
+
+    A run starts once and ends once: a second ``start()`` raises, and so does
+    ``complete()`` or ``fail()`` after the run has ended or before it started.
     """
 
     config: LineageConfig
@@ -250,8 +254,11 @@ class LineageRun:
     outputs: list[OutputDataset] = field(default_factory=list)
     run_id: str = field(default_factory=lambda: str(generate_new_uuid()))
     client: OpenLineageClient | None = None
-    # The event types emitted so far, in order; START is never sent twice.
+    # The event types delivered so far, in order.
     emitted: list[str] = field(default_factory=list, init=False)
+    # Whether START / an end event was sent (delivered or not): each is sent once.
+    started: bool = field(default=False, init=False)
+    ended: bool = field(default=False, init=False)
 
     def __post_init__(self) -> None:
         self.job_type = JobType(self.job_type)
@@ -288,16 +295,28 @@ class LineageRun:
 
     def start(self) -> bool:
         """Emit START. Returns whether the event was delivered."""
+        if self.started:
+            raise RuntimeError(f"lineage run {self.run_id} of {self.config.job_name} already started; "
+                               "make a new LineageRun for another run")
+        self.started = True
         return self._emit(RunState.START)
+
+    def _end(self, state: RunState) -> None:
+        if not self.started or self.ended:
+            raise RuntimeError(f"lineage run {self.run_id} of {self.config.job_name}: {state.value} needs a run "
+                               f"that started and has not ended ({'ended' if self.ended else 'not started'})")
+        self.ended = True
 
     def complete(self, outputs: Sequence[OutputDataset] | None = None) -> bool:
         """Emit COMPLETE, with ``outputs`` (e.g. the DAM with its final counts) when given."""
+        self._end(RunState.COMPLETE)
         if outputs is not None:
             self.outputs = list(outputs)
         return self._emit(RunState.COMPLETE)
 
     def fail(self, error: BaseException | str) -> bool:
         """Emit FAIL with the error message (and the stack trace of an exception)."""
+        self._end(RunState.FAIL)
         if isinstance(error, BaseException):
             message = f"{type(error).__name__}: {error}"
             stack = "".join(traceback.format_exception(type(error), error, error.__traceback__))
@@ -319,7 +338,9 @@ class LineageRun:
 
     def __exit__(self, exc_type, exc, tb) -> bool:
         try:
-            if exc is None:
+            if self.ended:
+                pass  # fail(reason) inside the block already ended the run
+            elif exc is None:
                 self.complete()
             else:
                 self.fail(exc)

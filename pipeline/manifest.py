@@ -7,7 +7,7 @@ import html
 from collections import Counter, defaultdict
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, field_validator
+from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 
 from schemas.arrow import arrow_schema
 
@@ -30,7 +30,8 @@ class ManifestRow(BaseModel):
     height: int
     duration_s: int
     seed: int
-    variant_index: int
+    variant_id: str = "main"
+    take: int = 0
     model_id: str
     status: str
     error: str | None = None
@@ -52,6 +53,15 @@ class ManifestRow(BaseModel):
     bytes_uploaded: int = 0
     bytes_from_render: int = 0
     timings_s: dict[str, float] = {}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _old_layout(cls, data):
+        # Manifests written before creative variants had one integer "variant_index": the take.
+        if isinstance(data, dict) and "variant_index" in data:
+            data = dict(data)
+            data.setdefault("take", data.pop("variant_index"))
+        return data
 
     @field_validator("keys", "sha256", "sizes", "timings_s", mode="before")
     @classmethod
@@ -106,7 +116,7 @@ def contact_sheet_html(rows: list[ManifestRow], asset_base: str = "") -> str:
     where the sheet itself is stored.
     """
     groups: dict[tuple[str, str], list[ManifestRow]] = defaultdict(list)
-    for row in sorted(rows, key=lambda r: (r.campaign_id, r.brief_id, r.locale, r.aspect_ratio, r.variant_index)):
+    for row in sorted(rows, key=lambda r: (r.campaign_id, r.brief_id, r.locale, r.aspect_ratio, r.variant_id, r.take)):
         groups[(row.brief_id, row.locale)].append(row)
     esc = html.escape
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>paddock contact sheet</title>"
@@ -116,7 +126,7 @@ def contact_sheet_html(rows: list[ManifestRow], asset_base: str = "") -> str:
         parts.append(f"<h2>{esc(brief_id)} — {esc(locale)}</h2><div class='clips'>")
         for row in clips:
             css = row.review_status or row.status
-            parts.append(f"<div class='clip {esc(css)}'><b>{esc(row.aspect_ratio)} · variant {row.variant_index}</b>"
+            parts.append(f"<div class='clip {esc(css)}'><b>{esc(row.aspect_ratio)} · {esc(row.variant_id)} take {row.take}</b>"
                          f"<br><code>{esc(row.render_id)}</code>")
             if "mp4" in row.keys:
                 poster = f" poster='{esc(asset_base + row.keys['jpg'])}'" if "jpg" in row.keys else ""

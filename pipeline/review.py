@@ -1,12 +1,18 @@
 """review: tag every generated clip from its signal and decide its review status.
 
+Two steps, kept apart: :func:`measure_clip` measures (:class:`ReviewSignals`,
+no judgement), and :func:`decide_review` decides the status and its reasons
+(:class:`ReviewResult`) once, from the measures of the delivered clip: the
+render stage measures, muxes, swaps in the loudness mux measured on its output
+(:meth:`ReviewSignals.as_delivered`), then decides.
+
 Measures (all in numpy, on the arrays the generate stage hands over):
 - duration, fps and resolution against what was requested;
 - black frames and frozen frames, as a share of the clip;
 - silence and clipping, as a share of the audio; the non-silent spans
   (`speech_spans`, which mux spreads the captions over);
 - integrated loudness per ITU-R BS.1770-4 / EBU R128 (LUFS), sample peak and
-  true peak (4x oversampled);
+  true peak (4x oversampled), from :mod:`pipeline.loudness`;
 - the audio-video offset: the audio's energy-change envelope cross-correlated
   with the frame-difference motion envelope. Sign: positive means the audio
   lags the video (a beep 200 ms after its flash reads +200 ms);
@@ -29,6 +35,7 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from pipeline.loudness import as_channels, integrated_loudness, true_peak_dbtp
 from schemas.brief import DialogueLine
 from schemas.render import FPS, RenderRequest
 
@@ -101,11 +108,11 @@ class ReviewExpectation(BaseModel):
         )
 
 
-class ReviewResult(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class ReviewSignals(BaseModel):
+    """What the review measured on a clip; no judgement in it."""
 
-    review_status: ReviewStatus
-    review_reasons: list[str]
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
     duration_s: float = Field(description="video duration: frames / fps")
     audio_duration_s: float
     fps: float
@@ -123,103 +130,20 @@ class ReviewResult(BaseModel):
     speech_spans: list[tuple[float, float]] = Field(description="(start_s, end_s) of non-silent audio")
     forbidden_terms_found: list[str]
 
-
-# --------------------------------------------------------------------------- loudness (BS.1770-4)
-
-# Analog prototypes of the K-weighting stages (the constants libebur128 derives
-# the 48 kHz table of BS.1770 from), so the filters exist at any sample rate.
-_SHELF_F0, _SHELF_GAIN_DB, _SHELF_Q = 1681.974450955533, 3.999843853973347, 0.7071752369554196
-_HIGHPASS_F0, _HIGHPASS_Q = 38.13547087602444, 0.5003270373238773
-_ABSOLUTE_GATE_LUFS = -70.0
-_RELATIVE_GATE_LU = -10.0
+    def as_delivered(self, integrated_lufs: float | None, true_peak_dbtp: float | None) -> ReviewSignals:
+        """These measures with the loudness of the delivered file: mux normalizes loudness,
+        so what counts is what it measured on its output, not the model's raw audio."""
+        return self.model_copy(update={"integrated_lufs": integrated_lufs, "true_peak_dbtp": true_peak_dbtp})
 
 
-def k_weighting_biquads(sample_rate: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    """(b, a) of the two K-weighting biquads: the high-shelf pre-filter, then the RLB high-pass."""
-    k = np.tan(np.pi * _SHELF_F0 / sample_rate)
-    vh = 10.0 ** (_SHELF_GAIN_DB / 20.0)
-    vb = vh**0.4996667741545416
-    a0 = 1.0 + k / _SHELF_Q + k * k
-    shelf_b = np.array([vh + vb * k / _SHELF_Q + k * k, 2.0 * (k * k - vh), vh - vb * k / _SHELF_Q + k * k]) / a0
-    shelf_a = np.array([a0, 2.0 * (k * k - 1.0), 1.0 - k / _SHELF_Q + k * k]) / a0
+class ReviewResult(ReviewSignals):
+    """The measures and the decision made from them (:func:`decide_review`)."""
 
-    k = np.tan(np.pi * _HIGHPASS_F0 / sample_rate)
-    a0 = 1.0 + k / _HIGHPASS_Q + k * k
-    highpass_b = np.array([1.0, -2.0, 1.0])
-    highpass_a = np.array([a0, 2.0 * (k * k - 1.0), 1.0 - k / _HIGHPASS_Q + k * k]) / a0
-    return [(shelf_b, shelf_a), (highpass_b, highpass_a)]
-
-
-def k_weight(audio: np.ndarray, sample_rate: int) -> np.ndarray:
-    """Apply the K-weighting filter to [samples, channels] audio (float64 out).
-
-    The IIR cascade runs in the frequency domain on a transform padded by one
-    second: the filters' impulse responses decay far below float64 precision
-    within that pad, so the result equals time-domain filtering without a
-    per-sample Python loop.
-    """
-    x = np.asarray(audio, dtype=np.float64)
-    n = x.shape[0]
-    n_fft = 1 << int(np.ceil(np.log2(n + sample_rate)))
-    z_inv = np.exp(-2j * np.pi * np.arange(n_fft // 2 + 1) / n_fft)
-    response = np.ones_like(z_inv)
-    for b, a in k_weighting_biquads(sample_rate):
-        response *= np.polyval(b[::-1], z_inv) / np.polyval(a[::-1], z_inv)
-    spectrum = np.fft.rfft(x, n=n_fft, axis=0) * response[:, None]
-    return np.fft.irfft(spectrum, n=n_fft, axis=0)[:n]
-
-
-def _channel_weights(channels: int) -> np.ndarray:
-    if channels == 6:  # 5.1 in L R C LFE Ls Rs order: LFE excluded, surrounds +1.5 dB
-        return np.array([1.0, 1.0, 1.0, 0.0, 1.41, 1.41])
-    return np.ones(channels)
-
-
-def integrated_loudness(audio: np.ndarray, sample_rate: int) -> float | None:
-    """Gated integrated loudness in LUFS (BS.1770-4): 400 ms blocks, 75 % overlap,
-    absolute gate -70 LUFS, relative gate -10 LU. None when no block passes the gates."""
-    audio = _as_2d(audio)
-    block, step = round(0.4 * sample_rate), round(0.1 * sample_rate)
-    if audio.shape[0] < block:
-        return None
-    weighted = k_weight(audio, sample_rate)
-    energy = np.concatenate([np.zeros((1, audio.shape[1])), np.cumsum(weighted**2, axis=0)])
-    starts = np.arange(0, audio.shape[0] - block + 1, step)
-    block_power = ((energy[starts + block] - energy[starts]) / block) @ _channel_weights(audio.shape[1])
-    with np.errstate(divide="ignore"):
-        block_lufs = -0.691 + 10.0 * np.log10(block_power)
-    gated = block_lufs > _ABSOLUTE_GATE_LUFS
-    if not gated.any():
-        return None
-    relative_gate = -0.691 + 10.0 * np.log10(block_power[gated].mean()) + _RELATIVE_GATE_LU
-    gated &= block_lufs > relative_gate
-    return float(-0.691 + 10.0 * np.log10(block_power[gated].mean()))
-
-
-def true_peak_dbtp(audio: np.ndarray, oversample: int = 4) -> float | None:
-    """True peak in dBTP from band-limited (FFT) 4x oversampling; None for digital silence."""
-    audio = _as_2d(audio).astype(np.float64)
-    if audio.shape[0] == 0:
-        return None
-    # Zero guard at both ends so the transform's periodic wrap does not ring at the edges.
-    guard = np.zeros((64, audio.shape[1]))
-    padded = np.concatenate([guard, audio, guard])
-    n = padded.shape[0]
-    upsampled = np.fft.irfft(np.fft.rfft(padded, axis=0), n=n * oversample, axis=0) * oversample
-    peak = float(np.abs(upsampled).max())
-    return 20.0 * np.log10(peak) if peak > 0 else None
+    review_status: ReviewStatus
+    review_reasons: list[str]
 
 
 # --------------------------------------------------------------------------- audio measures
-
-
-def _as_2d(audio: np.ndarray) -> np.ndarray:
-    audio = np.asarray(audio)
-    if audio.ndim == 1:
-        return audio[:, None]
-    if audio.ndim != 2:
-        raise ValueError(f"audio must be [samples, channels], got shape {audio.shape}")
-    return audio
 
 
 def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
@@ -240,7 +164,7 @@ def silence_and_speech(
     audio: np.ndarray, sample_rate: int, thresholds: ReviewThresholds
 ) -> tuple[float, list[tuple[float, float]]]:
     """Silence share (of fixed windows) and the non-silent spans in seconds."""
-    audio = _as_2d(audio).astype(np.float64)
+    audio = as_channels(audio).astype(np.float64)
     window = max(1, round(thresholds.silence_window_s * sample_rate))
     n_windows = audio.shape[0] // window
     if n_windows == 0:
@@ -319,7 +243,7 @@ def estimate_av_offset(
     hop_s = thresholds.av_hop_ms / 1000.0
     hop = max(1, round(hop_s * sample_rate))
     hop_s = hop / sample_rate
-    mono = _as_2d(audio).astype(np.float64).mean(axis=1)
+    mono = as_channels(audio).astype(np.float64).mean(axis=1)
     n_hops = mono.shape[0] // hop
     if n_hops < 3 or motion.size < 2:
         return None, 0.0
@@ -393,104 +317,86 @@ def find_forbidden_terms(texts: Sequence[str], forbidden_terms: Sequence[str]) -
     return found
 
 
-# --------------------------------------------------------------------------- the stage
+# --------------------------------------------------------------------------- measure, then decide
 
 
-def review_clip(
+def measure_clip(
     frames: np.ndarray,
     audio: np.ndarray,
     sample_rate: int,
     fps: float,
     expected: ReviewExpectation,
     thresholds: ReviewThresholds | None = None,
-) -> ReviewResult:
-    """Tag one clip (frames uint8 [T, H, W, 3], audio float [samples, channels]) and set its status."""
+) -> ReviewSignals:
+    """Every measure of one clip (frames uint8 [T, H, W, 3], audio float [samples, channels])."""
     thresholds = thresholds or ReviewThresholds()
-    audio = _as_2d(np.asarray(audio, dtype=np.float32))
+    audio = as_channels(np.asarray(audio, dtype=np.float32))
     num_frames, height, width = frames.shape[:3]
-    duration_s = num_frames / fps
-    audio_duration_s = audio.shape[0] / sample_rate
 
     luma = luma_thumbnails(frames, thresholds.analysis_width)
     black, frozen, motion = black_and_frozen(luma, fps, thresholds)
     silence_share, speech_spans = silence_and_speech(audio, sample_rate, thresholds)
-    clipping_share = float((np.abs(audio) >= thresholds.clip_level).mean()) if audio.size else 0.0
-    lufs = integrated_loudness(audio, sample_rate)
     sample_peak = float(np.abs(audio).max()) if audio.size else 0.0
     av_offset_ms, av_confidence = estimate_av_offset(motion, audio, sample_rate, fps, thresholds)
-    texts = [line.line for line in expected.dialogue]
-    forbidden_found = find_forbidden_terms(texts, expected.forbidden_terms)
-
-    hard: list[str] = []
-    if abs(duration_s - expected.duration_s) > thresholds.duration_tolerance_s:
-        hard.append(f"duration {duration_s:.2f}s, requested {expected.duration_s:g}s")
-    if abs(audio_duration_s - duration_s) > thresholds.duration_tolerance_s:
-        hard.append(f"audio lasts {audio_duration_s:.2f}s, video {duration_s:.2f}s")
-    if abs(fps - expected.fps) > thresholds.fps_tolerance:
-        hard.append(f"fps {fps:g}, requested {expected.fps:g}")
-    if (width, height) != (expected.width, expected.height):
-        hard.append(f"size {width}x{height}, requested {expected.width}x{expected.height}")
-    if expected.has_dialogue and silence_share >= thresholds.silent_clip_share:
-        hard.append(f"silent clip ({silence_share:.0%} silence) but {len(expected.dialogue)} dialogue lines")
-    if forbidden_found:
-        hard.append(f"forbidden terms in dialogue: {', '.join(forbidden_found)}")
-
-    soft: list[str] = []
-    if (
-        av_offset_ms is not None
-        and abs(av_offset_ms) > thresholds.max_av_offset_ms
-        and av_confidence >= thresholds.min_av_offset_confidence
-    ):
-        soft.append(f"audio-video offset {av_offset_ms:+.0f} ms (confidence {av_confidence:.2f})")
-    if loudness := loudness_fault(lufs, thresholds):
-        soft.append(loudness)
-    black_share, frozen_share = float(black.mean()), float(frozen.mean())
-    if black_share > thresholds.max_black_share:
-        soft.append(f"black frames {black_share:.0%}")
-    if frozen_share > thresholds.max_frozen_share:
-        soft.append(f"frozen frames {frozen_share:.0%}")
-    if clipping_share > thresholds.max_clipping_share:
-        soft.append(f"clipped samples {clipping_share:.2%}")
-
-    status: ReviewStatus = "rejected" if hard else "needs_review" if soft else "auto_approved"
-    return ReviewResult(
-        review_status=status,
-        review_reasons=hard + soft,
-        duration_s=duration_s,
-        audio_duration_s=audio_duration_s,
+    return ReviewSignals(
+        duration_s=num_frames / fps,
+        audio_duration_s=audio.shape[0] / sample_rate,
         fps=fps,
         width=width,
         height=height,
-        black_frame_share=black_share,
-        frozen_frame_share=frozen_share,
+        black_frame_share=float(black.mean()),
+        frozen_frame_share=float(frozen.mean()),
         silence_share=silence_share,
-        clipping_share=clipping_share,
-        integrated_lufs=lufs,
+        clipping_share=float((np.abs(audio) >= thresholds.clip_level).mean()) if audio.size else 0.0,
+        integrated_lufs=integrated_loudness(audio, sample_rate),
         sample_peak_dbfs=20.0 * np.log10(sample_peak) if sample_peak > 0 else None,
         true_peak_dbtp=true_peak_dbtp(audio),
         av_offset_ms=av_offset_ms,
         av_offset_confidence=av_confidence,
         speech_spans=speech_spans,
-        forbidden_terms_found=forbidden_found,
+        forbidden_terms_found=find_forbidden_terms([line.line for line in expected.dialogue],
+                                                   expected.forbidden_terms),
     )
 
 
-def loudness_fault(lufs: float | None, thresholds: ReviewThresholds) -> str | None:
-    if lufs is not None and abs(lufs - thresholds.loudness_target_lufs) > thresholds.loudness_tolerance_lu:
-        return f"loudness {lufs:.1f} LUFS, target {thresholds.loudness_target_lufs:g}"
-    return None
+def decide_review(signals: ReviewSignals, expected: ReviewExpectation,
+                  thresholds: ReviewThresholds | None = None) -> ReviewResult:
+    """The review status and its reasons, decided once from the measures (for a
+    delivered clip: :meth:`ReviewSignals.as_delivered`)."""
+    thresholds = thresholds or ReviewThresholds()
+    m = signals
+    hard: list[str] = []
+    if abs(m.duration_s - expected.duration_s) > thresholds.duration_tolerance_s:
+        hard.append(f"duration {m.duration_s:.2f}s, requested {expected.duration_s:g}s")
+    if abs(m.audio_duration_s - m.duration_s) > thresholds.duration_tolerance_s:
+        hard.append(f"audio lasts {m.audio_duration_s:.2f}s, video {m.duration_s:.2f}s")
+    if abs(m.fps - expected.fps) > thresholds.fps_tolerance:
+        hard.append(f"fps {m.fps:g}, requested {expected.fps:g}")
+    if (m.width, m.height) != (expected.width, expected.height):
+        hard.append(f"size {m.width}x{m.height}, requested {expected.width}x{expected.height}")
+    if expected.has_dialogue and m.silence_share >= thresholds.silent_clip_share:
+        hard.append(f"silent clip ({m.silence_share:.0%} silence) but {len(expected.dialogue)} dialogue lines")
+    if m.forbidden_terms_found:
+        hard.append(f"forbidden terms in dialogue: {', '.join(m.forbidden_terms_found)}")
 
+    soft: list[str] = []
+    if (
+        m.av_offset_ms is not None
+        and abs(m.av_offset_ms) > thresholds.max_av_offset_ms
+        and m.av_offset_confidence >= thresholds.min_av_offset_confidence
+    ):
+        soft.append(f"audio-video offset {m.av_offset_ms:+.0f} ms (confidence {m.av_offset_confidence:.2f})")
+    if (
+        m.integrated_lufs is not None
+        and abs(m.integrated_lufs - thresholds.loudness_target_lufs) > thresholds.loudness_tolerance_lu
+    ):
+        soft.append(f"loudness {m.integrated_lufs:.1f} LUFS, target {thresholds.loudness_target_lufs:g}")
+    if m.black_frame_share > thresholds.max_black_share:
+        soft.append(f"black frames {m.black_frame_share:.0%}")
+    if m.frozen_frame_share > thresholds.max_frozen_share:
+        soft.append(f"frozen frames {m.frozen_frame_share:.0%}")
+    if m.clipping_share > thresholds.max_clipping_share:
+        soft.append(f"clipped samples {m.clipping_share:.2%}")
 
-def with_delivered_loudness(result: ReviewResult, lufs: float | None, true_peak: float | None,
-                            thresholds: ReviewThresholds) -> ReviewResult:
-    """The review as of the delivered file: mux normalizes loudness, so the
-    loudness tags and the loudness rule apply to what mux measured on its output,
-    not to the model's raw audio."""
-    reasons = [r for r in result.review_reasons if loudness_fault(result.integrated_lufs, thresholds) != r]
-    if loudness := loudness_fault(lufs, thresholds):
-        reasons.append(loudness)
-    status = result.review_status
-    if status != "rejected":
-        status = "needs_review" if reasons else "auto_approved"
-    return result.model_copy(update={"integrated_lufs": lufs, "true_peak_dbtp": true_peak,
-                                     "review_reasons": reasons, "review_status": status})
+    status: ReviewStatus = "rejected" if hard else "needs_review" if soft else "auto_approved"
+    return ReviewResult(**signals.model_dump(), review_status=status, review_reasons=hard + soft)

@@ -1,13 +1,12 @@
-"""The one place that knows the stage order and the Ray Data calls."""
+"""The one place that knows the stage order and the Ray Data calls: `plan` (ingest +
+expand), `run_campaign` (plan, skip what the DAM has, render, archive, report) and
+the placement of the render stage's replicas. The stages themselves live in their
+own modules (render.py, archive.py, reports.py, ...)."""
 
 from __future__ import annotations
 
-import hashlib
-import io
 import logging
 import os
-import tempfile
-import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -22,28 +21,28 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import ray
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import Field, field_validator
 from ray.data.expressions import col
 
 from model.generator import AVGenerator, GeneratorConfig
 from model.presets import get_preset
 from model.placement import ReplicaShape
 from model.replica import make_replica
-from pipeline.archive import DAM, ArchiveRenders, ArchiveResult, LocalDAM, is_archived, open_dam, render_key_prefix
+from pipeline.archive import ArchiveRenders, find_archived
+from pipeline.dam import DAM, open_dam
 from pipeline.console import quiet_dependencies
 from pipeline.expand import ExpandBriefs
-from pipeline.generate import FailedRender, GenerateClips, GeneratedClip, describe_error, shape_key
+from pipeline.generate import shape_batches
 from pipeline.ingest import REJECTS_SCHEMA, ValidateBriefs, first_row_by_brief_id, read_briefs_table, reason_category
 from pipeline.lineage import JobType, LineageConfig, LineageRun, briefs_dataset, checkpoint_dataset, dam_dataset
+from pipeline.manifest import ManifestRow
 from pipeline.media import check_ffmpeg
-from pipeline.manifest import MANIFEST_ARROW_SCHEMA, ManifestRow, contact_sheet_html
-from pipeline.mux import CHANNEL_PROFILES, ChannelProfile, mux_clip
-from pipeline.review import ReviewExpectation, ReviewResult, ReviewThresholds, review_clip, with_delivered_loudness
+from pipeline.mux import CHANNEL_PROFILES
+from pipeline.render import RenderClips
+from pipeline.reports import manifest_row, rendered_manifest_row, write_reports
+from pipeline.settings import RenderSettings
 from schemas.brief import BRIEF_ARROW_SCHEMA
 from schemas.render import RENDER_REQUEST_ARROW_SCHEMA, RenderRequest
-
-MANIFEST_KEY = "manifest.parquet"
-CONTACT_SHEET_KEY = "contact_sheet.html"
 
 # Rows per Ray Data block when planning: large enough to amortize task
 # overhead, small enough that both cores get work on a few thousand briefs.
@@ -142,110 +141,18 @@ def write_plan(result: PlanResult, out_dir: str | Path) -> tuple[Path, Path]:
 # --------------------------------------------------------------------------- the campaign batch job
 
 
-class CampaignConfig(BaseModel):
-    """Everything `paddock run` needs; real weights, GPUs and S3 are settings here, not code."""
-
-    model_config = ConfigDict(extra="forbid")
+class CampaignConfig(RenderSettings):
+    """Everything `paddock run` needs; real weights, GPUs and S3 are settings here, not code.
+    The shared settings are pipeline/settings.py's."""
 
     briefs: str = Field(description="briefs Parquet file: a local path or s3://bucket/key")
-    dam: str = "./dam"
-    s3_endpoint: str | None = None
-    model: str = "tiny"
-    checkpoint_dir: Path | None = None
-    device: str = "auto"
-    tp_size: int = Field(1, ge=1)
-    replicas: int = Field(1, ge=1)
     workdir: Path = Path("./work")
     batch_size: int = Field(2, ge=1, description="requests per call into a replica")
-    profile: str = "web"
-    thresholds: ReviewThresholds = ReviewThresholds()
 
     @field_validator("briefs", mode="before")
     @classmethod
     def _path_as_text(cls, value):
         return os.fspath(value) if isinstance(value, os.PathLike) else value
-
-
-class RenderClips:
-    """Actor-pool stage: generate, review and mux in one process, so decoded
-    frames never leave the machine that decoded them; only the encoded
-    deliverables (MP4, WAV, poster, captions) travel on to archive."""
-
-    def __init__(self, generator_config: GeneratorConfig, thresholds: ReviewThresholds, profile: ChannelProfile,
-                 batch_size: int, tp_size: int = 1):
-        check_ffmpeg()  # once per actor (a Serve replica, a pool actor): its node's ffmpeg, before the model loads
-        self.generate = GenerateClips(generator_config, max_batch=batch_size,
-                                      make_generator=replica_factory(tp_size, generator_config.device))
-        self.thresholds = thresholds
-        self.profile = profile
-        # The actor runs two calls at once: one holds the model while the other
-        # reviews and encodes its clips on the CPU.
-        self.model_lock = threading.Lock()
-
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        requests = [RenderRequest.model_validate(row) for row in batch.to_pylist()]
-        with self.model_lock:
-            results = self.generate(requests)
-        rows = []
-        for result in results:
-            row = {**result.request.model_dump(include=set(RENDERED_SCHEMA.names)),
-                   "review_json": None, "assets": None, "timings_s": None, "error": None}
-            if isinstance(result, FailedRender):
-                row["error"] = result.error
-            else:
-                try:
-                    row.update(self._review_and_mux(result))
-                except Exception as exc:  # noqa: BLE001 - a clip that cannot be encoded is one failure row
-                    row["error"] = f"review/mux: {describe_error(exc)}"
-            rows.append(row)
-        return pa.Table.from_pylist(rows, schema=RENDERED_SCHEMA)
-
-    def _review_and_mux(self, clip: GeneratedClip) -> dict:
-        timings = dict(clip.timings_s)
-        started = time.perf_counter()
-        review = review_clip(clip.frames, clip.audio, clip.sample_rate, clip.fps,
-                             ReviewExpectation.from_request(clip.request), self.thresholds)
-        timings["review"] = time.perf_counter() - started
-        started = time.perf_counter()
-        with tempfile.TemporaryDirectory(prefix="paddock-mux-") as tmp:
-            muxed = mux_clip(clip.frames, clip.audio, clip.sample_rate, clip.fps, tmp, clip.request.render_id,
-                             dialogue=clip.request.dialogue, speech_spans=review.speech_spans, profile=self.profile)
-            review = with_delivered_loudness(review, muxed.output_lufs, muxed.output_true_peak_dbtp, self.thresholds)
-            assets = {ext: path.read_bytes() for ext, path in
-                      (("mp4", muxed.mp4_path), ("wav", muxed.wav_path), ("jpg", muxed.poster_path),
-                       ("vtt", muxed.vtt_path))}
-        timings["mux"] = time.perf_counter() - started
-        return {"review_json": review.model_dump_json(), "assets": list(assets.items()), "timings_s": list(timings.items())}
-
-
-RENDERED_SCHEMA = pa.schema([
-    *(RENDER_REQUEST_ARROW_SCHEMA.field(name) for name in
-      ("render_id", "campaign_id", "brief_id", "locale", "aspect_ratio", "model_id", "seed")),
-    ("review_json", pa.string()),
-    ("assets", pa.map_(pa.string(), pa.binary())),
-    ("timings_s", pa.map_(pa.string(), pa.float64())),
-    ("error", pa.string()),
-])
-
-
-def _manifest_row(request: RenderRequest, status: str, *, error: str | None = None,
-                  review: ReviewResult | None = None, archive: ArchiveResult | None = None,
-                  timings: dict[str, float] | None = None, bytes_from_render: int = 0) -> ManifestRow:
-    row = ManifestRow(
-        **request.model_dump(include=set(ManifestRow.model_fields) & set(RenderRequest.model_fields)),
-        variant_index=request.take, status=status, error=error, timings_s=timings or {}, bytes_from_render=bytes_from_render,
-    )
-    if review is not None:
-        row = row.model_copy(update={
-            "review_status": review.review_status, "review_reasons": review.review_reasons,
-            **{f"review_{name}": getattr(review, name) for name in (
-                "duration_s", "black_frame_share", "frozen_frame_share", "silence_share", "clipping_share",
-                "integrated_lufs", "true_peak_dbtp", "av_offset_ms", "av_offset_confidence")},
-        })
-    if archive is not None:
-        row = row.model_copy(update={"dam_uri": archive.dam_uri, "keys": archive.keys, "sha256": archive.sha256,
-                                     "sizes": archive.sizes, "bytes_uploaded": archive.bytes_uploaded})
-    return row
 
 
 def resolve_device(device: str) -> str:
@@ -313,38 +220,17 @@ def _generator_config(config: CampaignConfig, todo: list[RenderRequest]) -> Gene
 
 def _already_archived(dam: DAM, requests: list[RenderRequest]) -> dict[str, ManifestRow]:
     """render_id -> its "skipped" manifest row, for renders a previous run finished. A
-    record whose review no longer reads as a ReviewResult counts as not finished: the
-    render is redone."""
+    record that does not read as a CompletionRecord (its review included) counts as
+    not finished: the render is redone."""
     def check(request: RenderRequest) -> ManifestRow | None:
-        prefix = render_key_prefix(request.campaign_id, request.brief_id, request.locale, request.aspect_ratio)
-        record = is_archived(dam, prefix, request.render_id)
+        record = find_archived(dam, request)
         if record is None:
             return None
-        try:
-            review = ReviewResult.model_validate(record["review"]) if record.get("review") else None
-        except ValidationError:
-            logger.warning("%s: the completion record of %s has an unreadable review; redoing it",
-                           dam.uri, request.render_id)
-            return None
-        objects = record["objects"]
-        return _manifest_row(request, "skipped", review=review).model_copy(update={
-            "dam_uri": dam.uri,
-            "keys": {ext: obj["key"] for ext, obj in objects.items()},
-            "sha256": {ext: obj["sha256"] for ext, obj in objects.items()},
-            "sizes": {ext: obj["size"] for ext, obj in objects.items()},
-        })
+        return manifest_row(request, "skipped", review=record.review).model_copy(update={
+            "dam_uri": dam.uri, "keys": record.keys, "sha256": record.sha256, "sizes": record.sizes})
 
     with ThreadPoolExecutor(max_workers=16) as pool:
         return {row.render_id: row for row in pool.map(check, requests) if row is not None}
-
-
-def read_dam_manifest(dam: DAM) -> dict[str, ManifestRow]:
-    """The manifest a previous run left in the DAM, by render_id (empty when there is none)."""
-    data = dam.get_bytes(MANIFEST_KEY)
-    if data is None:
-        return {}
-    table = pq.read_table(io.BytesIO(data))
-    return {row["render_id"]: ManifestRow.model_validate(row) for row in table.to_pylist()}
 
 
 def run_campaign(config: CampaignConfig, log: Callable[[str], None] = print, *,
@@ -359,27 +245,18 @@ def run_campaign(config: CampaignConfig, log: Callable[[str], None] = print, *,
     check_ffmpeg()  # before any model work: a build that cannot mux would fail every render
     dam = open_dam(config.dam, s3_endpoint=config.s3_endpoint)
     config.workdir.mkdir(parents=True, exist_ok=True)
-    lineage = LineageRun(
+    with LineageRun(
         LineageConfig.from_env(job_type.value.lower(), config.workdir), job_type,
         inputs=[briefs_dataset(config.briefs, BRIEF_ARROW_SCHEMA),
                 checkpoint_dataset(config.model, config.checkpoint_dir)],
         outputs=[dam_dataset(dam.uri)],
-    )
-    lineage.start()
-    try:
+    ) as lineage:
         result = _run_campaign(config, dam, log, select)
-    except BaseException as exc:
-        lineage.fail(exc)
-        lineage.close()
-        raise
-    lineage.outputs = [dam_dataset(dam.uri, rows=len(result.manifest),
-                                   file_count=sum(len(r.keys) for r in result.manifest),
-                                   size_bytes=sum(sum(r.sizes.values()) for r in result.manifest))]
-    if result.failed:
-        lineage.fail(f"{len(result.failed)} of {len(result.manifest)} renders failed")
-    else:
-        lineage.complete()
-    lineage.close()
+        lineage.outputs = [dam_dataset(dam.uri, rows=len(result.manifest),
+                                       file_count=sum(len(r.keys) for r in result.manifest),
+                                       size_bytes=sum(sum(r.sizes.values()) for r in result.manifest))]
+        if result.failed:
+            lineage.fail(f"{len(result.failed)} of {len(result.manifest)} renders failed")
     return result
 
 
@@ -401,12 +278,11 @@ def _run_campaign(config: CampaignConfig, dam: DAM, log: Callable[[str], None],
     log(f"{len(archived)} renders already in {dam.uri}, {len(todo)} to make")
 
     if todo:
-        # Grouped by shape so a replica's batches share latent sizes.
-        todo.sort(key=shape_key)
         generator_config = _generator_config(config, todo)
-        table = pa.Table.from_pylist([r.model_dump() for r in todo], schema=RENDER_REQUEST_ARROW_SCHEMA)
-        # One block per replica call, so every replica of the pool gets work.
-        blocks = [table.slice(start, config.batch_size) for start in range(0, table.num_rows, config.batch_size)]
+        # One block per replica call, of one shape, so every replica of the pool gets work
+        # and each call is one batch of equal latent sizes.
+        blocks = [pa.Table.from_pylist([r.model_dump() for r in batch], schema=RENDER_REQUEST_ARROW_SCHEMA)
+                  for batch in shape_batches(todo, config.batch_size)]
         with replica_pool(config.tp_size, config.replicas, generator_config.device) as pool_args:
             rendered = (
                 ray.data.from_arrow(blocks)
@@ -414,7 +290,8 @@ def _run_campaign(config: CampaignConfig, dam: DAM, log: Callable[[str], None],
                     RenderClips,
                     fn_constructor_kwargs={"generator_config": generator_config, "thresholds": config.thresholds,
                                            "profile": CHANNEL_PROFILES[config.profile],
-                                           "batch_size": config.batch_size, "tp_size": config.tp_size},
+                                           "batch_size": config.batch_size,
+                                           "make_generator": replica_factory(config.tp_size, generator_config.device)},
                     batch_size=config.batch_size, batch_format="pyarrow",
                     **pool_args,
                 )
@@ -424,56 +301,13 @@ def _run_campaign(config: CampaignConfig, dam: DAM, log: Callable[[str], None],
             for batch in rendered.iter_batches(batch_format="pyarrow", batch_size=None):
                 for row in batch.to_pylist():
                     request = by_id[row["render_id"]]
-                    review = ReviewResult.model_validate_json(row["review_json"]) if row["review_json"] else None
-                    archive = ArchiveResult.model_validate_json(row["archive_json"]) if row["archive_json"] else None
-                    status = "done" if archive is not None else "failed"
-                    manifest[request.render_id] = _manifest_row(
-                        request, status, error=row["error"], review=review, archive=archive,
-                        timings={**dict(row["timings_s"] or []),
-                                 **({"archive": row["archive_s"]} if row["archive_s"] is not None else {})},
-                        bytes_from_render=row["assets_bytes"])
+                    made = manifest[request.render_id] = rendered_manifest_row(request, row)
                     done = len(manifest) - len(archived)
                     log(f"[{done}/{len(todo)}] {request.brief_id} {request.locale} {request.aspect_ratio} "
-                        f"{request.variant_id} t{request.take}: {status}"
-                        + (f", {review.review_status}" if review else "") + (f" ({row['error']})" if row["error"] else "")
-                        + f"  {time.perf_counter() - started:.0f}s")
+                        f"{request.variant_id} t{request.take}: {made.status}"
+                        + (f", {made.review_status}" if made.review_status else "")
+                        + (f" ({made.error})" if made.error else "") + f"  {time.perf_counter() - started:.0f}s")
 
     rows = [manifest[r.render_id] for r in requests]
-    manifest_path, sheet_path = _write_reports(rows, dam, config.workdir)
+    manifest_path, sheet_path = write_reports(rows, dam, config.workdir)
     return CampaignResult(planned, rows, manifest_path, sheet_path, dam.uri)
-
-
-def _manifest_bytes(rows: list[ManifestRow]) -> bytes:
-    sink = io.BytesIO()
-    pq.write_table(pa.Table.from_pylist([r.model_dump() for r in rows], schema=MANIFEST_ARROW_SCHEMA), sink)
-    return sink.getvalue()
-
-
-def _put_if_changed(dam: DAM, key: str, data: bytes) -> None:
-    """Write ``key`` unless the DAM already holds exactly these bytes (a re-run uploads nothing)."""
-    stored = dam.head(key)
-    if stored is None or stored.sha256 != hashlib.sha256(data).hexdigest():
-        dam.put_bytes(key, data)
-
-
-def _write_reports(rows: list[ManifestRow], dam: DAM, workdir: Path) -> tuple[Path, Path]:
-    """This run's manifest.parquet and contact_sheet.html in the work directory; then, last, the
-    DAM's: every render the DAM holds, this run's merged into what earlier runs recorded."""
-    manifest_path = workdir / "manifest.parquet"
-    manifest_path.write_bytes(_manifest_bytes(rows))
-    sheet_path = workdir / "contact_sheet.html"
-    local_root = dam.root.resolve().as_uri() + "/" if isinstance(dam, LocalDAM) else ""
-    sheet_path.write_text(contact_sheet_html(rows, asset_base=local_root), encoding="utf-8")
-
-    # Read again: another job may have written the DAM's manifest since this one started.
-    previous = read_dam_manifest(dam)
-    merged = dict(previous)
-    for row in rows:
-        # A render skipped here keeps the row of the run that made it.
-        if not (row.status == "skipped" and row.render_id in previous):
-            merged[row.render_id] = row
-    dam_rows = sorted(merged.values(), key=lambda r: (r.campaign_id, r.brief_id, r.locale, r.aspect_ratio,
-                                                      r.variant_index, r.render_id))
-    _put_if_changed(dam, MANIFEST_KEY, _manifest_bytes(dam_rows))
-    _put_if_changed(dam, CONTACT_SHEET_KEY, contact_sheet_html(dam_rows).encode("utf-8"))
-    return manifest_path, sheet_path

@@ -20,8 +20,6 @@ class RenderRequest(BaseModel):
     language: str
     aspect_ratio: AspectRatio
     resolution: Resolution
-    base_width: int = Field(description="width the base model generates at")
-    base_height: int
     width: int = Field(description="final delivered width")
     height: int
     duration_s: int
@@ -29,7 +27,6 @@ class RenderRequest(BaseModel):
     variant_id: str = Field(MAIN_VARIANT_ID, description="the brief's creative variant this clip renders")
     take: int = Field(0, description="0-based take: the clip's seed is the brief's seed + take")
     prompt: str = Field(description="the composed model prompt (scene, Dialogue, Background Sound)")
-    scene: str = Field(description="the English scene description: the variant's prompt, slots filled")
     dialogue: list[DialogueLine]
     background_sound: str | None = None
     reference_image_uri: str | None = None

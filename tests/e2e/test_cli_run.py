@@ -12,7 +12,9 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.archive import is_archived, open_dam, render_key_prefix
+from pipeline.archive import is_archived
+from pipeline.dam import open_dam
+from pipeline.dam.keys import render_key_prefix
 from schemas.brief import BRIEF_ARROW_SCHEMA
 
 ROOT = Path(__file__).resolve().parents[2]

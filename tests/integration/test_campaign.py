@@ -11,7 +11,7 @@ import pytest
 from openlineage_events import assert_valid, make_run_event_validator, read_jsonl
 from s3_server import start_s3_server
 
-from pipeline.archive import render_key_prefix
+from pipeline.dam.keys import render_key_prefix
 from pipeline.run import CampaignConfig, run_campaign
 from schemas.brief import BRIEF_ARROW_SCHEMA
 

@@ -21,8 +21,8 @@ from synthetic_clips import top_level_boxes
 from model.generator import AVGenerator, ClipSpec, GeneratorConfig
 from pipeline.media import load_audio, FFMPEG_ENV, TIMEOUT_SCALE_ENV, check_ffmpeg, ffmpeg_exe
 from pipeline.mux import CHANNEL_PROFILES, mux_clip
-from pipeline.review import ReviewExpectation, integrated_loudness, review_clip
-from pipeline.run import RenderClips
+from pipeline.review import ReviewExpectation, integrated_loudness, measure_clip
+from pipeline.render import RenderClips
 from pipeline.review import ReviewThresholds
 from pipeline.expand import expand_brief
 from schemas.brief import CampaignBrief
@@ -56,7 +56,7 @@ def test_render_review_mux_on_each_build(build, clip, tmp_path, monkeypatch):
     info = check_ffmpeg()
     assert info.ok, info.problem()
 
-    review = review_clip(clip.frames, clip.audio, clip.sample_rate, clip.fps,
+    review = measure_clip(clip.frames, clip.audio, clip.sample_rate, clip.fps,
                          ReviewExpectation(duration_s=DURATION_S, width=clip.frames.shape[2], height=clip.frames.shape[1]))
     assets = mux_clip(clip.frames, clip.audio, clip.sample_rate, clip.fps, tmp_path, f"clip-{build.replace('.', '')}",
                       dialogue=[{"speaker": "Chef", "line": "Perfect."}], speech_spans=review.speech_spans,

@@ -11,11 +11,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from jobs.localize import localize
 from jobs.submit import campaign_entrypoint
-from pipeline.archive import DAMError
-from pipeline.run import CampaignConfig, read_dam_manifest
-from pipeline.archive import open_dam
+from pipeline.dam import DAMError
+from pipeline.localize import localize
+from pipeline.reports import read_dam_manifest
+from pipeline.run import CampaignConfig
+from pipeline.dam import open_dam
 from schemas.brief import BRIEF_ARROW_SCHEMA
 
 BRIEF = {"brief_id": "hello", "campaign_id": "jobs", "prompt": "A man waves.", "source_locale": "en-US",

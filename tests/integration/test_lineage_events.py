@@ -119,6 +119,29 @@ def test_two_runs_append_to_one_file_with_distinct_run_ids(run_event_validator, 
         assert_valid(run_event_validator, event)
 
 
+def test_a_run_starts_once_and_ends_once(file_config, tmp_path):
+    inputs, outputs = _datasets(tmp_path / "b.parquet", str(tmp_path / "dam"))
+    run = LineageRun(file_config, JobType.CAMPAIGN_BATCH, inputs=inputs, outputs=outputs)
+    with pytest.raises(RuntimeError, match="not started"):
+        run.complete()
+    assert run.start()
+    with pytest.raises(RuntimeError, match="already started"):
+        run.start()
+    assert run.fail("2 of 5 renders failed")
+    with pytest.raises(RuntimeError, match="ended"):
+        run.complete()
+    assert [e["eventType"] for e in read_jsonl(tmp_path / "work" / "lineage.jsonl")] == ["START", "FAIL"]
+
+
+def test_a_failure_reported_inside_the_block_is_the_runs_one_end(file_config, tmp_path):
+    inputs, outputs = _datasets(tmp_path / "b.parquet", str(tmp_path / "dam"))
+    with LineageRun(file_config, JobType.CAMPAIGN_BATCH, inputs=inputs, outputs=outputs) as run:
+        run.fail("1 of 3 renders failed")
+    events = read_jsonl(tmp_path / "work" / "lineage.jsonl")
+    assert [e["eventType"] for e in events] == ["START", "FAIL"] and run.emitted == ["START", "FAIL"]
+    assert events[1]["run"]["facets"]["errorMessage"]["message"] == "1 of 3 renders failed"
+
+
 def test_unwritable_lineage_file_warns_and_the_job_goes_on(file_config, tmp_path, caplog):
     (tmp_path / "work" / "lineage.jsonl").mkdir(parents=True)  # a directory where the file should be
     inputs, outputs = _datasets(tmp_path / "b.parquet", str(tmp_path / "dam"))
@@ -135,7 +158,7 @@ def test_unwritable_lineage_file_warns_and_the_job_goes_on(file_config, tmp_path
 def test_openlineage_disabled_emits_nothing(file_config, tmp_path, monkeypatch):
     monkeypatch.setenv("OPENLINEAGE_DISABLED", "true")
     inputs, outputs = _datasets(tmp_path / "b.parquet", str(tmp_path / "dam"))
-    with LineageRun(file_config, JobType.SERVE, inputs=inputs, outputs=outputs):
+    with LineageRun(file_config, JobType.LOCALIZATION, inputs=inputs, outputs=outputs):
         pass
     assert not (tmp_path / "work" / "lineage.jsonl").exists()
 

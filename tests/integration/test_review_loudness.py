@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from pipeline.media import run_ffmpeg, write_raw_audio
-from pipeline.review import integrated_loudness, true_peak_dbtp
+from pipeline.loudness import integrated_loudness, true_peak_dbtp
 
 
 def ffmpeg_ebur128(audio: np.ndarray, sample_rate: int, tmp_path) -> tuple[float, float]:

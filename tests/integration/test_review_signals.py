@@ -7,7 +7,7 @@ import math
 import pytest
 from synthetic_clips import FPS, HEIGHT, WIDTH, flash_and_beep, load_clip, make_clip, moving_video, tone_audio
 
-from pipeline.review import ReviewExpectation, ReviewResult, ReviewThresholds, review_clip
+from pipeline.review import ReviewExpectation, ReviewResult, ReviewThresholds, decide_review, measure_clip
 
 STEADY_TONE = tone_audio("0.3*sin(2*PI*440*t)")
 EXPECTED = ReviewExpectation(duration_s=3, width=WIDTH, height=HEIGHT)
@@ -16,7 +16,7 @@ ONE_FRAME = 1 / (3 * FPS)
 
 def review_file(path, expected: ReviewExpectation = EXPECTED) -> ReviewResult:
     clip = load_clip(path)
-    return review_clip(clip.frames, clip.audio, clip.sample_rate, clip.fps, expected)
+    return decide_review(measure_clip(clip.frames, clip.audio, clip.sample_rate, clip.fps, expected), expected)
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +73,8 @@ def test_frozen_stretch_is_found(clips):
     assert result.review_status == "auto_approved"
     clip = load_clip(clips["frozen"])
     strict = ReviewThresholds(max_frozen_share=0.2)
-    flagged = review_clip(clip.frames, clip.audio, clip.sample_rate, clip.fps, EXPECTED, strict)
+    flagged = decide_review(measure_clip(clip.frames, clip.audio, clip.sample_rate, clip.fps, EXPECTED, strict),
+                            EXPECTED, strict)
     assert flagged.review_status == "needs_review"
     assert any("frozen" in reason for reason in flagged.review_reasons)
 

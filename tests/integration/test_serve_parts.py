@@ -18,7 +18,6 @@ from jobs.serve_app import (
     Renderer,
     ServeConfig,
     ServeSetupError,
-    asset_url,
     build_app,
     client_for_token,
     is_loopback,
@@ -27,7 +26,8 @@ from jobs.serve_app import (
     renderer_options,
     run_server,
 )
-from pipeline.archive import LocalDAM, S3DAM
+from pipeline.dam.local import LocalDAM
+from pipeline.dam.s3 import S3DAM
 
 
 def test_one_token_or_client_token_pairs():
@@ -100,7 +100,7 @@ def test_null_means_not_given_and_no_reference_images():
 def test_local_assets_are_file_uris(tmp_path):
     dam = LocalDAM(tmp_path / "dam")
     dam.put_bytes("campaign=c/brief=b/locale=en-US/16x9/r1.vtt", b"WEBVTT\n")
-    uri = asset_url(dam, "campaign=c/brief=b/locale=en-US/16x9/r1.vtt", 3600)
+    uri = dam.url("campaign=c/brief=b/locale=en-US/16x9/r1.vtt", 3600)
     assert urlparse(uri).scheme == "file"
     with open(unquote(urlparse(uri).path), "rb") as handle:
         assert handle.read() == b"WEBVTT\n"
@@ -111,7 +111,7 @@ def test_s3_assets_are_presigned_urls_that_expire():
         boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket="dam")
         dam = S3DAM("dam", "adhoc", endpoint_url=endpoint)
         dam.put_bytes("campaign=c/r1.vtt", b"WEBVTT\n")
-        url = asset_url(dam, "campaign=c/r1.vtt", 900)
+        url = dam.url("campaign=c/r1.vtt", 900)
         assert url.startswith(f"{endpoint}/dam/adhoc/campaign%3Dc/r1.vtt?")
         assert "X-Amz-Algorithm=AWS4-HMAC-SHA256" in url and "X-Amz-Expires=900" in url
         assert requests.get(url, timeout=30).content == b"WEBVTT\n"

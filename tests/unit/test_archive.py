@@ -11,20 +11,12 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from pipeline.archive import (
-    DAMError,
-    LocalDAM,
-    RenderAssets,
-    S3DAM,
-    archive_render,
-    aspect_key,
-    completion_key,
-    is_archived,
-    open_dam,
-    render_key,
-    render_key_prefix,
-    s3_multipart_sha256,
-)
+from pipeline.archive import RenderAssets, archive_render, find_archived, is_archived
+from pipeline.dam import DAMError, open_dam
+from pipeline.dam.keys import aspect_key, completion_key, render_key, render_key_prefix
+from pipeline.dam.local import LocalDAM
+from pipeline.dam.s3 import S3DAM, s3_multipart_sha256
+from schemas.render import RenderRequest
 
 
 def make_render(folder: Path, render_id: str = "9f3c2a", **overrides) -> RenderAssets:
@@ -232,6 +224,30 @@ def test_unreadable_completion_record_means_not_archived(tmp_path):
     (tmp_path / "dam" / result.completion_key).write_text('{"objects": ')
     assert is_archived(dam, result.key_prefix, render.render_id) is None
     assert not archive_render(dam, render).skipped
+
+
+def test_a_record_whose_review_reads_otherwise_means_not_archived(tmp_path):
+    dam = LocalDAM(tmp_path / "dam")
+    result = archive_render(dam, make_render(tmp_path / "work"))
+    path = tmp_path / "dam" / result.completion_key
+    record = json.loads(path.read_text())
+    path.write_text(json.dumps({**record, "review": {"review_status": "auto_approved"}}))  # an older review shape
+    assert is_archived(dam, result.key_prefix, "9f3c2a") is None
+
+
+def test_find_archived_finds_a_planned_renders_record(tmp_path):
+    dam = LocalDAM(tmp_path / "dam")
+    render = make_render(tmp_path / "work")
+    result = archive_render(dam, render)
+    request = RenderRequest(
+        render_id="9f3c2a", brief_id="b1", campaign_id="c1", row_index=0, locale="pt-BR", language="English",
+        aspect_ratio="16:9", resolution="256p", width=448, height=256,
+        duration_s=2, seed=7, take=0, prompt="p", dialogue=[], forbidden_terms=[],
+        model_id="magihuman-tiny")
+    record = find_archived(dam, request)
+    assert record is not None and record.keys == result.keys and record.sizes == result.sizes
+    assert record.review_status == "auto_approved" and record.seed == 7
+    assert find_archived(dam, request.model_copy(update={"locale": "de-DE"})) is None
 
 
 def test_local_write_failure_leaves_no_partial_file(tmp_path):

@@ -48,7 +48,7 @@ def test_defaults_make_one_request():
     (request,) = expand_brief(brief, 3, "tiny")
     assert (request.locale, request.language, request.aspect_ratio) == ("fr-FR", "French", "16:9")
     assert (request.duration_s, request.resolution, request.take, request.row_index) == (5, "540p", 0, 3)
-    assert (request.width, request.height, request.base_width, request.base_height) == (960, 540, 448, 256)
+    assert (request.width, request.height) == (960, 540)
     assert request.num_frames == 126
     assert request.seed == brief.base_seed  # derived from brief_id, stable across runs
     assert CampaignBrief(brief_id="b", campaign_id="x", prompt="y", source_locale="en-US").base_seed == brief.base_seed
@@ -146,12 +146,12 @@ def test_locale_to_language(tag, language):
 
 
 def test_sizes_per_aspect_and_resolution():
-    sizes = {(r.aspect_ratio, r.resolution): (r.width, r.height, r.base_width, r.base_height)
+    sizes = {(r.aspect_ratio, r.resolution): (r.width, r.height)
              for res in ("256p", "540p", "1080p")
              for r in expand_brief(make_brief(resolution=res, takes=1, locales=["en-US"]), 0, "tiny")}
-    assert sizes[("16:9", "256p")] == (448, 256, 448, 256)
-    assert sizes[("9:16", "540p")] == (540, 960, 256, 448)
-    assert sizes[("1:1", "1080p")] == (1080, 1080, 352, 352)
+    assert sizes[("16:9", "256p")] == (448, 256)
+    assert sizes[("9:16", "540p")] == (540, 960)
+    assert sizes[("1:1", "1080p")] == (1080, 1080)
     assert sizes[("16:9", "1080p")][:2] == (1920, 1080)
 
 
@@ -192,7 +192,7 @@ def test_fan_out_is_variants_times_locales_times_aspects_times_takes():
 def test_variants_fill_the_slots_and_replace_what_they_override():
     requests = {(r.variant_id, r.locale): r for r in expand_brief(variant_brief(takes=1), 0, "tiny")}
     paris_de = requests[("paris", "de-DE")]
-    assert paris_de.scene == "A woman opens a bottle of {Lumen} on a rooftop in Paris."
+    assert paris_de.prompt.startswith("A woman opens a bottle of {Lumen} on a rooftop in Paris.")
     assert paris_de.prompt == (
         "A woman opens a bottle of {Lumen} on a rooftop in Paris.\n\n"
         'Dialogue:\n<Presenter, German>: "Frühling!"\n\n'
@@ -211,11 +211,12 @@ def test_variants_fill_the_slots_and_replace_what_they_override():
 def test_a_variant_may_replace_the_prompt():
     brief = variant_brief(variants=[{"variant_id": "beach", "prompt": "A {animal} on a beach.",
                                      "slots": {"animal": "dog"}}], takes=1, locales=["en-US"])
-    assert {r.scene for r in expand_brief(brief, 0, "tiny")} == {"A dog on a beach."}
+    assert all(r.prompt.startswith("A dog on a beach.") for r in expand_brief(brief, 0, "tiny"))
 
 
 @pytest.mark.parametrize("resolution", ["256p", "540p", "720p", "1080p"])
 def test_every_format_has_its_delivery_and_generation_size(resolution):
+    from model.magihuman.sizes import BASE_SIZES
     from schemas.formats import ASPECT_RATIOS, GENERATION_SIZES, delivery_size
 
     brief = make_brief(aspect_ratios=list(ASPECT_RATIOS), resolution=resolution, locales=["en-US"], takes=1)
@@ -223,7 +224,7 @@ def test_every_format_has_its_delivery_and_generation_size(resolution):
     assert [r.aspect_ratio for r in requests] == list(ASPECT_RATIOS)
     for r in requests:
         assert (r.width, r.height) == delivery_size(resolution, r.aspect_ratio)
-        assert (r.base_width, r.base_height) == GENERATION_SIZES[r.aspect_ratio]["base"]
+        assert BASE_SIZES[r.aspect_ratio] == GENERATION_SIZES[r.aspect_ratio]["base"]
     assert len({r.render_id for r in requests}) == len(ASPECT_RATIOS)
 
 

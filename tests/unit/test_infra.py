@@ -72,8 +72,8 @@ def _gpus_per_pod(group: dict) -> int:
 
 def _entrypoint_args() -> list[str]:
     argv = shlex.split(RAYJOB["spec"]["entrypoint"])
-    assert argv[:3] == ["python", "-m", "jobs.run_campaign"], argv
-    return argv[3:]
+    assert argv[:4] == ["python", "-m", "jobs.cli", "run"], argv
+    return argv[4:]
 
 
 def _parse_run(args: list[str]):
@@ -237,8 +237,8 @@ def test_rayservice_builds_the_serve_app_on_exactly_its_gpus():
     cluster = RAYSERVICE["spec"]["rayClusterConfig"]
     (gpu,) = _gpu_groups(cluster)
     assert gpu["minReplicas"] == gpu["replicas"] == gpu["maxReplicas"]
-    assert args["tp"] * args["replicas"] == gpu["replicas"] * _gpus_per_pod(gpu)
-    assert _gpus_per_pod(gpu) % args["tp"] == 0
+    assert args["tp_size"] * args["replicas"] == gpu["replicas"] * _gpus_per_pod(gpu)
+    assert _gpus_per_pod(gpu) % args["tp_size"] == 0
     assert args["dam"].startswith("s3://")
     port = serve["http_options"]["port"]
     for group in [cluster["headGroupSpec"], gpu]:
@@ -335,3 +335,13 @@ def test_readme_names_every_file_the_knobs_and_the_apply_order():
         "kubectl create -f infra/rayjob-campaign.yaml", "kubectl create configmap paddock-campaign-rayjob",
         "kubectl apply -f infra/cronjob-campaign.yaml")]
     assert order == sorted(order), "infra/README.md lists the steps out of order"
+
+
+def test_submitted_jobs_run_the_cli_itself():
+    from jobs.submit import campaign_entrypoint
+
+    for job, command in (("run_campaign", "run"), ("localize", "localize")):
+        argv = shlex.split(campaign_entrypoint(job, ["s3://b/briefs.parquet", "--dam", "s3://d/p", "--tp", "2"]))
+        assert argv[:4] == ["python", "-m", "jobs.cli", command]
+        parsed = build_parser().parse_args(argv[3:])
+        assert parsed.command == command and parsed.tp == 2

@@ -5,18 +5,23 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from pipeline.loudness import integrated_loudness, k_weighting_biquads, true_peak_dbtp
 from pipeline.review import (
     ReviewExpectation,
+    ReviewResult,
     ReviewThresholds,
+    decide_review,
     find_forbidden_terms,
-    integrated_loudness,
-    k_weighting_biquads,
-    review_clip,
-    true_peak_dbtp,
+    measure_clip,
 )
 from schemas.render import RenderRequest
 
 SR = 48000
+
+
+def review_clip(frames, audio, sample_rate, fps, expected, thresholds=None) -> ReviewResult:
+    """The review of a clip as generated: measured, then decided."""
+    return decide_review(measure_clip(frames, audio, sample_rate, fps, expected, thresholds), expected, thresholds)
 
 
 def sine(freq: float, amplitude: float, seconds: float, sample_rate: int = SR, phase: float = 0.0) -> np.ndarray:
@@ -121,8 +126,8 @@ def test_bad_array_shapes_name_the_problem():
 def test_expectation_from_render_request():
     request = RenderRequest(
         render_id="r1", brief_id="b1", campaign_id="c1", row_index=0, locale="es-ES", language="Spanish",
-        aspect_ratio="16:9", resolution="256p", base_width=448, base_height=256, width=448, height=256,
-        duration_s=5, seed=1, take=0, prompt="p", scene="s",
+        aspect_ratio="16:9", resolution="256p", width=448, height=256,
+        duration_s=5, seed=1, take=0, prompt="p",
         dialogue=[{"speaker": "Ana", "line": "Hola"}], forbidden_terms=["gratis"], model_id="m",
     )  # fmt: skip
     expected = ReviewExpectation.from_request(request)
@@ -131,16 +136,27 @@ def test_expectation_from_render_request():
 
 
 def test_delivered_loudness_replaces_the_raw_measure():
-    from pipeline.review import ReviewThresholds, with_delivered_loudness
-
     thresholds = ReviewThresholds()
     quiet = np.sin(np.linspace(0, 2000 * np.pi, 48000 * 3)).astype(np.float32)[:, None] * 0.01
     frames = np.random.default_rng(0).integers(0, 255, (76, 32, 32, 3), dtype=np.uint8)
     expected = ReviewExpectation(duration_s=3, width=32, height=32)
-    raw = review_clip(frames, quiet, 48000, 25.0, expected, thresholds)
+    signals = measure_clip(frames, quiet, 48000, 25.0, expected, thresholds)
+    raw = decide_review(signals, expected, thresholds)
     assert raw.review_status == "needs_review" and raw.review_reasons[0].startswith("loudness")
-    delivered = with_delivered_loudness(raw, -14.2, -1.5, thresholds)
+    delivered = decide_review(signals.as_delivered(-14.2, -1.5), expected, thresholds)
     assert delivered.review_status == "auto_approved" and delivered.review_reasons == []
     assert (delivered.integrated_lufs, delivered.true_peak_dbtp) == (-14.2, -1.5)
-    still_off = with_delivered_loudness(raw, -30.0, -12.0, thresholds)
+    assert signals.integrated_lufs == raw.integrated_lufs != -14.2  # the measures themselves are left alone
+    still_off = decide_review(signals.as_delivered(-30.0, -12.0), expected, thresholds)
     assert still_off.review_status == "needs_review" and still_off.review_reasons == ["loudness -30.0 LUFS, target -14"]
+
+
+def test_a_hard_fault_stays_rejected_whatever_the_delivered_loudness():
+    thresholds = ReviewThresholds()
+    quiet = np.sin(np.linspace(0, 2000 * np.pi, 48000 * 3)).astype(np.float32)[:, None] * 0.01
+    frames = np.random.default_rng(0).integers(0, 255, (76, 32, 32, 3), dtype=np.uint8)
+    expected = ReviewExpectation(duration_s=5, width=32, height=32)  # the clip lasts 3 s
+    delivered = decide_review(measure_clip(frames, quiet, 48000, 25.0, expected, thresholds).as_delivered(-14.0, -1.0),
+                              expected, thresholds)
+    assert delivered.review_status == "rejected"
+    assert delivered.review_reasons == ["duration 3.04s, requested 5s"]

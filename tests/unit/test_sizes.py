@@ -54,6 +54,9 @@ def test_delivery_sizes():
     assert FINAL_SIZES["1080p"]["16:9"] == (1920, 1080)
     assert FINAL_SIZES["1080p"]["9:16"] == (1080, 1920)
     assert BASE_SIZES["16:9"] == (448, 256)
+    # what the base model generates at, for the three original aspects (unchanged by the new formats)
+    assert {a: BASE_SIZES[a] for a in ("16:9", "9:16", "1:1")} == {"16:9": (448, 256), "9:16": (256, 448),
+                                                                   "1:1": (352, 352)}
     assert SR_SIZES["1080p"]["16:9"] == (1920, 1088)
     # 1:1 keeps about the pixel budget of 16:9 at the same resolution class
     assert abs(BASE_SIZES["1:1"][0] ** 2 / (448 * 256) - 1) < 0.1

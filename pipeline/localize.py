@@ -1,24 +1,25 @@
 """The localization job: render only the locales that are new since the last run.
 
 For a campaign that already ran, a content-ops team adds locales (and their
-`localized_dialogue`) to the briefs file and runs this job: every (brief,
-locale) pair the DAM's manifest already holds is left alone (not even checked
-again), and only the new pairs are rendered, reviewed, encoded and archived.
-The DAM's manifest then lists the old renders and the new ones.
-
-    python -m jobs.localize BRIEFS --dam DAM [same options as paddock run]
+`localized_dialogue`) to the briefs file and runs this job (`paddock localize`,
+or `python -m jobs.cli localize` as a Ray Job): every (brief, locale) pair the
+DAM's manifest already holds is left alone (not even checked again), and only
+the new pairs are rendered, reviewed, encoded and archived. The DAM's manifest
+then lists the old renders and the new ones.
 """
 
 from __future__ import annotations
 
-import sys
+from collections.abc import Callable
 
-from pipeline.archive import DAMError, open_dam
+from pipeline.dam import DAMError, open_dam
 from pipeline.lineage import JobType
-from pipeline.run import CampaignConfig, CampaignResult, read_dam_manifest, run_campaign
+from pipeline.reports import read_dam_manifest
+from pipeline.run import CampaignConfig, CampaignResult, run_campaign
+from schemas.render import RenderRequest
 
 
-def localize(config: CampaignConfig, log=print) -> CampaignResult:
+def localize(config: CampaignConfig, log: Callable[[str], None] = print) -> CampaignResult:
     previous = read_dam_manifest(open_dam(config.dam, s3_endpoint=config.s3_endpoint))
     if not previous:
         raise DAMError(f"{config.dam}: no manifest.parquet from an earlier run; run `paddock run` first")
@@ -26,17 +27,7 @@ def localize(config: CampaignConfig, log=print) -> CampaignResult:
     rendered_locales = {(row.campaign_id, row.brief_id, row.locale) for row in previous.values()
                         if row.status != "failed"}
 
-    def is_new_locale(request) -> bool:
+    def is_new_locale(request: RenderRequest) -> bool:
         return (request.campaign_id, request.brief_id, request.locale) not in rendered_locales
 
     return run_campaign(config, log, job_type=JobType.LOCALIZATION, select=is_new_locale)
-
-
-def main(argv: list[str] | None = None) -> int:
-    from jobs.cli import main as cli_main
-
-    return cli_main(["localize", *(sys.argv[1:] if argv is None else argv)])
-
-
-if __name__ == "__main__":
-    sys.exit(main())

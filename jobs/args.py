@@ -1,0 +1,58 @@
+"""The command line's vocabulary, a leaf of jobs/ (it imports no other jobs module):
+the argument groups the commands share and the errors a user can fix.
+
+``cli.py`` builds the whole parser from these pieces; ``submit.py`` checks a
+campaign's arguments with :func:`campaign_args_parser` before it sends them.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from pipeline.dam import DAMError
+from pipeline.ingest import BriefsFileError
+from pipeline.media import FFmpegSetupError
+
+DEFAULT_MODEL = "tiny"
+MODELS = ("tiny", "magihuman-distill", "magihuman-base")
+PROFILES = ("web", "broadcast", "draft")  # pipeline.mux.CHANNEL_PROFILES, without importing the media stack
+
+
+class CliError(Exception):
+    """A problem the user can fix; printed as one line, no traceback."""
+
+
+# `paddock submit --job` choice -> the `paddock` command the Ray Job runs.
+JOB_COMMANDS = {"run_campaign": "run", "localize": "localize"}
+
+# Errors that say what to fix in their message: one line on stderr, exit code 2.
+USER_ERRORS = (BriefsFileError, CliError, DAMError, FFmpegSetupError)
+
+
+def add_model_args(cmd: argparse.ArgumentParser) -> None:
+    cmd.add_argument("--model", default=DEFAULT_MODEL, choices=MODELS, help="(default: %(default)s)")
+    cmd.add_argument("--checkpoint-dir", type=Path, default=None, help="folder with the released weights (see README)")
+    cmd.add_argument("--device", default="auto", help="auto | cpu | cuda (default: %(default)s)")
+    cmd.add_argument("--tp", type=int, default=1, help="tensor-parallel ranks per replica (default: %(default)s)")
+
+
+def add_campaign_args(cmd: argparse.ArgumentParser) -> None:
+    """The arguments of `paddock run` and `paddock localize`."""
+    cmd.add_argument("briefs", help="briefs Parquet file")
+    cmd.add_argument("--dam", default="./dam", help="./dir or s3://bucket/prefix (default: %(default)s)")
+    cmd.add_argument("--s3-endpoint", default=None, help="endpoint URL of an S3-compatible store")
+    add_model_args(cmd)
+    cmd.add_argument("--replicas", type=int, default=1, help="model replicas in the pool (default: %(default)s)")
+    cmd.add_argument("--workdir", type=Path, default=Path("./work"), help="local work directory (default: %(default)s)")
+    cmd.add_argument("--batch-size", type=int, default=2, help="requests per replica call (default: %(default)s)")
+    cmd.add_argument("--profile", default="web", choices=PROFILES,
+                     help="delivery profile: web (-14 LUFS) | broadcast (-23 LUFS) | draft (web loudness, fastest "
+                          "x264 preset) (default: %(default)s)")
+
+
+def campaign_args_parser(prog: str = "paddock run") -> argparse.ArgumentParser:
+    """A parser of a campaign's arguments alone (those of `paddock run`)."""
+    parser = argparse.ArgumentParser(prog=prog)
+    add_campaign_args(parser)
+    return parser

@@ -1,0 +1,79 @@
+"""The DAM interface the backends implement (import it as ``pipeline.dam``)."""
+
+from __future__ import annotations
+
+import os
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Mapping
+
+
+class DAMError(RuntimeError):
+    """A DAM could not be opened, read or written; the message names the URI and the fix."""
+
+
+@dataclass(frozen=True)
+class StoredObject:
+    """One object as the DAM holds it.
+
+    ``sha256`` is the hex SHA-256 of the whole object (the value the manifest
+    keeps). ``storage_checksum`` is the store's own checksum when it has one
+    (S3 ``ChecksumSHA256``: base64, composite for multipart uploads), else None.
+    """
+
+    key: str
+    size: int
+    sha256: str
+    storage_checksum: str | None = None
+    metadata: Mapping[str, str] = field(default_factory=dict)
+
+
+class DAM(ABC):
+    """Where deliverables are kept. Keys are '/'-separated and relative to the DAM root."""
+
+    @property
+    @abstractmethod
+    def uri(self) -> str:
+        """The DAM root as a URI (``file:///...`` or ``s3://bucket/prefix``)."""
+
+    @abstractmethod
+    def put_file(
+        self,
+        key: str,
+        path: str | os.PathLike,
+        *,
+        sha256: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+        tags: Mapping[str, str] | None = None,
+        content_type: str | None = None,
+    ) -> StoredObject:
+        """Store a local file under ``key``; ``sha256`` (hex) saves hashing it again."""
+
+    @abstractmethod
+    def put_bytes(
+        self,
+        key: str,
+        data: bytes,
+        *,
+        metadata: Mapping[str, str] | None = None,
+        tags: Mapping[str, str] | None = None,
+        content_type: str | None = None,
+    ) -> StoredObject:
+        """Store ``data`` under ``key``."""
+
+    @abstractmethod
+    def get_bytes(self, key: str) -> bytes | None:
+        """The object's bytes, or None when there is no such object."""
+
+    @abstractmethod
+    def head(self, key: str) -> StoredObject | None:
+        """Size and checksums of an object, or None when there is no such object."""
+
+    @abstractmethod
+    def delete(self, key: str) -> None:
+        """Remove the object under ``key`` (no error when there is none)."""
+
+    @abstractmethod
+    def url(self, key: str, expires_s: int) -> str:
+        """Where a client fetches the object: a presigned GET URL valid ``expires_s``
+        seconds (S3), or a ``file://`` URI (local; it does not expire)."""

@@ -1,0 +1,94 @@
+"""The local-directory DAM backend (the default, ``./dam``)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import uuid
+from pathlib import Path
+from typing import BinaryIO, Callable
+
+from pipeline.dam.base import DAM, DAMError, StoredObject
+from pipeline.dam.keys import check_key, file_sha256
+
+
+class LocalDAM(DAM):
+    """A directory. Files are written to a temporary name in the target folder
+    and renamed into place, so a partial file never appears under its key.
+
+    A directory has no per-file metadata or tags: the ``metadata`` and ``tags``
+    arguments are not stored here; a render's metadata and review tags live in
+    its completion record, which both backends write.
+    """
+
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root).expanduser().resolve()
+        if self.root.exists() and not self.root.is_dir():
+            raise DAMError(f"DAM {self.uri}: {self.root} exists and is not a directory; pick another --dam path")
+
+    @property
+    def uri(self) -> str:
+        return self.root.as_uri()
+
+    def _path(self, key: str) -> Path:
+        return self.root / check_key(key)
+
+    def _write(self, key: str, write: Callable[[BinaryIO], None]) -> Path:
+        target = self._path(key)
+        # A unique hidden name in the same folder: os.replace is then atomic, and
+        # os.open's mode lets the umask set the permissions (mkstemp would force 0600).
+        tmp = target.parent / f".{target.name}.{uuid.uuid4().hex}.part"
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        except OSError as exc:
+            raise DAMError(f"DAM {self.uri}: cannot write {key}: {exc}; check that the directory is writable") from exc
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                write(handle)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, target)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        return target
+
+    def put_file(self, key, path, *, sha256=None, metadata=None, tags=None, content_type=None) -> StoredObject:
+        source = Path(path)
+        digest = hashlib.sha256()
+
+        def copy(handle: BinaryIO) -> None:
+            with open(source, "rb") as src:
+                while chunk := src.read(1 << 20):
+                    digest.update(chunk)
+                    handle.write(chunk)
+            if sha256 is not None and sha256 != digest.hexdigest():
+                raise DAMError(f"DAM {self.uri}: {source} changed while it was archived as {key}; archive it again")
+
+        target = self._write(key, copy)
+        return StoredObject(key=key, size=target.stat().st_size, sha256=digest.hexdigest())
+
+    def put_bytes(self, key, data, *, metadata=None, tags=None, content_type=None) -> StoredObject:
+        self._write(key, lambda handle: handle.write(data))
+        return StoredObject(key=key, size=len(data), sha256=hashlib.sha256(data).hexdigest())
+
+    def get_bytes(self, key: str) -> bytes | None:
+        path = self._path(key)
+        return path.read_bytes() if path.is_file() else None
+
+    def head(self, key: str) -> StoredObject | None:
+        # A directory keeps no checksum, so it is recomputed: what is on disk is what counts.
+        path = self._path(key)
+        if not path.is_file():
+            return None
+        return StoredObject(key=key, size=path.stat().st_size, sha256=file_sha256(path))
+
+    def delete(self, key: str) -> None:
+        try:
+            self._path(key).unlink(missing_ok=True)
+        except OSError as exc:
+            raise DAMError(f"DAM {self.uri}: cannot delete {key}: {exc}; check that the directory is writable") from exc
+
+    def url(self, key: str, expires_s: int) -> str:
+        return self._path(key).as_uri()
