@@ -23,11 +23,15 @@ class CliError(Exception):
     """A problem the user can fix; printed as one line, no traceback."""
 
 
+class ServeSetupError(ValueError):
+    """The server cannot start as configured; the message names the setting and the fix."""
+
+
 # `paddock submit --job` choice -> the `paddock` command the Ray Job runs.
 JOB_COMMANDS = {"run_campaign": "run", "localize": "localize"}
 
 # Errors that say what to fix in their message: one line on stderr, exit code 2.
-USER_ERRORS = (BriefsFileError, CliError, DAMError, FFmpegSetupError)
+USER_ERRORS = (BriefsFileError, CliError, DAMError, FFmpegSetupError, ServeSetupError)
 
 
 def add_model_args(cmd: argparse.ArgumentParser) -> None:

@@ -137,15 +137,12 @@ def _generate(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from jobs.serve_app import ServeConfig, ServeSetupError, run_server
+    from jobs.serve_app import ServeConfig, run_server
 
     config = ServeConfig(model=args.model, checkpoint_dir=args.checkpoint_dir, device=args.device, dam=args.dam,
                          s3_endpoint=args.s3_endpoint, tp_size=args.tp, replicas=args.replicas,
                          queue_limit=args.queue_limit, insecure_local=args.insecure_local, profile=args.profile)
-    try:
-        run_server(config, port=args.port, host=args.host)
-    except ServeSetupError as exc:
-        raise CliError(str(exc)) from None
+    run_server(config, port=args.port, host=args.host)  # a ServeSetupError is a user error: one line
     return 0
 
 

@@ -22,7 +22,7 @@ gives the same render ids (they are content hashes), and a render whose
 completion record is in the DAM is answered ``done`` at once, without
 rendering. A render that is queued, running or done is not queued again.
 
-Auth: ``PADDOCK_API_TOKEN`` holds one token, or comma-separated
+Auth (token parsing and the loopback rule in jobs/auth.py): ``PADDOCK_API_TOKEN`` holds one token, or comma-separated
 ``client_id:token`` pairs. A client is its token's client id and sees only the
 renders it asked for (another client's render id answers 404, so ids do not
 leak; two clients posting the same brief both get its ids). With
@@ -34,8 +34,6 @@ Asset URLs: presigned GET URLs for an S3 DAM (valid ``presign_expires_s``),
 """
 
 import asyncio
-import hmac
-import ipaddress
 import logging
 import math
 import os
@@ -59,6 +57,8 @@ from model.generator import GeneratorConfig
 from model.placement import ReplicaShape
 from pipeline.archive import ArchiveRenders, ArchiveResult, find_archived
 from pipeline.dam import open_dam
+from jobs.args import ServeSetupError
+from jobs.auth import TOKEN_ENV, client_for_token, is_loopback, parse_api_tokens
 from pipeline.expand import expand_brief
 from pipeline.errors import describe_error
 from pipeline.ingest import check_locales
@@ -74,7 +74,6 @@ from schemas.render import RENDER_REQUEST_ARROW_SCHEMA, RenderRequest
 logger = logging.getLogger(__name__)
 
 APP_NAME = "paddock"
-TOKEN_ENV = "PADDOCK_API_TOKEN"
 ANONYMOUS_CLIENT = "local"
 # A brief is a few KiB of text; anything near this is a mistake or an attack.
 MAX_BODY_BYTES = 64 * 1024
@@ -83,10 +82,6 @@ FIRST_RENDER_ESTIMATE_S = 10.0
 RETRY_AFTER_BOUNDS_S = (1, 600)
 
 RenderStatusName = Literal["queued", "running", "done", "failed"]
-
-
-class ServeSetupError(ValueError):
-    """The server cannot start as configured; the message names the setting and the fix."""
 
 
 class ServeConfig(RenderSettings):
@@ -99,56 +94,6 @@ class ServeConfig(RenderSettings):
     insecure_local: bool = Field(False, description="no auth; loopback only")
     presign_expires_s: int = Field(3600, ge=60, le=7 * 24 * 3600, description="lifetime of presigned S3 URLs")
     max_statuses: int = Field(10_000, ge=1, description="finished renders remembered; the oldest are forgotten")
-
-
-# --------------------------------------------------------------------------- auth
-
-
-def parse_api_tokens(spec: str | None) -> dict[str, str]:
-    """client id -> token, from ``PADDOCK_API_TOKEN``: one token (client id ``default``)
-    or comma-separated ``client_id:token`` pairs."""
-    if spec is None or not spec.strip():
-        raise ServeSetupError(
-            f"{TOKEN_ENV} is not set: set it to a token, or to comma-separated client_id:token pairs; "
-            "or start with --insecure-local for a loopback-only server without auth"
-        )
-    items = [item.strip() for item in spec.split(",") if item.strip()]
-    if len(items) == 1 and ":" not in items[0]:
-        return {"default": items[0]}
-    tokens: dict[str, str] = {}
-    for item in items:
-        client, sep, token = item.partition(":")
-        client, token = client.strip(), token.strip()
-        if not sep or not client or not token:
-            raise ServeSetupError(
-                f"{TOKEN_ENV}: entry {len(tokens) + 1} is not client_id:token; with several tokens give each "
-                "as client_id:token, separated by commas"
-            )
-        if client in tokens:
-            raise ServeSetupError(f"{TOKEN_ENV}: client id {client!r} appears twice; give each client one token")
-        if token in tokens.values():
-            raise ServeSetupError(f"{TOKEN_ENV}: two clients share a token; give each client its own")
-        tokens[client] = token
-    return tokens
-
-
-def client_for_token(tokens: dict[str, str], presented: str) -> str | None:
-    """The client whose token was presented, or None. Compares with every token in
-    constant time, so the answer's timing says nothing about which one was close."""
-    found = None
-    for client, token in tokens.items():
-        if hmac.compare_digest(token.encode(), presented.encode()):
-            found = client
-    return found
-
-
-def is_loopback(host: str | None) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return host is not None and ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 # --------------------------------------------------------------------------- placement

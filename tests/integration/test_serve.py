@@ -15,7 +15,8 @@ import pytest
 import requests
 from s3_server import start_s3_server
 
-from jobs.serve_app import MAX_BODY_BYTES, ServeConfig, ServeSetupError, run_server
+from jobs.args import ServeSetupError
+from jobs.serve_app import MAX_BODY_BYTES, ServeConfig, run_server
 
 TOKENS = {"alice": "tok-alice-3f9a", "bob": "tok-bob-77c1"}
 RENDER_WAIT_S = 180

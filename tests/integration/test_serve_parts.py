@@ -12,20 +12,9 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 from s3_server import start_s3_server
 
-from jobs.serve_app import (
-    TOKEN_ENV,
-    AdHocBrief,
-    Renderer,
-    ServeConfig,
-    ServeSetupError,
-    build_app,
-    client_for_token,
-    is_loopback,
-    parse_api_tokens,
-    plan_renders,
-    renderer_options,
-    run_server,
-)
+from jobs.args import ServeSetupError
+from jobs.auth import TOKEN_ENV, client_for_token, is_loopback, parse_api_tokens
+from jobs.serve_app import AdHocBrief, Renderer, ServeConfig, build_app, plan_renders, renderer_options, run_server
 from pipeline.dam.local import LocalDAM
 from pipeline.dam.s3 import S3DAM
 
