@@ -1,10 +1,9 @@
 """TurboVAED: the released folder layout, decoded shapes, and the sliding window's stitching."""
 
-import json
-
 import pytest
 import torch
 
+from conftest import write_turbo_vae_folder
 from model.magihuman.turbo_vae import TurboVAED, TurboVAEDConfig, window_plan
 from model.magihuman.video_vae import TINY_LATENTS_MEAN, TINY_LATENTS_STD
 
@@ -19,18 +18,13 @@ TINY = TurboVAEDConfig(
 )
 
 
-def released_folder(tmp_path, config: TurboVAEDConfig, model: TurboVAED, with_decoder_prefix=True):
-    """A turbo_vae/ folder as released: the JSON config (lists, diffusers keys) and a .ckpt with the
-    weights under ema_state_dict, keys prefixed `module.` (DDP), plus a training-only entry."""
-    folder = tmp_path / "turbo_vae"
-    folder.mkdir()
-    raw = {k: list(v) if isinstance(v, tuple) else v for k, v in config.__dict__.items()}
-    raw.update({"_class_name": "TurboVAED", "in_channels": 3, "scaling_factor": 1.0, "patch_size_t": 1})
-    (folder / "TurboV3-Tiny.json").write_text(json.dumps(raw))
-    state = model.state_dict()
-    if not with_decoder_prefix:
-        state = {k.removeprefix("decoder."): v for k, v in state.items()}
-    torch.save({"ema_state_dict": {f"module.{k}": v for k, v in state.items()}, "step": 340000}, folder / "checkpoint-1.ckpt")
+def released_folder(tmp_path, model: TurboVAED, with_decoder_prefix=True):
+    folder = write_turbo_vae_folder(tmp_path / "turbo_vae", model)
+    if not with_decoder_prefix:  # the reference also accepts a decoder-only state dict
+        (ckpt,) = folder.glob("*.ckpt")
+        payload = torch.load(ckpt, weights_only=True)
+        payload["ema_state_dict"] = {k.replace("module.decoder.", "module."): v for k, v in payload["ema_state_dict"].items()}
+        torch.save(payload, ckpt)
     return folder
 
 
@@ -43,7 +37,7 @@ def test_released_config_defaults_are_the_shipped_decoder():
 @pytest.mark.parametrize("with_decoder_prefix", [True, False])
 def test_released_folder_loads_and_decodes_to_the_expected_frames(tmp_path, with_decoder_prefix):
     original = TurboVAED.tiny(TINY, seed=1)
-    folder = released_folder(tmp_path, TINY, original, with_decoder_prefix)
+    folder = released_folder(tmp_path, original, with_decoder_prefix)
     loaded = TurboVAED.from_pretrained(folder, dtype=torch.float32)
     assert loaded.config == TINY
     for name, tensor in original.state_dict().items():
@@ -59,20 +53,20 @@ def test_released_folder_loads_and_decodes_to_the_expected_frames(tmp_path, with
 
 def test_from_pretrained_names_what_is_wrong(tmp_path):
     model = TurboVAED.tiny(TINY)
-    folder = released_folder(tmp_path, TINY, model)
+    folder = released_folder(tmp_path, model)
     (folder / "second.ckpt").write_bytes(b"")
     with pytest.raises(FileNotFoundError, match="exactly one .json config and one .ckpt"):
         TurboVAED.from_pretrained(folder)
     (folder / "second.ckpt").unlink()
-    torch.save({"state_dict": {}}, folder / "checkpoint-1.ckpt")
-    with pytest.raises(ValueError, match="checkpoint-1.ckpt.*ema_state_dict"):
+    torch.save({"state_dict": {}}, folder / "checkpoint-340000.ckpt")
+    with pytest.raises(ValueError, match="checkpoint-340000.ckpt.*ema_state_dict"):
         TurboVAED.from_pretrained(folder)
     other_layout = TurboVAED.tiny(TINY.replace(decoder_block_out_channels=(8, 8, 16, 32)))
-    torch.save({"ema_state_dict": other_layout.state_dict()}, folder / "checkpoint-1.ckpt")
+    torch.save({"ema_state_dict": other_layout.state_dict()}, folder / "checkpoint-340000.ckpt")
     with pytest.raises(ValueError, match=r"weights do not fit .*unexpected \['decoder.up_blocks.1.conv_in"):
         TurboVAED.from_pretrained(folder)
     wider = TurboVAED.tiny(TINY.replace(decoder_block_out_channels=(8, 8, 24, 24)))
-    torch.save({"ema_state_dict": wider.state_dict()}, folder / "checkpoint-1.ckpt")
+    torch.save({"ema_state_dict": wider.state_dict()}, folder / "checkpoint-340000.ckpt")
     with pytest.raises(ValueError, match="weight shapes do not fit"):
         TurboVAED.from_pretrained(folder)
     with pytest.raises(ValueError, match="upsample 2x in time"):
@@ -85,8 +79,8 @@ class Callable:
 
 
 def test_checkpoint_is_loaded_without_unpickling_code(tmp_path):
-    folder = released_folder(tmp_path, TINY, TurboVAED.tiny(TINY))
-    torch.save({"ema_state_dict": {}, "payload": Callable()}, folder / "checkpoint-1.ckpt")
+    folder = released_folder(tmp_path, TurboVAED.tiny(TINY))
+    torch.save({"ema_state_dict": {}, "payload": Callable()}, folder / "checkpoint-340000.ckpt")
     with pytest.raises(Exception, match="[Ww]eights only load failed|Unsupported global"):
         TurboVAED.from_pretrained(folder)
 
