@@ -64,11 +64,13 @@ def forward_flops(arch: ArchConfig, layout: TokenLayout, frame_receptive_field: 
     return flops * layout.batch_size
 
 
-def build(preset: str, device: torch.device) -> MagiHumanDiT:
+def build(arch: ArchConfig | str, device: torch.device) -> MagiHumanDiT:
+    """A DiT of `arch` (or a preset's name) with random weights on `device`."""
+    arch = PRESETS[arch] if isinstance(arch, str) else arch
     if device.type == "cpu":
-        return load_dit(None, arch=preset, device=device)
+        return load_dit(None, arch=arch, device=device)
     with torch.device("meta"):  # random weights drawn on the GPU: 15B on the CPU would take minutes
-        model = MagiHumanDiT(PRESETS[preset])
+        model = MagiHumanDiT(arch)
     model.to_empty(device=device).eval().requires_grad_(False)
     with torch.no_grad():
         for p in model.parameters():

@@ -151,6 +151,10 @@ def check_model_rows(settings: DoctorSettings) -> list[Row]:
     rows = []
     for component, folder in preset.folders.items():
         path = settings.checkpoint_dir / folder
+        if not path.is_dir() and component == "turbo_vae":  # optional: decoder "auto" falls back to the full one
+            rows.append(Row(f"model: {component}", "note", f"{path} is missing: clips decode with the full Wan2.2 decoder",
+                            f"download GAIR/daVinci-MagiHuman turbo_vae/ into {path} for the faster distilled decoder"))
+            continue
         if not path.is_dir():
             rows.append(Row(f"model: {component}", "FAIL", f"{path} is missing",
                             f"download it into {path} (see README: Real weights)"))

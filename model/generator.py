@@ -6,8 +6,8 @@ clip draws its noise from its own CPU generator seeded by the clip's seed, so a 
 depend on what it was batched with, and the same seed gives the same clip on the same device.
 
 Phases per batch: text (prompt embeddings, cached), denoise (base DiT, plus reference-image
-encoding for image-to-video), super_resolution (540p / 1080p only), decode (video and audio VAEs,
-trim and resize to the delivery size).
+encoding for image-to-video), super_resolution (540p / 1080p only), decode (video decoder, the
+distilled TurboVAED or the full Wan2.2 VAE, and the audio VAE; trim and resize to the delivery size).
 """
 
 from __future__ import annotations
@@ -36,13 +36,14 @@ from model.magihuman.sizes import (
     clip_geometry,
 )
 from model.magihuman.text_encoder import TextEncoder
+from model.magihuman.turbo_vae import TurboVAED
 from model.magihuman.video_vae import VideoVAE, fit_frames
 from model.parallel import TPGroup
 from model.presets import SR_COMPONENT, Component, ModelName, ModelPreset, get_preset
 
 log = logging.getLogger(__name__)
 
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 PHASES = ("text", "denoise", "super_resolution", "decode")
 
 
@@ -59,7 +60,12 @@ class GeneratorConfig(BaseModel):
         default_factory=dict, description="per-component folders overriding <checkpoint_dir>/<default folder>"
     )
     device: str = "cpu"
-    dtype: str | None = Field(default=None, description="float32 | bfloat16 | float16; default bf16 on CUDA, fp32 else")
+    dtype: str | None = Field(default=None, description="float32 | bfloat16; default bf16 on CUDA, fp32 else")
+    decoder: Literal["auto", "turbo", "full"] = Field(
+        default="auto",
+        description="video decoder: the distilled TurboVAED (<checkpoint_dir>/turbo_vae/, as the reference), the full "
+        "Wan2.2 VAE, or 'auto': TurboVAED when its folder exists (the tiny preset always has one)",
+    )
     text_cache_size: int = Field(default=256, ge=1)
     sample_rate: int = Field(default=44100, description="delivered audio rate: 44100 or 48000")
     steps: int | None = Field(default=None, ge=1, description="override the preset's base denoising steps")
@@ -72,6 +78,11 @@ class GeneratorConfig(BaseModel):
     @field_validator("dtype")
     @classmethod
     def _dtype(cls, value: str | None) -> str | None:
+        if value == "float16":  # fp16's range is too small for these activations
+            raise ValueError(
+                "GeneratorConfig.dtype='float16' is refused: the reference computes in bfloat16 and the T5Gemma text "
+                "encoder overflows in float16; set dtype to 'bfloat16' (the default on CUDA) or 'float32'"
+            )
         if value is not None and value not in _DTYPES:
             raise ValueError(f"dtype={value!r} must be one of {sorted(_DTYPES)}")
         return value
@@ -94,6 +105,8 @@ class GeneratorConfig(BaseModel):
         preset = get_preset(self.model)
         components = ["dit", "text_encoder", "video_vae", "audio_vae"]
         components += [SR_COMPONENT[r] for r in self.sr_resolutions]
+        if self.video_decoder() == "turbo":
+            components.append("turbo_vae")
         paths = {c: self.component_path(preset, c) for c in components}
         missing = [f"{c}: {p}" for c, p in paths.items() if not p.is_dir()]
         if missing:
@@ -102,6 +115,15 @@ class GeneratorConfig(BaseModel):
                 "See model/presets.py for the repositories they come from."
             )
         return paths
+
+    def video_decoder(self) -> Literal["turbo", "full"]:
+        """The decoder `decoder` resolves to: 'auto' takes TurboVAED when its folder is there."""
+        preset = get_preset(self.model)
+        if self.decoder != "auto":
+            return self.decoder
+        if preset.tiny is not None:
+            return "turbo"
+        return "turbo" if self.component_path(preset, "turbo_vae").is_dir() else "full"
 
     def component_path(self, preset: ModelPreset, component: str) -> Path:
         if component in self.paths:
@@ -186,6 +208,7 @@ class AVGenerator:
             )
             self.video_vae = VideoVAE.tiny(tiny.video_vae, device=self.device)
             self.audio_vae = AudioVAE.tiny(tiny.audio_vae, device=self.device)
+            turbo = TurboVAED.tiny(tiny.turbo_vae, device=self.device) if config.video_decoder() == "turbo" else None
             self.dit = load_dit(None, arch=preset.dit_arch, device=self.device, compute_dtype=self.dtype, seed=0, tp=tp)
         else:
             paths = config.released_paths()
@@ -195,13 +218,17 @@ class AVGenerator:
             self.video_vae = VideoVAE.from_pretrained(paths["video_vae"], self.device, self.dtype)
             self.audio_vae = AudioVAE.from_pretrained(paths["audio_vae"], self.device, torch.float32)
             self.dit = self._load_released_dit(paths["dit"], preset.dit_arch)
+            turbo = TurboVAED.from_pretrained(paths["turbo_vae"], self.device, self.dtype) if "turbo_vae" in paths else None
+        # The Wan2.2 VAE stays loaded either way: it encodes reference images.
+        self.video_decoder: TurboVAED | VideoVAE = turbo if turbo is not None else self.video_vae
         if self.text_encoder.hidden_size != self.dit.arch.text_in_channels:
             raise ValueError(
                 f"text encoder width {self.text_encoder.hidden_size} != DiT text_in_channels "
                 f"{self.dit.arch.text_in_channels}"
             )
         self._sr_dits: dict[str, MagiHumanDiT] = {}
-        log.info("generator %r ready on %s (%s)", preset.name, self.device, self.dtype)
+        log.info("generator %r ready on %s (%s), video decoder %s", preset.name, self.device, self.dtype,
+                 "TurboVAED" if turbo is not None else "Wan2.2 VAE")
 
     def _load_released_dit(self, path: Path, preset_arch: ArchConfig, super_resolution: bool = False) -> MagiHumanDiT:
         # A config.json in paddock's format says what the checkpoint is; else (a released folder) the
@@ -312,7 +339,7 @@ class AVGenerator:
                 )
 
         with self._phase(timings, "decode"):
-            frames = self.video_vae.decode(video)[:, : geometry.frames]
+            frames = self.video_decoder.decode(video)[:, : geometry.frames]
             width, height = geometry.final_size
             frames = [fit_frames(clip, width, height) for clip in frames]
             waveforms = self.audio_vae.decode(audio, config.sample_rate)[:, : geometry.audio_samples(config.sample_rate)]

@@ -11,6 +11,8 @@ Released stack, all under one `checkpoint_dir` (each folder can be pointed elsew
       t5gemma-9b-9b-ul2/              google/t5gemma-9b-9b-ul2 (whole repository)
       Wan2.2-TI2V-5B-Diffusers/vae/   Wan-AI/Wan2.2-TI2V-5B-Diffusers, its vae/ folder
       stable-audio-open-1.0/vae/      stabilityai/stable-audio-open-1.0, its vae/ folder
+      turbo_vae/                      GAIR/daVinci-MagiHuman  turbo_vae/ (distilled decoder; optional,
+                                      see GeneratorConfig.decoder)
 
 The `tiny` preset builds every component with random weights at toy width (same code paths, real
 architecture) and generates at small sizes that the final resize brings to the delivery size:
@@ -27,10 +29,11 @@ from model.magihuman.config import PRESETS as ARCH_PRESETS
 from model.magihuman.config import TINY_TEXT_CHANNELS, ArchConfig
 from model.magihuman.sizes import BASE_SIZES, SR_SIZES
 from model.magihuman.text_encoder import TinyT5GemmaConfig
-from model.magihuman.video_vae import TinyWanVAEConfig
+from model.magihuman.turbo_vae import TurboVAEDConfig
+from model.magihuman.video_vae import TINY_LATENTS_MEAN, TINY_LATENTS_STD, TinyWanVAEConfig
 
 ModelName = Literal["tiny", "magihuman-distill", "magihuman-base"]
-Component = Literal["dit", "sr_540p", "sr_1080p", "text_encoder", "video_vae", "audio_vae"]
+Component = Literal["dit", "sr_540p", "sr_1080p", "text_encoder", "video_vae", "audio_vae", "turbo_vae"]
 SR_COMPONENT = {"540p": "sr_540p", "1080p": "sr_1080p"}
 
 # The fixed negative prompt the released base model runs CFG against (reference MagiEvaluator):
@@ -62,6 +65,7 @@ RELEASED_FOLDERS: dict[str, str] = {
     "text_encoder": "t5gemma-9b-9b-ul2",
     "video_vae": "Wan2.2-TI2V-5B-Diffusers/vae",
     "audio_vae": "stable-audio-open-1.0/vae",
+    "turbo_vae": "turbo_vae",
 }
 
 
@@ -72,6 +76,13 @@ class TinyComponents:
     text_encoder: TinyT5GemmaConfig = TinyT5GemmaConfig(hidden_size=TINY_TEXT_CHANNELS)
     video_vae: TinyWanVAEConfig = TinyWanVAEConfig()
     audio_vae: TinyOobleckConfig = TinyOobleckConfig()
+    # The released decoder's layout and 7/7 window at toy width, in the tiny VAE's latent space.
+    turbo_vae: TurboVAEDConfig = TurboVAEDConfig(
+        decoder_block_out_channels=(8, 8, 16, 16),
+        decoder_layers_per_block=(1, 1, 1, 1, 1),
+        latents_mean=TINY_LATENTS_MEAN,
+        latents_std=TINY_LATENTS_STD,
+    )
 
 
 @dataclass(frozen=True)

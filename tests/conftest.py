@@ -70,6 +70,23 @@ def tiny_checkpoint_dir(tmp_path_factory) -> Path:
     return path
 
 
+def write_turbo_vae_folder(folder: Path, model) -> Path:
+    """A TurboVAED in the released `turbo_vae/` form: its JSON config (lists, plus the diffusers keys the
+    release carries) and a `.ckpt` holding the weights under `ema_state_dict` with DDP's `module.` prefix
+    and a training-only entry beside them."""
+    import json
+
+    import torch
+
+    folder.mkdir(parents=True)
+    raw = {k: list(v) if isinstance(v, tuple) else v for k, v in model.config.__dict__.items()}
+    raw.update({"_class_name": "TurboVAED", "in_channels": 3, "scaling_factor": 1.0, "patch_size_t": 1})
+    (folder / "TurboV3-Wan22-Tiny.json").write_text(json.dumps(raw))
+    state = {f"module.{k}": v for k, v in model.state_dict().items()}
+    torch.save({"ema_state_dict": state, "global_step": 340000}, folder / "checkpoint-340000.ckpt")
+    return folder
+
+
 def require_tool(path: str | None, what: str) -> str:
     """A tool the test needs: skip without it on a developer's machine, fail under CI (which installs it)."""
     if path and os.path.isfile(path) and os.access(path, os.X_OK):

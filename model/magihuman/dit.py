@@ -12,6 +12,7 @@ activations, adapter and final projections stay in fp32.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Literal, Sequence
 
@@ -74,7 +75,9 @@ class TokenLayout:
         return frames
 
 
-def frame_local_allowed(q_frame: torch.Tensor, k_frame: torch.Tensor, frame_receptive_field: int) -> torch.Tensor:
+def frame_local_allowed(
+    q_frame: torch.Tensor, k_frame: torch.Tensor, frame_receptive_field: int | torch.Tensor
+) -> torch.Tensor:
     """Video queries see video keys within `frame_receptive_field` frames; audio/text keys and queries see all."""
     return (q_frame < 0) | (k_frame < 0) | ((q_frame - k_frame).abs() <= frame_receptive_field)
 
@@ -91,13 +94,25 @@ class AttentionMasks:
     local: object | None
 
 
+# Masks depend only on the layout, so they are built once per shape and shared by every denoising
+# step (and by CFG's two halves); a few entries cover a replica alternating between shapes.
+@functools.lru_cache(maxsize=8)
 def build_attention_masks(
     layout: TokenLayout, frame_receptive_field: int, device: torch.device, backend: LocalAttentionBackend
 ) -> AttentionMasks:
+    # Ordinary tensors even when first built under inference_mode: the cache outlives that context.
+    with torch.inference_mode(False), torch.no_grad():
+        return _build_attention_masks(layout, frame_receptive_field, device, backend)
+
+
+def _build_attention_masks(
+    layout: TokenLayout, frame_receptive_field: int, device: torch.device, backend: LocalAttentionBackend
+) -> AttentionMasks:
     valid = torch.arange(layout.seq_len, device=device)[None, :] < layout.valid_lens(device)[:, None]  # [B, S]
+    # No mask at all when nothing is padded, so SDPA can pick its flash / memory-efficient kernels.
     full = valid[:, None, None, :] if layout.has_text_padding else None
-    if frame_receptive_field < 0:  # no receptive field: frame-local layers attend globally too
-        return AttentionMasks(full=full, local=full)
+    if frame_receptive_field < 0 or frame_receptive_field >= layout.num_frames - 1:
+        return AttentionMasks(full=full, local=full)  # the field covers every frame: frame-local is global
     frames = layout.token_frames(device)
     if backend == "auto":
         backend = "flex" if device.type == "cuda" else "dense"
@@ -105,14 +120,21 @@ def build_attention_masks(
         from torch.nn.attention.flex_attention import create_block_mask
 
         valid_lens = layout.valid_lens(device)
+        field = torch.tensor(frame_receptive_field, device=device)  # a tensor, so no recompile per field
 
         def mask_mod(b, h, q_idx, kv_idx):
-            local = frame_local_allowed(frames[q_idx], frames[kv_idx], frame_receptive_field)
+            local = frame_local_allowed(frames[q_idx], frames[kv_idx], field)
             return local & (kv_idx < valid_lens[b])
 
         local = create_block_mask(
             mask_mod, layout.batch_size, None, layout.seq_len, layout.seq_len, device=str(device)
         )
+        # Tensors inside a BlockMask start out static to dynamo; their batch and block-count dims
+        # vary with the shape, so mark them dynamic up front rather than after a recompile.
+        for tensor in local.as_tuple()[2:]:
+            if isinstance(tensor, torch.Tensor):
+                for dim in (0, *range(2, tensor.dim())):
+                    torch._dynamo.maybe_mark_dynamic(tensor, dim)
     elif backend == "dense":
         local = frame_local_allowed(frames[:, None], frames[None, :], frame_receptive_field)
         local = local[None, None] & valid[:, None, None, :]
@@ -121,7 +143,14 @@ def build_attention_masks(
     return AttentionMasks(full=full, local=local)
 
 
-_compiled_flex_attention = None
+@functools.cache
+def compiled_flex_attention():
+    """FlexAttention compiled once with dynamic shapes: a long-lived replica meets many sequence
+    lengths (prompt length, duration, aspect), and a shape-specialized compile would recompile for
+    each until dynamo's recompile limit, then fall back to eager flex, which materializes the scores."""
+    from torch.nn.attention.flex_attention import flex_attention
+
+    return torch.compile(flex_attention, dynamic=True)
 
 
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: object | None) -> torch.Tensor:
@@ -133,14 +162,8 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: object | Non
             k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
             gqa = False
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
-    from torch.nn.attention.flex_attention import flex_attention
-
-    if q.is_cuda:  # eager FlexAttention materializes the scores; compile it where it matters
-        global _compiled_flex_attention
-        if _compiled_flex_attention is None:
-            _compiled_flex_attention = torch.compile(flex_attention, dynamic=False)
-        return _compiled_flex_attention(q, k, v, block_mask=mask, enable_gqa=gqa)
-    return flex_attention(q, k, v, block_mask=mask, enable_gqa=gqa)
+    # Compiled on every device: eager FlexAttention materializes the full score matrix.
+    return compiled_flex_attention()(q, k, v, block_mask=mask, enable_gqa=gqa)
 
 
 # --------------------------------------------------------------------------------------------

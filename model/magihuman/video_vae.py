@@ -27,10 +27,13 @@ class TinyWanVAEConfig:
     dim_mult: tuple[int, ...] = (1, 1, 1, 1)
 
 
+# Latent statistics of the tiny stack, non-trivial so it exercises the same (de)normalization;
+# the tiny TurboVAED shares them, as the released one shares Wan2.2's.
+TINY_LATENTS_MEAN = tuple(torch.linspace(-0.5, 0.5, VIDEO_LATENT_CHANNELS).tolist())
+TINY_LATENTS_STD = tuple(torch.linspace(0.5, 2.0, VIDEO_LATENT_CHANNELS).tolist())
+
+
 def _tiny_autoencoder(tiny: TinyWanVAEConfig, seed: int) -> AutoencoderKLWan:
-    # Non-trivial normalization constants so the tiny stack exercises the same (de)normalization.
-    mean = torch.linspace(-0.5, 0.5, VIDEO_LATENT_CHANNELS)
-    std = torch.linspace(0.5, 2.0, VIDEO_LATENT_CHANNELS)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return AutoencoderKLWan(
@@ -46,8 +49,8 @@ def _tiny_autoencoder(tiny: TinyWanVAEConfig, seed: int) -> AutoencoderKLWan:
             patch_size=2,
             scale_factor_temporal=VAE_STRIDE[0],
             scale_factor_spatial=VAE_STRIDE[1],
-            latents_mean=mean.tolist(),
-            latents_std=std.tolist(),
+            latents_mean=list(TINY_LATENTS_MEAN),
+            latents_std=list(TINY_LATENTS_STD),
         )
 
 

@@ -6,9 +6,13 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from pydantic import ValidationError
 
+from conftest import write_turbo_vae_folder
 from model.generator import AVGenerator, ClipSpec, GeneratorConfig, load_reference_image
 from model.magihuman import save_checkpoint
+from model.magihuman.turbo_vae import TurboVAED
+from model.magihuman.video_vae import VideoVAE, fit_frames
 from model.magihuman.sizes import FINAL_SIZES
 from model.presets import PRESETS
 
@@ -52,6 +56,48 @@ def test_super_resolution_clip(generator, resolution, aspect):
     assert out.timings["super_resolution"] > 0
     sr_w, sr_h = PRESETS["tiny"].sr_sizes[resolution][aspect]
     assert out.latents.video.shape[-2:] == (sr_h // 16, sr_w // 16)
+
+
+def test_tiny_clip_renders_through_turbo_vae_and_the_full_decoder_stays_selectable(generator):
+    assert isinstance(generator.video_decoder, TurboVAED)
+    spec = ClipSpec("A kite over the beach.", 1, "16:9", "256p", seed=4)
+    (out,) = generator.generate([spec])
+    _check_clip(out, 1, "16:9", "256p")
+    decoded = generator.video_decoder.decode(out.latents.video[None])[0, :26]
+    assert np.array_equal(out.frames, fit_frames(decoded, *FINAL_SIZES["256p"]["16:9"]).numpy())
+
+    full = AVGenerator(GeneratorConfig(model="tiny", decoder="full", return_latents=True))
+    assert isinstance(full.video_decoder, VideoVAE) and full.video_decoder is full.video_vae
+    (out_full,) = full.generate([spec])
+    _check_clip(out_full, 1, "16:9", "256p")
+    torch.testing.assert_close(out_full.latents.video, out.latents.video)  # same DiT and noise
+    assert not np.array_equal(out_full.frames, out.frames)  # another decoder
+
+
+def test_decoder_choice_for_a_released_stack(tmp_path):
+    auto = GeneratorConfig(model="magihuman-distill", checkpoint_dir=tmp_path, sr_resolutions=())
+    assert auto.video_decoder() == "full"
+    (tmp_path / "turbo_vae").mkdir()
+    assert auto.video_decoder() == "turbo"
+    assert auto.model_copy(update={"decoder": "full"}).video_decoder() == "full"
+    with pytest.raises(FileNotFoundError) as err:
+        auto.released_paths()  # the DiT and the rest are missing, turbo_vae/ is there
+    assert "dit:" in str(err.value) and "turbo_vae:" not in str(err.value)
+    (tmp_path / "turbo_vae").rmdir()
+    with pytest.raises(FileNotFoundError) as err:
+        auto.model_copy(update={"decoder": "turbo"}).released_paths()
+    assert f"turbo_vae: {tmp_path / 'turbo_vae'}" in str(err.value)
+    with pytest.raises(FileNotFoundError) as err:
+        auto.released_paths()
+    assert "turbo_vae" not in str(err.value)
+    with pytest.raises(ValidationError, match="decoder"):
+        GeneratorConfig(decoder="fast")
+
+
+def test_float16_is_refused_naming_the_field_and_the_fix():
+    with pytest.raises(ValidationError, match=r"dtype='float16' is refused.*set dtype to 'bfloat16'"):
+        GeneratorConfig(dtype="float16")
+    assert GeneratorConfig(dtype="bfloat16").torch_dtype() == torch.bfloat16
 
 
 def test_same_seed_same_clip_other_seed_differs(generator):
@@ -147,11 +193,13 @@ def test_released_layout_loads_from_paths_offline(tmp_path, monkeypatch, generat
     save_checkpoint(generator.dit.state_dict(), tmp_path / "distill", arch=generator.dit.arch)
     sr = generator.sr_dit("540p")
     save_checkpoint(sr.state_dict(), tmp_path / "540p_sr", arch=sr.arch)
+    write_turbo_vae_folder(tmp_path / "turbo_vae", generator.video_decoder)
 
     released = AVGenerator(
         GeneratorConfig(model="magihuman-distill", checkpoint_dir=tmp_path, sr_resolutions=("540p",), steps=2)
     )
     assert released.dit.load_report.loaded > 0
+    assert isinstance(released.video_decoder, TurboVAED)  # decoder "auto" found turbo_vae/
     # The released preset generates at the released sizes.
     (out,) = released.generate([ClipSpec("A bell rings.", 1, "16:9", "256p", seed=1)])
     assert out.frames.shape == (26, 256, 448, 3)

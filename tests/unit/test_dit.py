@@ -7,7 +7,8 @@ import torch
 from safetensors.torch import load_file
 
 from model.magihuman import PRESETS, ArchConfig, MagiHumanDiT, load_dit
-from model.magihuman.dit import apply_rope
+from model.magihuman import dit as dit_module
+from model.magihuman.dit import TokenLayout, apply_rope, build_attention_masks
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "magihuman-tiny"
 # The README of the test vector: an honest fp32 or bf16 port lands below this relative L2 error.
@@ -129,7 +130,7 @@ def test_frame_local_attention_limits_what_video_tokens_see():
     assert not torch.allclose(base_out[:, :, 0], full_out[:, :, 0])
 
 
-@pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")
+@pytest.mark.slow  # compiles FlexAttention for the CPU
 def test_frame_local_wide_field_equals_full_attention_and_flex_equals_dense():
     model = load_dit(None, arch=LOCAL_ARCH, seed=6)
     video, audio, text = random_inputs(2, frames=4)
@@ -182,3 +183,84 @@ def test_arch_config_reads_reference_fields_and_rejects_unknown_ones():
     sr = PRESETS["magihuman-sr-1080p"]
     assert (sr.coords_style, sr.frame_receptive_field) == ("v1", 11)
     assert set(range(40)) - set(sr.local_attn_layers) == {3, 7, 11, 15, 19, 23, 27, 31}
+
+
+# --- a GPU path for long-lived replicas: masks built once per shape, one compile for all shapes --
+
+
+MIXED_SHAPES = [  # (text lens of the batch, frames, latent H, latent W): 137..405 tokens, 2..4 mask blocks
+    ([12], 5, 8, 12),
+    ([20, 7], 6, 8, 8),
+    ([9], 7, 8, 16),
+    ([15], 5, 12, 8),
+    ([30, 8, 3], 7, 8, 12),
+    ([12], 11, 8, 16),
+]
+
+
+def _velocity(model, lens, frames, height, width, seed=0, frame_receptive_field=1):
+    video, audio, text = random_inputs(len(lens), frames, height, width, audio=4 * (frames - 1) + 1, text=max(lens), seed=seed)
+    return model.velocity(video, audio, text, lens, frame_receptive_field=frame_receptive_field)
+
+
+def test_attention_masks_are_built_once_per_shape():
+    model = load_dit(None, arch=LOCAL_ARCH, seed=7)
+    model.local_attention_backend = "dense"
+    build_attention_masks.cache_clear()
+    for lens, frames, h, w in MIXED_SHAPES[:2] * 2:  # each shape twice, interleaved
+        _velocity(model, lens, frames, h, w)
+    info = build_attention_masks.cache_info()
+    assert (info.misses, info.hits) == (2, 2)
+
+
+def test_block_masks_are_built_once_per_shape(monkeypatch):
+    import torch.nn.attention.flex_attention as flex
+
+    builds = []
+    real = flex.create_block_mask
+    monkeypatch.setattr(flex, "create_block_mask", lambda *a, **k: builds.append(a[3]) or real(*a, **k))
+    build_attention_masks.cache_clear()
+    layouts = [TokenLayout(5, 24, 17, (12,)), TokenLayout(6, 16, 21, (20, 7)), TokenLayout(5, 24, 17, (12,))]
+    masks = [build_attention_masks(layout, 1, torch.device("cpu"), "flex") for layout in layouts]
+    assert builds == [layouts[0].seq_len, layouts[1].seq_len]
+    assert masks[2] is masks[0]
+
+
+def test_unmasked_attention_reaches_sdpa_without_a_mask(monkeypatch):
+    seen = []
+    real = torch.nn.functional.scaled_dot_product_attention
+
+    def spy(q, k, v, attn_mask=None, **kwargs):
+        seen.append(None if attn_mask is None else tuple(attn_mask.shape))
+        return real(q, k, v, attn_mask=attn_mask, **kwargs)
+
+    monkeypatch.setattr(dit_module.F, "scaled_dot_product_attention", spy)
+    model = load_dit(None, arch=LOCAL_ARCH, seed=8)
+    # One prompt, nothing padded, and a receptive field covering the clip: no layer needs a mask.
+    _velocity(model, [12], 4, 4, 6, frame_receptive_field=3)
+    assert seen == [None] * LOCAL_ARCH.num_layers
+    seen.clear()
+    # Padded text: a [B, 1, 1, S] key mask, never a materialized [S, S] one, in the global layers.
+    lens = [12, 5]
+    _velocity(model, lens, 4, 4, 6, frame_receptive_field=-1)
+    seq = 4 * 6 + 13 + 12
+    assert seen == [(2, 1, 1, seq)] * LOCAL_ARCH.num_layers
+
+
+@pytest.mark.slow  # compiles FlexAttention for the CPU (about a minute on two cores)
+def test_flex_attention_compiles_once_for_mixed_shapes(recwarn):
+    from torch._dynamo.utils import counters
+
+    model = load_dit(None, arch=LOCAL_ARCH, seed=9)
+    dense = [_velocity(model, *shape, seed=i) for i, shape in enumerate(MIXED_SHAPES)]
+    model.local_attention_backend = "flex"
+    # Batch 1 and batch > 1 are two graphs (dynamo specializes size-1 dims); nothing else is.
+    before = counters["stats"]["unique_graphs"]
+    flex = [_velocity(model, *shape, seed=i) for i, shape in enumerate(MIXED_SHAPES[:2])]
+    compiled = counters["stats"]["unique_graphs"]
+    assert 0 < compiled - before <= 2  # dynamo did compile flex attention on the CPU
+    flex += [_velocity(model, *shape, seed=i) for i, shape in enumerate(MIXED_SHAPES[2:], start=2)]
+    assert counters["stats"]["unique_graphs"] == compiled  # new lengths, batch sizes, aspects: no recompile
+    for got, want in zip(flex, dense):
+        torch.testing.assert_close(got, want, rtol=2e-2, atol=2e-2)  # bf16 attention, different kernels
+    assert not [w for w in recwarn if "without torch.compile" in str(w.message)]  # never the eager fallback
