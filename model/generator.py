@@ -33,10 +33,11 @@ from model.magihuman.sizes import (
     FPS,
     VIDEO_LATENT_CHANNELS,
     ClipGeometry,
+    FrameFit,
     clip_geometry,
 )
 from model.magihuman.text_encoder import TextEncoder
-from model.magihuman.video_vae import VideoVAE, fit_frames
+from model.magihuman.video_vae import VideoVAE, fit_frame_count, fit_frames
 from model.presets import SR_COMPONENT, Component, ModelName, ModelPreset, get_preset
 
 log = logging.getLogger(__name__)
@@ -134,10 +135,12 @@ class ClipLatents:
 
 @dataclass
 class ClipOutput:
-    frames: np.ndarray  # uint8 [T, H, W, 3]
-    audio: np.ndarray  # float32 [samples, channels]
+    frames: np.ndarray  # uint8 [duration * 25, H, W, 3]
+    audio: np.ndarray  # float32 [duration * sample_rate, channels]
     sample_rate: int
     fps: int = FPS
+    # How the decoded frames were brought to the requested duration (see ClipGeometry.frame_fit).
+    frame_fit: FrameFit = "exact"
     # Seconds per phase: the batch's wall time of that phase divided by the batch size.
     timings: dict[str, float] = field(default_factory=dict)
     latents: ClipLatents | None = None
@@ -307,9 +310,9 @@ class AVGenerator:
                 )
 
         with self._phase(timings, "decode"):
-            frames = self.video_vae.decode(video)[:, : geometry.frames]
             width, height = geometry.final_size
-            frames = [fit_frames(clip, width, height) for clip in frames]
+            frames = [fit_frame_count(fit_frames(clip, width, height), geometry.frames)
+                      for clip in self.video_vae.decode(video)]
             waveforms = self.audio_vae.decode(audio, config.sample_rate)[:, : geometry.audio_samples(config.sample_rate)]
 
         per_clip = {name: seconds / len(specs) for name, seconds in timings.items()}
@@ -327,6 +330,7 @@ class AVGenerator:
                     frames=frames[i].numpy(),
                     audio=waveforms[i].numpy(),
                     sample_rate=config.sample_rate,
+                    frame_fit=geometry.frame_fit,
                     timings=dict(per_clip),
                     latents=latents,
                 )
@@ -336,13 +340,14 @@ class AVGenerator:
     def _initial_noise(
         self, generators: list[torch.Generator], geometry: ClipGeometry, latent_h: int, latent_w: int
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-clip starting noise from each clip's own generator: video first, then audio."""
+        """Per-clip starting noise from each clip's own generator seeded by the clip's seed, drawn
+        audio first, then video, as the reference does (it seeds torch's global generator instead)."""
         video_shape = (VIDEO_LATENT_CHANNELS, geometry.latent_frames, latent_h, latent_w)
         audio_shape = (geometry.audio_latents, AUDIO_LATENT_CHANNELS)
         videos, audios = [], []
         for gen in generators:
-            videos.append(torch.randn(video_shape, generator=gen))
             audios.append(torch.randn(audio_shape, generator=gen))
+            videos.append(torch.randn(video_shape, generator=gen))
         return torch.stack(videos).to(self.device), torch.stack(audios).to(self.device)
 
     def _encode_images(self, images: list[torch.Tensor] | None, width: int, height: int) -> torch.Tensor | None:

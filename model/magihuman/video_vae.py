@@ -71,6 +71,15 @@ def fit_frames(frames: torch.Tensor, width: int, height: int) -> torch.Tensor:
     return resized.permute(0, 2, 3, 1).contiguous()
 
 
+def fit_frame_count(frames: torch.Tensor, count: int) -> torch.Tensor:
+    """[T, ...] frames -> [count, ...]: extra frames dropped from the end, or the last frame held
+    for the missing ones. The reference's latent layout decodes to within 2 frames of the request."""
+    if frames.shape[0] >= count:
+        return frames[:count]
+    held = frames[-1:].expand(count - frames.shape[0], *frames.shape[1:])
+    return torch.cat([frames, held])
+
+
 class VideoVAE:
     """Encode reference images to normalized latents; decode normalized latents to uint8 frames."""
 

@@ -19,13 +19,12 @@ def generator():
 
 
 def _check_clip(out, duration_s, aspect, resolution, sample_rate=44100):
-    frames = duration_s * 25 + 1
     width, height = FINAL_SIZES[resolution][aspect]
-    assert out.frames.shape == (frames, height, width, 3) and out.frames.dtype == np.uint8
+    # exactly the requested duration: s x 25 frames and s seconds of audio
+    assert out.frames.shape == (duration_s * 25, height, width, 3) and out.frames.dtype == np.uint8
     assert out.fps == 25 and out.sample_rate == sample_rate
     assert out.audio.dtype == np.float32 and out.audio.ndim == 2 and out.audio.shape[1] == 2
-    # audio spans the video's duration to within one frame
-    assert abs(out.audio.shape[0] / sample_rate - frames / 25) <= 1 / 25
+    assert out.audio.shape[0] == duration_s * sample_rate
     assert np.isfinite(out.audio).all() and out.audio.std() > 0
     assert out.frames.std() > 0
     assert set(out.timings) == {"text", "denoise", "super_resolution", "decode"}
@@ -39,10 +38,17 @@ def test_base_clip_shapes_per_aspect(generator, aspect):
     assert out.timings["super_resolution"] == 0
 
 
-def test_five_second_clip(generator):
-    (out,) = generator.generate([ClipSpec("A runner crosses the line.", 5, "16:9", "256p", seed=5)])
-    _check_clip(out, 5, "16:9", "256p")
-    assert out.frames.shape[0] == 126
+@pytest.mark.parametrize("seconds, frame_fit", [(5, "exact"), (4, "dropped_1"), (2, "held_1"), (3, "held_2")])
+def test_clip_is_exactly_the_requested_duration(generator, seconds, frame_fit):
+    (out,) = generator.generate([ClipSpec("A runner crosses the line.", seconds, "16:9", "256p", seed=5)])
+    _check_clip(out, seconds, "16:9", "256p")
+    assert out.frame_fit == frame_fit
+    # the reference's latent layout: (25 s + 1 - 1) // 4 + 1 video latent frames, 25 s + 1 audio latents
+    assert out.latents.video.shape[1] == seconds * 25 // 4 + 1
+    assert out.latents.audio.shape[0] == seconds * 25 + 1
+    held = {"held_1": 1, "held_2": 2}.get(frame_fit, 0)
+    for i in range(held):  # a held frame repeats the last decoded one
+        assert np.array_equal(out.frames[-1 - i], out.frames[-1 - held])
 
 
 @pytest.mark.parametrize("resolution,aspect", [("540p", "9:16"), ("1080p", "16:9")])
@@ -121,7 +127,7 @@ def test_reference_image_errors_name_the_input(generator, tmp_path):
 def test_48k_delivery_rate():
     gen = AVGenerator(GeneratorConfig(model="tiny", steps=1, sample_rate=48000))
     (out,) = gen.generate([ClipSpec("A bell rings.", 1, "1:1", seed=1)])
-    assert out.sample_rate == 48000 and out.audio.shape[0] == 26 * 1920
+    assert out.sample_rate == 48000 and out.audio.shape[0] == 48000
 
 
 def test_missing_released_component_names_the_path(tmp_path):
@@ -154,6 +160,6 @@ def test_released_layout_loads_from_paths_offline(tmp_path, monkeypatch, generat
     assert released.dit.load_report.loaded > 0
     # The released preset generates at the released sizes.
     (out,) = released.generate([ClipSpec("A bell rings.", 1, "16:9", "256p", seed=1)])
-    assert out.frames.shape == (26, 256, 448, 3)
+    assert out.frames.shape == (25, 256, 448, 3)
     with pytest.raises(ValueError, match="sr_resolutions"):
         released.sr_dit("1080p")
