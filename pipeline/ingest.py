@@ -141,6 +141,24 @@ def _reason_from(error: ValidationError, within: str | None = None) -> str:
     return "; ".join(parts)
 
 
+def reference_image_fault(uri: str | None) -> str | None:
+    """Why ``reference_image_uri`` cannot be read by a render worker, or None. The workers read
+    absolute local paths, file:///absolute URIs and s3://bucket/key objects; a relative path would
+    be resolved against whichever directory a worker runs in."""
+    if uri is None:
+        return None
+    fix = "give an absolute path, a file:///absolute/path URI or s3://bucket/key"
+    scheme, sep, rest = uri.partition("://")
+    if not sep:
+        return None if Path(uri).is_absolute() else f"reference_image_uri: a relative path (got {uri!r}); {fix}"
+    if scheme == "file":
+        return None if rest.startswith("/") else f"reference_image_uri: not an absolute file URI (got {uri!r}); {fix}"
+    if scheme == "s3":
+        bucket, _, key = rest.partition("/")
+        return None if bucket and key else f"reference_image_uri: no bucket or key (got {uri!r}); {fix}"
+    return f"reference_image_uri: the {scheme}:// scheme is not read (got {uri!r}); {fix}"
+
+
 def locale_fault(brief: CampaignBrief, locale: str) -> str | None:
     """Why ``locale`` (canonical) cannot be rendered for ``brief``, or None when it can."""
     if language_for_locale(locale) is None:
@@ -239,6 +257,9 @@ class ValidateBriefs:
             brief = CampaignBrief.model_validate(given)
         except ValidationError as exc:
             return [reject(_reason_from(exc))]
+        fault = reference_image_fault(brief.reference_image_uri)
+        if fault:
+            return [reject(fault)]
 
         results: list[dict] = []
         kept: list[str] = []

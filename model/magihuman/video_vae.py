@@ -11,9 +11,11 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKLWan
+from PIL import Image
 
 from .sizes import VAE_STRIDE, VIDEO_LATENT_CHANNELS
 
@@ -69,6 +71,32 @@ def fit_frames(frames: torch.Tensor, width: int, height: int) -> torch.Tensor:
     cropped = frames[:, top : top + crop_h, left : left + crop_w].permute(0, 3, 1, 2)  # channels-last NCHW view
     resized = F.interpolate(cropped, size=(height, width), mode="bilinear", align_corners=False, antialias=True)
     return resized.permute(0, 2, 3, 1).contiguous()
+
+
+def reference_crop_box(width: int, height: int, target_width: int, target_height: int) -> tuple[float, ...]:
+    """The centered crop of a `width` x `height` image to the target's aspect ratio, computed as the
+    reference does (inference/pipeline/video_process.py, resizecrop): the kept side whole, the other
+    truncated to an integer, the box in half pixels (PIL rounds it when cropping)."""
+    if height / width > target_height / target_width:
+        new_w = width
+        new_h = int(new_w * target_height / target_width)
+    else:
+        new_h = height
+        new_w = int(new_h * target_width / target_height)
+    return ((width - new_w) / 2, (height - new_h) / 2, (width + new_w) / 2, (height + new_h) / 2)
+
+
+def reference_pixels(image: Image.Image, width: int, height: int) -> torch.Tensor:
+    """An RGB image -> [1, 3, 1, height, width] float32 in [-1, 1], as the reference prepares the
+    first frame: center crop to the aspect, Lanczos resize (diffusers' VideoProcessor default), then
+    x / 255 * 2 - 1."""
+    if image.mode != "RGB":
+        image = image.convert("RGB")
+    if image.size != (width, height):
+        image = image.crop(reference_crop_box(*image.size, width, height))
+        image = image.resize((width, height), resample=Image.Resampling.LANCZOS)
+    pixels = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0)  # [H, W, 3]
+    return (pixels * 2.0 - 1.0).permute(2, 0, 1)[None, :, None]
 
 
 def fit_frame_count(frames: torch.Tensor, count: int) -> torch.Tensor:
@@ -137,11 +165,10 @@ class VideoVAE:
         return z.float() * self.latents_std + self.latents_mean
 
     @torch.inference_mode()
-    def encode_image(self, image: torch.Tensor, width: int, height: int) -> torch.Tensor:
-        """uint8 [H,W,3] image -> normalized latent [1, 48, 1, height/16, width/16] (float32).
-        The image is center-cropped to the target aspect and resized first."""
-        frame = fit_frames(image.unsqueeze(0), width, height)
-        x = frame.permute(3, 0, 1, 2).unsqueeze(0).to(self.device, self.dtype) / 127.5 - 1.0  # [1,3,1,H,W]
+    def encode_image(self, image: Image.Image, width: int, height: int) -> torch.Tensor:
+        """An RGB image (EXIF orientation already applied) -> normalized latent
+        [1, 48, 1, height/16, width/16] (float32), prepared as the reference does (reference_pixels)."""
+        x = reference_pixels(image, width, height).to(self.device, self.dtype)
         self.vae.disable_tiling()
         mu = self.vae.encode(x).latent_dist.mode()
         return self.normalize(mu)

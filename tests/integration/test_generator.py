@@ -105,23 +105,79 @@ def test_image_to_video_pins_the_first_latent_frame(generator, tmp_path):
     image = rng.integers(0, 256, (300, 500, 3), dtype=np.uint8)
     path = tmp_path / "ref.png"
     Image.fromarray(image).save(path)
-    assert np.array_equal(load_reference_image(f"file://{path}").numpy(), image)
+    assert np.array_equal(np.asarray(load_reference_image(f"file://{path}")), image)
 
     spec = ClipSpec("A woman turns to the camera.", 1, "16:9", "256p", seed=9, reference_image=str(path))
     (out,) = generator.generate([spec])
     _check_clip(out, 1, "16:9", "256p")
-    expected = generator.video_vae.encode_image(torch.from_numpy(image), *PRESETS["tiny"].base_sizes["16:9"])
+    expected = generator.video_vae.encode_image(Image.fromarray(image), *PRESETS["tiny"].base_sizes["16:9"])
     torch.testing.assert_close(out.latents.image_condition, expected[0])
     assert torch.equal(out.latents.video[:, :1], out.latents.image_condition)
     (t2v,) = generator.generate([ClipSpec("A woman turns to the camera.", 1, "16:9", "256p", seed=9)])
     assert not torch.equal(t2v.latents.video[:, :1], out.latents.image_condition)
 
 
+def _first_frame_latent(generator, reference_image):
+    spec = ClipSpec("A woman turns to the camera.", 1, "9:16", "256p", seed=4, reference_image=reference_image)
+    (out,) = generator.generate([spec])
+    return out.latents.image_condition
+
+
+def test_exif_rotated_jpeg_gives_the_latent_of_the_upright_image(generator, tmp_path):
+    upright = np.random.default_rng(2).integers(0, 256, (160, 96, 3), dtype=np.uint8)  # portrait, 9:16-ish
+    # A camera stores the pixels as the sensor saw them (landscape) and says how to turn them:
+    # Orientation 6 = rotate 90 degrees clockwise to display.
+    stored = Image.fromarray(np.rot90(upright, k=1).copy())
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    rotated_path = tmp_path / "phone.jpg"
+    stored.save(rotated_path, quality=95, exif=exif)
+    # The upright image is what those JPEG pixels show once turned: saved losslessly.
+    with Image.open(rotated_path) as img:
+        assert img.getexif()[0x0112] == 6 and img.size == (160, 96)
+        shown = np.rot90(np.asarray(img), k=-1).copy()
+    assert shown.shape == upright.shape
+    upright_path = tmp_path / "upright.png"
+    Image.fromarray(shown).save(upright_path)
+
+    from_exif = _first_frame_latent(generator, str(rotated_path))
+    torch.testing.assert_close(from_exif, _first_frame_latent(generator, str(upright_path)), atol=0, rtol=0)
+    # Read without its orientation, the same file is a different (sideways) picture.
+    sideways_path = tmp_path / "sideways.png"
+    Image.fromarray(np.rot90(shown, k=1).copy()).save(sideways_path)
+    assert not torch.allclose(from_exif, _first_frame_latent(generator, str(sideways_path)))
+
+
+def test_s3_reference_image_is_fetched_from_the_configured_endpoint(generator, tmp_path, monkeypatch):
+    import io
+
+    import boto3
+    from s3_server import S3_TEST_ENV, start_s3_server
+
+    for name, value in S3_TEST_ENV.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("AWS_ENDPOINT_URL_S3", raising=False)
+    image = np.random.default_rng(3).integers(0, 256, (120, 200, 3), dtype=np.uint8)
+    body = io.BytesIO()
+    Image.fromarray(image).save(body, format="PNG")
+    with start_s3_server() as endpoint:
+        s3 = boto3.client("s3", endpoint_url=endpoint)
+        s3.create_bucket(Bucket="brand-assets")
+        s3.put_object(Bucket="brand-assets", Key="refs/hero.png", Body=body.getvalue())
+        monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)  # boto3's own setting
+        assert np.array_equal(np.asarray(load_reference_image("s3://brand-assets/refs/hero.png")), image)
+        monkeypatch.delenv("AWS_ENDPOINT_URL")
+        fetched = load_reference_image("s3://brand-assets/refs/hero.png", s3_endpoint=endpoint)
+        assert np.array_equal(np.asarray(fetched), image)
+        with pytest.raises(FileNotFoundError, match="s3://brand-assets/refs/missing.png"):
+            load_reference_image("s3://brand-assets/refs/missing.png", s3_endpoint=endpoint)
+
+
 def test_reference_image_errors_name_the_input(generator, tmp_path):
     with pytest.raises(FileNotFoundError, match="nope.png"):
         generator.generate([ClipSpec("x", 1, reference_image=str(tmp_path / "nope.png"))])
-    with pytest.raises(ValueError, match="s3://"):
-        load_reference_image("s3://bucket/key.png")
+    with pytest.raises(ValueError, match="https://"):
+        load_reference_image("https://cdn.example/key.png")
 
 
 def test_48k_delivery_rate():

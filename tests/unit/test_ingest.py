@@ -68,6 +68,21 @@ def test_whole_brief_faults_reject_the_brief_naming_the_field(overrides, field):
     assert json.loads(reject["raw"])["prompt"] == brief(**overrides)["prompt"]
 
 
+@pytest.mark.parametrize("uri", ["refs/hero.jpg", "./hero.jpg", "file://refs/hero.jpg", "https://cdn.example/hero.jpg",
+                                 "gs://bucket/hero.jpg", "s3://bucket-only", "s3:///key.jpg"])
+def test_reference_images_a_worker_cannot_read_reject_the_brief(uri):
+    reject = only_reject([brief(reference_image_uri=uri)])
+    assert reject["reason"].startswith("reference_image_uri: "), reject["reason"]
+    assert repr(uri) in reject["reason"] and "s3://bucket/key" in reject["reason"]
+
+
+@pytest.mark.parametrize("uri", ["/data/refs/hero.jpg", "file:///data/refs/hero.jpg", "s3://brand-assets/refs/hero.jpg"])
+def test_reference_images_a_worker_can_read_pass(uri):
+    (valid,) = run_ingest([brief(reference_image_uri=uri)])
+    assert valid["reason"] is None
+    assert CampaignBrief.model_validate_json(valid["brief_json"]).reference_image_uri == uri
+
+
 def test_missing_required_field_is_named():
     reject = only_reject([brief(prompt=None)])
     assert reject["reason"] == "prompt: required field is missing or null"
