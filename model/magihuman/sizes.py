@@ -27,6 +27,7 @@ VIDEO_LATENT_CHANNELS = 48
 AUDIO_LATENT_CHANNELS = 64
 AUDIO_HOP = 2048  # waveform samples per audio latent
 AUDIO_VIRTUAL_RATE = AUDIO_HOP * FPS  # 51200 Hz: one audio latent per video frame
+TEXT_LENGTH = 640  # text tokens the DiT reads (the reference's t5_gemma_target_length); longer embeddings are trimmed
 
 
 # The size tables, read from the one definition in schemas/formats.py (its comment says how each
