@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from released_checkpoints import write_stable_audio_root, write_wan_original
 
 from model.generator import AVGenerator, ClipSpec, GeneratorConfig, load_reference_image
 from model.magihuman import save_checkpoint
@@ -192,20 +193,22 @@ def test_missing_released_component_names_the_path(tmp_path):
         AVGenerator(GeneratorConfig(model="magihuman-distill", checkpoint_dir=tmp_path, sr_resolutions=()))
     message = str(err.value)
     assert str(tmp_path / "t5gemma-9b-9b-ul2") in message
-    assert str(tmp_path / "Wan2.2-TI2V-5B-Diffusers" / "vae") in message
-    assert str(tmp_path / "stable-audio-open-1.0" / "vae") in message
+    # The folders as downloaded, under their repository names.
+    assert f"video_vae: {tmp_path / 'Wan2.2-TI2V-5B'}" in message and "Diffusers" not in message
+    assert f"audio_vae: {tmp_path / 'stable-audio-open-1.0'}" in message and "/vae" not in message
     assert "distill:" not in message
     with pytest.raises(ValueError, match="checkpoint_dir"):
         AVGenerator(GeneratorConfig(model="magihuman-base"))
 
 
 def test_released_layout_loads_from_paths_offline(tmp_path, monkeypatch, generator):
-    """Tiny weights written in the released folder layout load through the released code path."""
+    """Tiny weights written in the released folder layout, as downloaded, load through the released
+    code path from one checkpoint_dir."""
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     generator.text_encoder.model.save_pretrained(tmp_path / "t5gemma-9b-9b-ul2")
     generator.text_encoder.tokenizer.save_pretrained(tmp_path / "t5gemma-9b-9b-ul2")
-    generator.video_vae.vae.save_pretrained(tmp_path / "Wan2.2-TI2V-5B-Diffusers" / "vae")
-    generator.audio_vae.vae.save_pretrained(tmp_path / "stable-audio-open-1.0" / "vae")
+    write_wan_original(tmp_path / "Wan2.2-TI2V-5B", generator.video_vae.vae)
+    write_stable_audio_root(tmp_path / "stable-audio-open-1.0", generator.audio_vae.vae)
     save_checkpoint(generator.dit.state_dict(), tmp_path / "distill", arch=generator.dit.arch)
     sr = generator.sr_dit("540p")
     save_checkpoint(sr.state_dict(), tmp_path / "540p_sr", arch=sr.arch)

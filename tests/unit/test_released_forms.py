@@ -1,66 +1,22 @@
 """The component folders load in the forms users download them, each to the same weights as the
 diffusers form: Wan-AI/Wan2.2-TI2V-5B's original Wan2.2_VAE.pth, stabilityai/stable-audio-open-1.0's
 root (model_config.json + model.safetensors, the VAE under `pretransform.model.`), and
-google/t5gemma-9b-9b-ul2 as the hub ships it. The fixtures are tiny models written in those layouts:
-the original key names are made here by renaming a diffusers state dict back, independently of the
-loaders' own renaming."""
+google/t5gemma-9b-9b-ul2 as the hub ships it. The fixtures are tiny models written in those layouts
+(tests/integration/released_checkpoints.py)."""
 
 from __future__ import annotations
 
 import json
-import re
 
 import pytest
 import torch
 from diffusers import AutoencoderKLWan, AutoencoderOobleck
-from safetensors.torch import save_file
+from released_checkpoints import wan_diffusers_to_original, write_stable_audio_root
 
 from model.magihuman.audio_vae import AudioVAE
 from model.magihuman.video_vae import WAN22_LATENTS_MEAN, WAN22_LATENTS_STD, VideoVAE
 
 # --- Wan2.2 VAE: the original layout -----------------------------------------------------------
-
-_RESNET_PARTS = {"norm1.gamma": "residual.0.gamma", "conv1": "residual.2", "norm2.gamma": "residual.3.gamma",
-                 "conv2": "residual.6", "conv_shortcut": "shortcut"}
-
-
-def _resnet_part(rest: str) -> str:
-    for new, old in _RESNET_PARTS.items():
-        if rest.startswith(new):
-            return old + rest[len(new):]
-    raise AssertionError(rest)
-
-
-def wan_diffusers_to_original(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """AutoencoderKLWan names -> the Wan repository's (Encoder3d/Decoder3d of WanVAE_): a down/up
-    block is one Sequential of its residual blocks followed by its resampler."""
-    resnets = {}
-    for key in state_dict:
-        if m := re.match(r"(encoder\.down_blocks|decoder\.up_blocks)\.(\d+)\.resnets\.(\d+)\.", key):
-            resnets[(m[1], m[2])] = max(resnets.get((m[1], m[2]), 0), int(m[3]) + 1)
-    out = {}
-    for key, value in state_dict.items():
-        if m := re.match(r"(quant_conv|post_quant_conv)\.(.*)", key):
-            new = {"quant_conv": "conv1", "post_quant_conv": "conv2"}[m[1]] + "." + m[2]
-        elif m := re.match(r"(encoder|decoder)\.(conv_in|norm_out|conv_out)\.(.*)", key):
-            new = f"{m[1]}.{ {'conv_in': 'conv1', 'norm_out': 'head.0', 'conv_out': 'head.2'}[m[2]] }.{m[3]}"
-        elif m := re.match(r"(encoder|decoder)\.mid_block\.resnets\.(\d)\.(.*)", key):
-            new = f"{m[1]}.middle.{2 * int(m[2])}.{_resnet_part(m[3])}"
-        elif m := re.match(r"(encoder|decoder)\.mid_block\.attentions\.0\.(.*)", key):
-            new = f"{m[1]}.middle.1.{m[2]}"
-        elif m := re.match(r"(encoder\.down_blocks|decoder\.up_blocks)\.(\d+)\.resnets\.(\d+)\.(.*)", key):
-            side = "encoder.downsamples" if m[1].startswith("encoder") else "decoder.upsamples"
-            inner = "downsamples" if m[1].startswith("encoder") else "upsamples"
-            new = f"{side}.{m[2]}.{inner}.{m[3]}.{_resnet_part(m[4])}"
-        elif m := re.match(r"(encoder\.down_blocks|decoder\.up_blocks)\.(\d+)\.(downsampler|upsampler)\.(.*)", key):
-            side = "encoder.downsamples" if m[1].startswith("encoder") else "decoder.upsamples"
-            inner = "downsamples" if m[1].startswith("encoder") else "upsamples"
-            new = f"{side}.{m[2]}.{inner}.{resnets[(m[1], m[2])]}.{m[4]}"
-        else:
-            raise AssertionError(f"unmapped diffusers key {key}")
-        out[new] = value
-    return out
-
 
 @pytest.fixture(scope="module")
 def tiny_wan() -> AutoencoderKLWan:
@@ -129,37 +85,6 @@ def test_the_diffusers_repository_folder_and_its_vae_folder_load(tmp_path, tiny_
 
 # --- stable-audio-open-1.0: the repository root -----------------------------------------------
 
-
-def oobleck_diffusers_to_stable_audio(state_dict: dict[str, torch.Tensor], blocks: int) -> dict[str, torch.Tensor]:
-    """AutoencoderOobleck names -> stable-audio-tools' (OobleckEncoder/Decoder `layers` Sequentials,
-    SnakeBeta parameters as [C]), under the `pretransform.model.` prefix of the full model."""
-    def unit(rest: str) -> str:  # a ResidualUnit: snake, conv (dilated), snake, conv
-        for new, old in (("snake1.", "layers.0."), ("conv1.", "layers.1."), ("snake2.", "layers.2."), ("conv2.", "layers.3.")):
-            rest = rest.replace(new, old, 1) if rest.startswith(new) else rest
-        return rest
-
-    out = {}
-    for key, value in state_dict.items():
-        side, rest = key.split(".", 1)
-        if m := re.match(r"block\.(\d+)\.(.*)", rest):
-            layer, inner = int(m[1]) + 1, m[2]
-            if u := re.match(r"res_unit(\d)\.(.*)", inner):
-                index = int(u[1]) - 1 if side == "encoder" else int(u[1]) + 1
-                inner = f"layers.{index}.{unit(u[2])}"
-            else:
-                names = {"snake1": 3, "conv1": 4} if side == "encoder" else {"snake1": 0, "conv_t1": 1}
-                name, tail = inner.split(".", 1)
-                inner = f"layers.{names[name]}.{tail}"
-            new = f"{side}.layers.{layer}.{inner}"
-        else:
-            name, tail = rest.split(".", 1)
-            new = f"{side}.layers.{ {'conv1': 0, 'snake1': blocks + 1, 'conv2': blocks + 2}[name] }.{tail}"
-        if re.search(r"\.(alpha|beta)$", new):
-            value = value.reshape(-1)
-        out["pretransform.model." + new] = value
-    return out
-
-
 STRIDES = [2, 4, 4, 8, 8]
 
 
@@ -172,25 +97,6 @@ def tiny_oobleck() -> AutoencoderOobleck:
         for param in vae.parameters():
             param.add_(torch.randn_like(param) * 0.05)
     return vae
-
-
-def write_stable_audio_root(folder, vae: AutoencoderOobleck, dtype=torch.float32) -> None:
-    folder.mkdir(parents=True)
-    config = {"model_type": "diffusion_cond", "sample_size": 2097152, "sample_rate": 44100, "audio_channels": 2,
-              "model": {"pretransform": {"type": "autoencoder", "iterate_batch": True, "config": {
-                  "encoder": {"type": "oobleck", "requires_grad": False, "config": {
-                      "in_channels": 2, "channels": 4, "c_mults": [1, 2, 2, 2, 2], "strides": STRIDES,
-                      "latent_dim": 4, "use_snake": True}},  # the release: 128 and 128, equal as here
-                  "decoder": {"type": "oobleck", "config": {
-                      "out_channels": 2, "channels": 4, "c_mults": [1, 2, 2, 2, 2], "strides": STRIDES,
-                      "latent_dim": 64, "use_snake": True, "final_tanh": False}},
-                  "bottleneck": {"type": "vae"}, "latent_dim": 64, "downsampling_ratio": 2048, "io_channels": 2}}}}
-    (folder / "model_config.json").write_text(json.dumps(config))
-    weights = oobleck_diffusers_to_stable_audio(vae.state_dict(), blocks=len(STRIDES))
-    # The rest of the full model sits in the same file; the loader reads the VAE's keys only.
-    weights["model.model.transformer.layers.0.self_attn.to_qkv.weight"] = torch.randn(6, 2)
-    weights["conditioner.conditioners.seconds_total.embedder.embedding.1.weight"] = torch.randn(3, 3)
-    save_file({k: v.to(dtype).contiguous() for k, v in weights.items()}, folder / "model.safetensors")
 
 
 def test_stable_audio_root_loads_to_the_diffusers_weights(tmp_path, tiny_oobleck):
@@ -223,3 +129,44 @@ def test_the_vae_subfolder_of_stable_audio_keeps_loading(tmp_path, tiny_oobleck,
         torch.testing.assert_close(AudioVAE.from_pretrained(folder).decode(z), expected, atol=0, rtol=0)
     with pytest.raises(FileNotFoundError, match=r"model_config\.json.*vae/"):
         AudioVAE.from_pretrained(tmp_path / "empty")
+
+
+# --- google/t5gemma-9b-9b-ul2 as the hub ships it ----------------------------------------------
+
+
+def test_t5gemma_loads_from_the_hub_layout(tmp_path, monkeypatch):
+    """The hub repository holds the whole encoder-decoder (T5GemmaForConditionalGeneration: `model.encoder.*`,
+    `model.decoder.*`, the LM head) in safetensors shards with an index, in bfloat16, and its tokenizer
+    files; the text encoder takes the encoder half."""
+    from transformers import T5GemmaForConditionalGeneration
+
+    from model.magihuman.text_encoder import TextEncoder, TinyT5GemmaConfig, byte_level_tokenizer, tiny_t5gemma_encoder
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    tokenizer = byte_level_tokenizer()
+    encoder_only = tiny_t5gemma_encoder(TinyT5GemmaConfig(), vocab_size=len(tokenizer), seed=5)
+    config = encoder_only.config
+    config.is_encoder_decoder = True
+    torch.manual_seed(5)
+    full = T5GemmaForConditionalGeneration(config).to(torch.bfloat16)
+    folder = tmp_path / "t5gemma-9b-9b-ul2"
+    full.save_pretrained(folder, max_shard_size="200KB")
+    tokenizer.save_pretrained(folder)
+    files = {p.name for p in folder.iterdir()}
+    assert "model.safetensors.index.json" in files and "tokenizer.json" in files
+    index = json.loads((folder / "model.safetensors.index.json").read_text())["weight_map"]
+    assert any(k.startswith("model.encoder.layers.") for k in index) and any(k.startswith("model.decoder.") for k in index)
+
+    loaded = TextEncoder.from_pretrained(folder, "negative", dtype=torch.float32)
+    expected = {k.removeprefix("model."): v.float() for k, v in full.state_dict().items() if k.startswith("model.encoder.")}
+    got = loaded.model.state_dict()
+    assert expected.keys() <= got.keys()
+    assert all(torch.equal(got[k], expected[k]) for k in expected)
+    prompt = "A man opens a bottle of soda."
+    ids = tokenizer([prompt], return_tensors="pt")
+    with torch.inference_mode():
+        reference = full.float().model.encoder(**ids).last_hidden_state[0]
+    got_embedding = loaded.encode(prompt)
+    assert got_embedding.length == ids.input_ids.shape[1]
+    # Same weights (checked exactly above); the two models may run different attention kernels.
+    torch.testing.assert_close(got_embedding.embedding[: got_embedding.length], reference, atol=2e-3, rtol=1e-2)
