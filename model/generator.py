@@ -12,6 +12,7 @@ distilled TurboVAED or the full Wan2.2 VAE, and the audio VAE; trim and resize t
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import time
@@ -22,6 +23,7 @@ from typing import Iterator, Literal
 
 import numpy as np
 import torch
+from PIL import Image, ImageOps
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from model.magihuman import ArchConfig, denoise, load_dit, prepare_sr_latents
@@ -33,11 +35,12 @@ from model.magihuman.sizes import (
     FPS,
     VIDEO_LATENT_CHANNELS,
     ClipGeometry,
+    FrameFit,
     clip_geometry,
 )
 from model.magihuman.text_encoder import TextEncoder
 from model.magihuman.turbo_vae import TurboVAED
-from model.magihuman.video_vae import VideoVAE, fit_frames
+from model.magihuman.video_vae import VideoVAE, fit_frame_count, fit_frames
 from model.parallel import TPGroup
 from model.presets import SR_COMPONENT, Component, ModelName, ModelPreset, get_preset
 
@@ -74,6 +77,9 @@ class GeneratorConfig(BaseModel):
         default=("540p", "1080p"), description="super-resolution models this replica serves (checked at start)"
     )
     return_latents: bool = Field(default=False, description="keep the final latents on each ClipOutput")
+    s3_endpoint: str | None = Field(
+        default=None, description="S3 endpoint URL for s3:// reference images; default AWS_ENDPOINT_URL, else AWS"
+    )
 
     @field_validator("dtype")
     @classmethod
@@ -137,15 +143,15 @@ class GeneratorConfig(BaseModel):
 
 @dataclass(frozen=True)
 class ClipSpec:
-    """One clip to make. `reference_image` (image-to-video) is a local path, a file:// URI or a
-    uint8 [H, W, 3] array."""
+    """One clip to make. `reference_image` (image-to-video) is a local path, a file:// or s3:// URI,
+    a PIL image or a uint8 [H, W, 3] array."""
 
     prompt: str
     duration_s: float
     aspect_ratio: str = "16:9"
     resolution: str = "256p"
     seed: int = 0
-    reference_image: str | os.PathLike | np.ndarray | None = None
+    reference_image: str | os.PathLike | np.ndarray | Image.Image | None = None
 
 
 @dataclass
@@ -157,36 +163,61 @@ class ClipLatents:
 
 @dataclass
 class ClipOutput:
-    frames: np.ndarray  # uint8 [T, H, W, 3]
-    audio: np.ndarray  # float32 [samples, channels]
+    frames: np.ndarray  # uint8 [duration * 25, H, W, 3]
+    audio: np.ndarray  # float32 [duration * sample_rate, channels]
     sample_rate: int
     fps: int = FPS
+    # How the decoded frames were brought to the requested duration (see ClipGeometry.frame_fit).
+    frame_fit: FrameFit = "exact"
     # Seconds per phase: the batch's wall time of that phase divided by the batch size.
     timings: dict[str, float] = field(default_factory=dict)
     latents: ClipLatents | None = None
 
 
-def load_reference_image(image: str | os.PathLike | np.ndarray) -> torch.Tensor:
-    """uint8 [H, W, 3] tensor from an array, a local path or a file:// URI."""
+def _read_s3_object(uri: str, s3_endpoint: str | None) -> bytes:
+    import boto3
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    bucket, _, key = uri.removeprefix("s3://").partition("/")
+    if not bucket or not key:
+        raise ValueError(f"reference_image {uri!r}: give an S3 object as s3://bucket/path/image.jpg")
+    # endpoint_url=None lets boto3 take AWS_ENDPOINT_URL(_S3) or the AWS default.
+    try:
+        return boto3.client("s3", endpoint_url=s3_endpoint).get_object(Bucket=bucket, Key=key)["Body"].read()
+    except ClientError as exc:
+        code = exc.response.get("Error", {}).get("Code", "")
+        raise FileNotFoundError(f"reference_image {uri}: cannot read it from S3 ({code or exc})") from None
+    except BotoCoreError as exc:
+        raise OSError(f"reference_image {uri}: cannot read it from S3 ({exc}); check the S3 endpoint") from None
+
+
+def load_reference_image(
+    image: str | os.PathLike | np.ndarray | Image.Image, s3_endpoint: str | None = None
+) -> Image.Image:
+    """The RGB image of a reference: an array (uint8 [H, W, 3]), a PIL image, a local path, a
+    file:// URI or an s3:// object. Files are read as the reference's diffusers load_image does:
+    EXIF orientation applied, then converted to RGB."""
+    if isinstance(image, Image.Image):
+        return ImageOps.exif_transpose(image).convert("RGB")
     if isinstance(image, np.ndarray):
-        array = image
+        if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+            raise ValueError(f"reference_image must be uint8 [H, W, 3], got {image.dtype} {image.shape}")
+        return Image.fromarray(image)
+    location = os.fspath(image)
+    if location.startswith("s3://"):
+        source = io.BytesIO(_read_s3_object(location, s3_endpoint))
     else:
-        location = os.fspath(image)
         if location.startswith("file://"):
             location = location[len("file://") :]
         elif "://" in location:
             raise ValueError(
-                f"reference_image {location!r}: only local paths and file:// URIs are read here; fetch it first"
+                f"reference_image {location!r}: only local paths, file:// and s3:// URIs are read"
             )
         if not Path(location).is_file():
             raise FileNotFoundError(f"reference_image: no file at {location}")
-        from PIL import Image
-
-        with Image.open(location) as img:
-            array = np.asarray(img.convert("RGB"))
-    if array.dtype != np.uint8 or array.ndim != 3 or array.shape[2] != 3:
-        raise ValueError(f"reference_image must be uint8 [H, W, 3], got {array.dtype} {array.shape}")
-    return torch.tensor(array)  # a copy: PIL's arrays are read-only
+        source = location
+    with Image.open(source) as img:
+        return ImageOps.exif_transpose(img).convert("RGB")
 
 
 class AVGenerator:
@@ -290,7 +321,9 @@ class AVGenerator:
         preset, config = self.preset, self.config
         timings = {name: 0.0 for name in PHASES}
         generators = [torch.Generator(device="cpu").manual_seed(spec.seed) for spec in specs]
-        images = [load_reference_image(s.reference_image) for s in specs] if specs[0].reference_image is not None else None
+        images = None
+        if specs[0].reference_image is not None:
+            images = [load_reference_image(s.reference_image, config.s3_endpoint) for s in specs]
 
         with self._phase(timings, "text"):
             text, text_lens = self.text_encoder.encode_batch([s.prompt for s in specs])
@@ -339,9 +372,9 @@ class AVGenerator:
                 )
 
         with self._phase(timings, "decode"):
-            frames = self.video_decoder.decode(video)[:, : geometry.frames]
             width, height = geometry.final_size
-            frames = [fit_frames(clip, width, height) for clip in frames]
+            frames = [fit_frame_count(fit_frames(clip, width, height), geometry.frames)
+                      for clip in self.video_decoder.decode(video)]
             waveforms = self.audio_vae.decode(audio, config.sample_rate)[:, : geometry.audio_samples(config.sample_rate)]
 
         per_clip = {name: seconds / len(specs) for name, seconds in timings.items()}
@@ -359,6 +392,7 @@ class AVGenerator:
                     frames=frames[i].numpy(),
                     audio=waveforms[i].numpy(),
                     sample_rate=config.sample_rate,
+                    frame_fit=geometry.frame_fit,
                     timings=dict(per_clip),
                     latents=latents,
                 )
@@ -368,16 +402,17 @@ class AVGenerator:
     def _initial_noise(
         self, generators: list[torch.Generator], geometry: ClipGeometry, latent_h: int, latent_w: int
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-clip starting noise from each clip's own generator: video first, then audio."""
+        """Per-clip starting noise from each clip's own generator seeded by the clip's seed, drawn
+        audio first, then video, as the reference does (it seeds torch's global generator instead)."""
         video_shape = (VIDEO_LATENT_CHANNELS, geometry.latent_frames, latent_h, latent_w)
         audio_shape = (geometry.audio_latents, AUDIO_LATENT_CHANNELS)
         videos, audios = [], []
         for gen in generators:
-            videos.append(torch.randn(video_shape, generator=gen))
             audios.append(torch.randn(audio_shape, generator=gen))
+            videos.append(torch.randn(video_shape, generator=gen))
         return torch.stack(videos).to(self.device), torch.stack(audios).to(self.device)
 
-    def _encode_images(self, images: list[torch.Tensor] | None, width: int, height: int) -> torch.Tensor | None:
+    def _encode_images(self, images: list[Image.Image] | None, width: int, height: int) -> torch.Tensor | None:
         if images is None:
             return None
         return torch.cat([self.video_vae.encode_image(image, width, height) for image in images])

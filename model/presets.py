@@ -9,8 +9,10 @@ Released stack, all under one `checkpoint_dir` (each folder can be pointed elsew
       540p_sr/                        GAIR/daVinci-MagiHuman  540p_sr/   (super-resolution to 540p)
       1080p_sr/                       GAIR/daVinci-MagiHuman  1080p_sr/  (super-resolution to 1080p)
       t5gemma-9b-9b-ul2/              google/t5gemma-9b-9b-ul2 (whole repository)
-      Wan2.2-TI2V-5B-Diffusers/vae/   Wan-AI/Wan2.2-TI2V-5B-Diffusers, its vae/ folder
-      stable-audio-open-1.0/vae/      stabilityai/stable-audio-open-1.0, its vae/ folder
+      Wan2.2-TI2V-5B/                 Wan-AI/Wan2.2-TI2V-5B (its Wan2.2_VAE.pth is read; the -Diffusers
+                                      repository, or its vae/ folder, loads from here too)
+      stable-audio-open-1.0/          stabilityai/stable-audio-open-1.0 (model_config.json + model.safetensors,
+                                      as the reference reads it, or its diffusers vae/ folder)
       turbo_vae/                      GAIR/daVinci-MagiHuman  turbo_vae/ (distilled decoder; optional,
                                       see GeneratorConfig.decoder)
 
@@ -63,8 +65,8 @@ RELEASED_FOLDERS: dict[str, str] = {
     "sr_540p": "540p_sr",
     "sr_1080p": "1080p_sr",
     "text_encoder": "t5gemma-9b-9b-ul2",
-    "video_vae": "Wan2.2-TI2V-5B-Diffusers/vae",
-    "audio_vae": "stable-audio-open-1.0/vae",
+    "video_vae": "Wan2.2-TI2V-5B",
+    "audio_vae": "stable-audio-open-1.0",
     "turbo_vae": "turbo_vae",
 }
 

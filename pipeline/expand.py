@@ -7,9 +7,11 @@ and the per-brief summary of that fan-out that ``paddock plan`` prints.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
+from pathlib import Path
 
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field
@@ -20,6 +22,7 @@ from schemas.locales import language_for_locale
 from schemas.render import RENDER_REQUEST_ARROW_SCHEMA, RenderRequest
 
 NO_BACKGROUND_SOUND = "No prominent background sound"
+RELEASED_TEXT_ENCODER = "google/t5gemma-9b-9b-ul2"  # hub id, looked up in the local Hugging Face cache only
 
 # Han, kana and Hangul letters: the model was trained with a space between each.
 _CJK = (
@@ -35,16 +38,86 @@ def space_cjk(text: str) -> str:
     return _BETWEEN_CJK.sub(" ", text)
 
 
-def compose_prompt(scene: str, dialogue: list[DialogueLine], language: str, background_sound: str | None) -> str:
-    """The model prompt: the English scene, a ``Dialogue:`` block with
-    ``<speaker, Language>: "line"`` rows, then a ``Background Sound:`` block."""
+def _prompt_blocks(scene: str, dialogue: list[DialogueLine], language: str, background_sound: str | None) -> list[str]:
     blocks = [scene.strip()]
     if dialogue:
         rows = [f'<{d.speaker.strip()}, {language}>: "{space_cjk(d.line.strip())}"' for d in dialogue]
         blocks.append("Dialogue:\n" + "\n".join(rows))
     sound = (background_sound or "").strip() or NO_BACKGROUND_SOUND
     blocks.append(f"Background Sound:\n<{sound}>")
-    return "\n\n".join(blocks)
+    return blocks
+
+
+def compose_prompt(scene: str, dialogue: list[DialogueLine], language: str, background_sound: str | None) -> str:
+    """The model prompt: the English scene, a ``Dialogue:`` block with
+    ``<speaker, Language>: "line"`` rows, then a ``Background Sound:`` block."""
+    return "\n\n".join(_prompt_blocks(scene, dialogue, language, background_sound))
+
+
+def prompt_through_dialogue(scene: str, dialogue: list[DialogueLine], language: str) -> str:
+    """The start of the composed prompt, up to the end of its Dialogue block: what the model must
+    read in full for the clip to speak every line."""
+    return "\n\n".join(_prompt_blocks(scene, dialogue, language, None)[:-1])
+
+
+# Gemma's SentencePiece vocabulary splits digits one by one and keeps most punctuation apart;
+# about 4 ASCII letters per token is a high count for English words (Gemma averages more).
+_ESTIMATE_PIECES = re.compile(r"[A-Za-z]+|[0-9]|[^\sA-Za-z0-9]|\n")
+
+
+def estimated_gemma_tokens(text: str) -> int:
+    """A high estimate of T5Gemma's token count, for when its tokenizer is not at hand: one token per
+    digit, punctuation mark, newline and non-ASCII character, one per 4 letters of each word
+    (rounded up), plus <bos> and <eos>. Text with rare characters that Gemma spells byte by byte
+    can still count more."""
+    pieces = _ESTIMATE_PIECES.findall(text)
+    return 2 + sum(-(-len(p) // 4) if p[0].isascii() and p[0].isalpha() else 1 for p in pieces)
+
+
+class PromptTokens:
+    """Counts a prompt's text tokens for the model a plan is made for, the most exact way at hand:
+    the tiny preset's own byte-level tokenizer; the released T5Gemma tokenizer from
+    ``text_encoder_dir`` or the Hugging Face cache, offline; otherwise estimated_gemma_tokens.
+    Picklable: the tokenizer is loaded on first use, in the process that counts."""
+
+    def __init__(self, model_id: str | None = None, text_encoder_dir: str | Path | None = None):
+        self.model_id = model_id
+        self.text_encoder_dir = text_encoder_dir
+        self._count = None
+        self.method = ""
+
+    def __getstate__(self) -> dict:
+        return {"model_id": self.model_id, "text_encoder_dir": self.text_encoder_dir}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(**state)
+
+    def __call__(self, text: str) -> int:
+        if self._count is None:
+            self._count, self.method = _token_counter(self.model_id, self.text_encoder_dir)
+        return self._count(text)
+
+
+@functools.lru_cache(maxsize=4)
+def _token_counter(model_id: str | None, text_encoder_dir: str | Path | None):
+    # Imported here: planning without a model id never loads transformers.
+    if model_id is not None:
+        from model.presets import get_preset
+
+        if get_preset(model_id).tiny is not None:
+            from model.magihuman.text_encoder import byte_level_tokenizer
+
+            tokenizer = byte_level_tokenizer()
+            return (lambda text: len(tokenizer(text).input_ids)), "the tiny preset's tokenizer"
+        from model.magihuman.text_encoder import load_tokenizer
+
+        for source in ([text_encoder_dir] if text_encoder_dir else []) + [RELEASED_TEXT_ENCODER]:
+            try:
+                tokenizer = load_tokenizer(source)
+            except (OSError, ValueError):
+                continue
+            return (lambda text: len(tokenizer(text).input_ids)), f"the tokenizer of {source}"
+    return estimated_gemma_tokens, "an estimate of T5Gemma's tokens (its tokenizer was not found offline)"
 
 
 def make_render_id(fields: dict) -> str:

@@ -24,7 +24,10 @@ import pyarrow.parquet as pq
 from pydantic import ValidationError
 
 from pipeline.errors import first_line
+from model.magihuman.sizes import TEXT_LENGTH
+from pipeline.expand import PromptTokens, prompt_through_dialogue
 from schemas.brief import (
+    MAIN_VARIANT,
     REQUIRED_COLUMNS,
     BriefVariant,
     CampaignBrief,
@@ -153,7 +156,7 @@ class LocaleFault:
     reason: str
 
 
-def check_locales(brief: CampaignBrief) -> tuple[list[str], list[LocaleFault]]:
+def check_locales(brief: CampaignBrief, count_tokens: PromptTokens | None = None) -> tuple[list[str], list[LocaleFault]]:
     """The per-locale checks, for the batch job and the server alike: the brief's target
     locales that can be rendered (canonical, first occurrence kept), and why the others cannot."""
     kept: list[str] = []
@@ -166,7 +169,7 @@ def check_locales(brief: CampaignBrief) -> tuple[list[str], list[LocaleFault]]:
             continue
         if locale in kept:
             continue
-        fault = _locale_fault(brief, locale)
+        fault = locale_fault(brief, locale, count_tokens or RELEASED_PROMPT_TOKENS)
         if fault:
             faults.append(LocaleFault(index, locale, fault))
         else:
@@ -174,7 +177,46 @@ def check_locales(brief: CampaignBrief) -> tuple[list[str], list[LocaleFault]]:
     return kept, faults
 
 
-def _locale_fault(brief: CampaignBrief, locale: str) -> str | None:
+def reference_image_fault(uri: str | None) -> str | None:
+    """Why ``reference_image_uri`` cannot be read by a render worker, or None. The workers read
+    absolute local paths, file:///absolute URIs and s3://bucket/key objects; a relative path would
+    be resolved against whichever directory a worker runs in."""
+    if uri is None:
+        return None
+    fix = "give an absolute path, a file:///absolute/path URI or s3://bucket/key"
+    scheme, sep, rest = uri.partition("://")
+    if not sep:
+        return None if Path(uri).is_absolute() else f"reference_image_uri: a relative path (got {uri!r}); {fix}"
+    if scheme == "file":
+        return None if rest.startswith("/") else f"reference_image_uri: not an absolute file URI (got {uri!r}); {fix}"
+    if scheme == "s3":
+        bucket, _, key = rest.partition("/")
+        return None if bucket and key else f"reference_image_uri: no bucket or key (got {uri!r}); {fix}"
+    return f"reference_image_uri: the {scheme}:// scheme is not read (got {uri!r}); {fix}"
+
+
+# Without a model id the plan counts as for the released T5Gemma tokenizer (see PromptTokens).
+RELEASED_PROMPT_TOKENS = PromptTokens()
+
+
+def dialogue_window_fault(brief: CampaignBrief, variant: BriefVariant, locale: str,
+                          count_tokens: PromptTokens) -> str | None:
+    """Why the composed prompt of ``variant`` in ``locale`` would have dialogue past the model's
+    text window (the text encoder's embedding is trimmed to it, and the clip would not speak the
+    rest while its captions show it), or None."""
+    dialogue = brief.dialogue_for(locale, variant)
+    if not dialogue:
+        return None
+    tokens = count_tokens(prompt_through_dialogue(brief.scene_for(variant), dialogue, language_for_locale(locale)))
+    if tokens <= TEXT_LENGTH:
+        return None
+    field = "dialogue" if locale == brief.source_locale else "localized_dialogue"
+    return (f"{field}: past the model's {TEXT_LENGTH}-token text window in {locale} (the composed prompt is "
+            f"{tokens} tokens by the end of its Dialogue block, counted with {count_tokens.method}); "
+            "shorten the prompt or the dialogue")
+
+
+def locale_fault(brief: CampaignBrief, locale: str, count_tokens: PromptTokens = RELEASED_PROMPT_TOKENS) -> str | None:
     """Why ``locale`` (canonical) cannot be rendered for ``brief``, or None when it can."""
     if language_for_locale(locale) is None:
         return f"locales: unsupported language ({locale}; {supported_locales_hint()})"
@@ -183,17 +225,24 @@ def _locale_fault(brief: CampaignBrief, locale: str) -> str | None:
             f"locales: missing localized_dialogue ({locale}: the brief has dialogue in "
             f"{brief.source_locale} but no translation for {locale}; add one or drop the locale)"
         )
+    if brief.variants is None:  # with variants, each variant is checked on its own
+        return dialogue_window_fault(brief, MAIN_VARIANT, locale, count_tokens)
     return None
 
 
-def variant_locale_fault(brief: CampaignBrief, variant: BriefVariant, locales: list[str]) -> str | None:
+def variant_locale_fault(brief: CampaignBrief, variant: BriefVariant, locales: list[str],
+                         count_tokens: PromptTokens = RELEASED_PROMPT_TOKENS) -> str | None:
     """Why ``variant`` cannot be rendered in every one of ``locales`` (``field: reason``), or None."""
     missing = [locale for locale in locales if brief.dialogue_for(locale, variant) is None]
-    if not missing:
-        return None
-    return (f"localized_dialogue: missing for a target locale ({', '.join(missing)}: the variant replaces the "
-            "dialogue or its translations, so the brief's own do not apply); add them to the variant's "
-            "localized_dialogue or drop the locale")
+    if missing:
+        return (f"localized_dialogue: missing for a target locale ({', '.join(missing)}: the variant replaces the "
+                "dialogue or its translations, so the brief's own do not apply); add them to the variant's "
+                "localized_dialogue or drop the locale")
+    for locale in locales:
+        fault = dialogue_window_fault(brief, variant, locale, count_tokens)
+        if fault:
+            return fault
+    return None
 
 
 def _parses(template: str) -> bool:
@@ -237,10 +286,13 @@ def reason_category(reason: str) -> str:
 
 
 class ValidateBriefs:
-    """Batch stage: raw brief rows in, valid briefs and rejects out (INGEST_SCHEMA)."""
+    """Batch stage: raw brief rows in, valid briefs and rejects out (INGEST_SCHEMA). ``model_id``
+    and ``text_encoder_dir`` choose how prompt tokens are counted (PromptTokens)."""
 
-    def __init__(self, first_row_of: dict[str, int]):
+    def __init__(self, first_row_of: dict[str, int], model_id: str | None = None,
+                 text_encoder_dir: str | Path | None = None):
         self.first_row_of = first_row_of
+        self.count_tokens = PromptTokens(model_id, text_encoder_dir)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         out: list[dict] = []
@@ -272,15 +324,18 @@ class ValidateBriefs:
             brief = CampaignBrief.model_validate(given)
         except ValidationError as exc:
             return [reject(_reason_from(exc))]
+        fault = reference_image_fault(brief.reference_image_uri)
+        if fault:
+            return [reject(fault)]
 
-        kept, faults = check_locales(brief)
+        kept, faults = check_locales(brief, self.count_tokens)
         results = [reject(fault.reason, locale=fault.locale) for fault in faults]
         results.extend(reject(reason) for reason in variant_rejects)
         variants = None
         if kept_variants is not None:
             variants = []
             for index, variant in kept_variants:
-                fault = variant_locale_fault(brief, variant, kept)
+                fault = variant_locale_fault(brief, variant, kept, self.count_tokens)
                 if fault:
                     results.append(reject(f"variants[{index}].{fault}"))
                 else:

@@ -116,7 +116,7 @@ def plan(briefs: str | Path | pa.Table, model_id: str, s3_endpoint: str | None =
         blocks = [table.slice(start, PLAN_BLOCK_ROWS) for start in range(0, max(table.num_rows, 1), PLAN_BLOCK_ROWS)]
         validated = (
             ray.data.from_arrow(blocks)
-            .map_batches(ValidateBriefs(first_row_of), batch_format="pyarrow", batch_size=None)
+            .map_batches(ValidateBriefs(first_row_of, model_id), batch_format="pyarrow", batch_size=None)
             .materialize()
         )
         valid = validated.filter(expr=col("reason").is_null())

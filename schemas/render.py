@@ -37,7 +37,8 @@ class RenderRequest(BaseModel):
 
     @property
     def num_frames(self) -> int:
-        return self.duration_s * FPS + 1
+        """Delivered frames: exactly the requested duration at 25 fps."""
+        return self.duration_s * FPS
 
 
 RENDER_REQUEST_ARROW_SCHEMA = arrow_schema(RenderRequest)

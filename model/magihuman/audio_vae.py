@@ -1,5 +1,10 @@
 """stable-audio-open Oobleck VAE through diffusers' AutoencoderOobleck, plus a band-limited resampler.
 
+It loads from stabilityai/stable-audio-open-1.0 as downloaded: the repository root, as the
+reference reads it (model_config.json + model.safetensors, the VAE's weights under the
+`pretransform.model.` prefix in stable-audio-tools' module names, renamed to diffusers' on load, as
+diffusers' scripts/convert_stable_audio.py does), or its diffusers `vae/` folder.
+
 The Oobleck VAE maps 2048 waveform samples to one 64-channel latent. MagiHuman trains it on audio
 at a 51.2 kHz *virtual* rate, so one latent spans 40 ms, exactly one video frame at 25 fps. The
 decoded waveform is therefore 51.2 kHz audio and is resampled to the delivery rate (44.1 kHz,
@@ -8,8 +13,10 @@ or 48 kHz) with a windowed-sinc polyphase filter.
 
 from __future__ import annotations
 
+import json
 import math
 import os
+import re
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -80,6 +87,87 @@ def resample(
     return y.reshape(*lead, n_out).to(waveform.dtype)
 
 
+STABLE_AUDIO_CONFIG = "model_config.json"
+STABLE_AUDIO_WEIGHTS = "model.safetensors"
+STABLE_AUDIO_VAE_PREFIX = "pretransform.model."
+
+
+def _stable_audio_key(key: str, blocks: int) -> str:
+    """stable-audio-tools' Oobleck name (after the prefix) -> AutoencoderOobleck's. Encoder and
+    decoder are one `layers` Sequential each: a conv, `blocks` blocks, a snake, a conv. An encoder
+    block is 3 residual units, a snake, a strided conv; a decoder block is a snake, a transposed
+    conv, 3 residual units; a residual unit is snake, conv, snake, conv."""
+    side, index, rest = re.fullmatch(r"(encoder|decoder)\.layers\.(\d+)\.(.*)", key).groups()
+    index = int(index)
+    if index == 0:
+        return f"{side}.conv1.{rest}"
+    if index == blocks + 1:
+        return f"{side}.snake1.{rest}"
+    if index == blocks + 2:
+        return f"{side}.conv2.{rest}"
+    part, inner = re.fullmatch(r"layers\.(\d+)\.(.*)", rest).groups()
+    part = int(part)
+    units = (0, 1, 2) if side == "encoder" else (2, 3, 4)
+    if part in units:
+        unit_part, tail = re.fullmatch(r"layers\.(\d+)\.(.*)", inner).groups()
+        name = ("snake1", "conv1", "snake2", "conv2")[int(unit_part)]
+        return f"{side}.block.{index - 1}.res_unit{units.index(part) + 1}.{name}.{tail}"
+    name = {3: "snake1", 4: "conv1"}[part] if side == "encoder" else {0: "snake1", 1: "conv_t1"}[part]
+    return f"{side}.block.{index - 1}.{name}.{inner}"
+
+
+def load_stable_audio_root(path: Path) -> AutoencoderOobleck:
+    """The Oobleck VAE of a stable-audio-open-1.0 repository root (in the file's dtype), reading only
+    its VAE's tensors."""
+    from safetensors import safe_open
+
+    config_path = path / STABLE_AUDIO_CONFIG
+    full = json.loads(config_path.read_text())
+    try:
+        vae = full["model"]["pretransform"]["config"]
+        encoder, decoder = vae["encoder"]["config"], vae["decoder"]["config"]
+        sampling_rate = full["sample_rate"]
+    except (KeyError, TypeError) as exc:
+        raise ValueError(f"{config_path}: no model.pretransform.config VAE ({exc!r} missing); "
+                         "expected stabilityai/stable-audio-open-1.0's model_config.json") from None
+    # AutoencoderOobleck is the snake, tanh-free Oobleck that stable-audio-open-1.0 uses.
+    if not (encoder.get("use_snake") and decoder.get("use_snake")) or decoder.get("final_tanh", True):
+        raise ValueError(f"{config_path}: model.pretransform.config needs use_snake true and decoder final_tanh "
+                         "false (stable-audio-open-1.0's VAE)")
+    # diffusers' AutoencoderOobleck has one encoder width for both (128 and 128 in the release).
+    if encoder["latent_dim"] != encoder["channels"]:
+        raise ValueError(f"{config_path}: encoder latent_dim {encoder['latent_dim']} != channels {encoder['channels']}; "
+                         "AutoencoderOobleck needs them equal, as stable-audio-open-1.0 has them")
+    model = AutoencoderOobleck(
+        encoder_hidden_size=encoder["channels"],
+        downsampling_ratios=list(encoder["strides"]),
+        channel_multiples=list(encoder["c_mults"]),
+        decoder_channels=decoder["channels"],
+        decoder_input_channels=decoder["latent_dim"],
+        audio_channels=vae["io_channels"],
+        sampling_rate=sampling_rate,
+    )
+    blocks = len(encoder["strides"])
+    expected = model.state_dict()
+    state, unknown = {}, []
+    with safe_open(path / STABLE_AUDIO_WEIGHTS, framework="pt") as weights:
+        for key in weights.keys():
+            if key.startswith(STABLE_AUDIO_VAE_PREFIX):
+                name = _stable_audio_key(key[len(STABLE_AUDIO_VAE_PREFIX):], blocks)
+                if name not in expected:
+                    unknown.append(key)
+                    continue
+                # SnakeBeta keeps alpha/beta as [C]; diffusers' Snake1d as [1, C, 1].
+                state[name] = weights.get_tensor(key).reshape(expected[name].shape)
+    missing = sorted(expected.keys() - state.keys())
+    if unknown or missing:
+        raise ValueError(f"{path / STABLE_AUDIO_WEIGHTS}: the {STABLE_AUDIO_VAE_PREFIX}* tensors do not match "
+                         f"{config_path.name}'s VAE (unexpected: {unknown[:3]}, missing: {missing[:3]}); expected "
+                         "stabilityai/stable-audio-open-1.0's files")
+    model.load_state_dict(state, strict=True, assign=True)
+    return model
+
+
 @dataclass(frozen=True)
 class TinyOobleckConfig:
     """Narrow Oobleck VAE with the released hop (2 * 4 * 4 * 8 * 8 = 2048) and 64 latent channels."""
@@ -110,14 +198,18 @@ class AudioVAE:
     def from_pretrained(
         cls, path: str | os.PathLike, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
     ) -> AudioVAE:
-        """Load the diffusers-format VAE folder (stabilityai/stable-audio-open-1.0, subfolder vae/)."""
+        """Load the VAE of stabilityai/stable-audio-open-1.0 as downloaded: its root (as the
+        reference reads it), or its diffusers vae/ folder (given as the root or as the folder)."""
         path = Path(path)
-        if not (path / "config.json").is_file():
+        if (path / STABLE_AUDIO_CONFIG).is_file() and (path / STABLE_AUDIO_WEIGHTS).is_file():
+            return cls(load_stable_audio_root(path), device=device, dtype=dtype)
+        folder = path / "vae" if (path / "vae" / "config.json").is_file() else path
+        if not (folder / "config.json").is_file():
             raise FileNotFoundError(
-                f"audio VAE: expected a diffusers AutoencoderOobleck folder with config.json at {path} "
-                "(the vae/ folder of stabilityai/stable-audio-open-1.0)"
+                f"audio VAE: no {STABLE_AUDIO_CONFIG} + {STABLE_AUDIO_WEIGHTS} and no diffusers vae/config.json at "
+                f"{path}; download stabilityai/stable-audio-open-1.0 there"
             )
-        vae = AutoencoderOobleck.from_pretrained(path, torch_dtype=dtype, local_files_only=True)
+        vae = AutoencoderOobleck.from_pretrained(folder, torch_dtype=dtype, local_files_only=True)
         return cls(vae, device=device, dtype=dtype)
 
     @classmethod

@@ -3,6 +3,9 @@
 Facts from the released stack:
 - video VAE (Wan2.2-TI2V-5B): stride 4 (time) x 16 x 16, 48 latent channels; a latent clip of
   T frames decodes to 4 * (T - 1) + 1 frames;
+- the reference's sequence layout (inference/pipeline/video_generate.py, MagiEvaluator.evaluate):
+  for s seconds it denoises 25 s + 1 audio latents and (25 s + 1 - 1) // 4 + 1 video latent frames,
+  so 5 s is 126 audio latents and 32 latent frames (125 decoded frames);
 - DiT video patch 1 x 2 x 2, so latent height/width are even and pixel sizes are multiples of 32;
 - audio VAE (Oobleck): one 64-channel latent per 2048 samples at a 51.2 kHz virtual rate, i.e.
   one audio latent per video frame at 25 fps;
@@ -13,8 +16,8 @@ Facts from the released stack:
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
+from typing import Literal
 
 from schemas.formats import ASPECT_RATIOS, FPS, GENERATION_SIZES, RESOLUTIONS, SR_RESOLUTIONS, delivery_size
 
@@ -24,6 +27,7 @@ VIDEO_LATENT_CHANNELS = 48
 AUDIO_LATENT_CHANNELS = 64
 AUDIO_HOP = 2048  # waveform samples per audio latent
 AUDIO_VIRTUAL_RATE = AUDIO_HOP * FPS  # 51200 Hz: one audio latent per video frame
+TEXT_LENGTH = 640  # text tokens the DiT reads (the reference's t5_gemma_target_length); longer embeddings are trimmed
 
 
 # The size tables, read from the one definition in schemas/formats.py (its comment says how each
@@ -48,19 +52,28 @@ def _check_size_multiple(width: int, height: int) -> None:
         raise ValueError(f"generation size {width}x{height} must be a multiple of {multiple} on both sides")
 
 
+FrameFit = Literal["exact", "dropped_1", "held_1", "held_2"]
+
+
 @dataclass(frozen=True)
 class ClipGeometry:
     """Every size one clip needs, from request parameters to decoded output."""
 
     aspect_ratio: str
     resolution: str
-    frames: int  # delivered video frames: duration * 25 + 1
-    latent_frames: int  # video latent frames; they decode to `generated_frames`
-    generated_frames: int  # 4 * (latent_frames - 1) + 1 >= frames; trimmed to `frames` after decode
-    audio_latents: int  # one per generated frame, so audio and video tokens stay aligned
+    frames: int  # delivered video frames: duration * 25, exactly the requested duration at 25 fps
+    latent_frames: int  # video latent frames, as the reference lays them out; they decode to `decoded_frames`
+    decoded_frames: int  # 4 * (latent_frames - 1) + 1: frames + 1, frames, frames - 1 or frames - 2
+    audio_latents: int  # duration * 25 + 1, as the reference: one per 40 ms and one more
     base_size: tuple[int, int]  # (width, height) of the base DiT pass
     sr_size: tuple[int, int] | None  # (width, height) of the SR pass, None at 256p
     final_size: tuple[int, int]  # (width, height) of the delivered frames
+
+    @property
+    def frame_fit(self) -> FrameFit:
+        """How the decoded frames become the delivered ones: as they are, the one extra dropped, or
+        the last frame held for the one or two missing (at most 80 ms)."""
+        return {1: "dropped_1", 0: "exact", -1: "held_1", -2: "held_2"}[self.decoded_frames - self.frames]
 
     @property
     def base_latent_hw(self) -> tuple[int, int]:
@@ -78,14 +91,16 @@ class ClipGeometry:
         return self.sr_size or self.base_size
 
     def audio_samples(self, sample_rate: int) -> int:
-        """Samples of delivered audio at `sample_rate`: exactly the video's duration (frames / 25 s)."""
+        """Samples of delivered audio at `sample_rate`: exactly the video's duration (frames / 25 s).
+        The decoded audio (audio_latents * 40 ms) is one latent longer and is cut to this."""
         return self.frames * sample_rate // FPS
 
 
 def frame_count(duration_s: float) -> int:
-    frames = round(duration_s * FPS) + 1
-    if frames < 2:
-        raise ValueError(f"duration_s={duration_s} is too short: at least one frame interval (0.04 s) is needed")
+    """Delivered frames for `duration_s` at 25 fps."""
+    frames = round(duration_s * FPS)
+    if frames < 1:
+        raise ValueError(f"duration_s={duration_s} is too short: at least one frame (0.04 s) is needed")
     return frames
 
 
@@ -108,8 +123,9 @@ def clip_geometry(
         raise ValueError(f"resolution={resolution!r} is not supported; use one of {sorted(final_sizes)}")
 
     frames = frame_count(duration_s)
-    latent_frames = math.ceil((frames - 1) / VAE_STRIDE[0]) + 1
-    generated_frames = VAE_STRIDE[0] * (latent_frames - 1) + 1
+    audio_latents = frames + 1  # the reference's num_frames = seconds * fps + 1
+    latent_frames = (audio_latents - 1) // VAE_STRIDE[0] + 1
+    decoded_frames = VAE_STRIDE[0] * (latent_frames - 1) + 1
     base_size = base_sizes[aspect_ratio]
     sr_size = sr_sizes[resolution][aspect_ratio] if resolution in sr_sizes else None
     for size in (base_size, sr_size):
@@ -120,8 +136,8 @@ def clip_geometry(
         resolution=resolution,
         frames=frames,
         latent_frames=latent_frames,
-        generated_frames=generated_frames,
-        audio_latents=generated_frames,
+        decoded_frames=decoded_frames,
+        audio_latents=audio_latents,
         base_size=base_size,
         sr_size=sr_size,
         final_size=final_sizes[resolution][aspect_ratio],

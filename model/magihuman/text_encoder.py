@@ -1,13 +1,16 @@
 """T5Gemma text encoder: prompt text -> padded embedding + real length, cached per replica.
 
-The released stack uses the encoder half of google/t5gemma-9b-9b-ul2 (hidden 3584) and pads or
-trims every prompt embedding to 640 tokens. Replicas see the same prompts many times (localized
+The released stack uses the encoder half of google/t5gemma-9b-9b-ul2 (hidden 3584). As the
+reference does (prompt_process.get_padded_t5_gemma_embedding), the whole prompt is encoded and the
+embedding is then padded or trimmed to 640 tokens: a long prompt's first 640 token embeddings still
+saw the rest of the prompt through the encoder's bidirectional attention. Replicas see the same prompts many times (localized
 variants share scene text, re-runs repeat prompts, CFG needs the negative prompt every clip), so
 embeddings are cached by prompt text and the negative-prompt embedding is computed once.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -17,7 +20,9 @@ import torch
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast, T5GemmaEncoderModel
 from transformers.models.t5gemma.configuration_t5gemma import T5GemmaConfig, T5GemmaModuleConfig
 
-TEXT_LENGTH = 640
+from .sizes import TEXT_LENGTH
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -53,6 +58,11 @@ def byte_level_tokenizer() -> PreTrainedTokenizerFast:
     return PreTrainedTokenizerFast(
         tokenizer_object=tokenizer, pad_token="<pad>", eos_token="<eos>", bos_token="<bos>", unk_token="<unk>"
     )
+
+
+def load_tokenizer(path: str | os.PathLike) -> PreTrainedTokenizerBase:
+    """The tokenizer of a local T5Gemma folder (tokenizer.json and its config, as the hub ships them)."""
+    return AutoTokenizer.from_pretrained(path, local_files_only=True)
 
 
 def tiny_t5gemma_encoder(tiny: TinyT5GemmaConfig, vocab_size: int, seed: int = 0) -> T5GemmaEncoderModel:
@@ -126,7 +136,7 @@ class TextEncoder:
                 f"text encoder: expected a T5Gemma checkpoint with config.json at {path} "
                 "(a local copy of google/t5gemma-9b-9b-ul2)"
             )
-        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        tokenizer = load_tokenizer(path)
         model = T5GemmaEncoderModel.from_pretrained(path, is_encoder_decoder=False, dtype=dtype, local_files_only=True)
         return cls(model, tokenizer, negative_prompt, device=device, dtype=dtype, cache_size=cache_size)
 
@@ -148,13 +158,14 @@ class TextEncoder:
         # One prompt per forward: no padding inside the encoder, so a prompt's embedding does not
         # depend on what it was batched with.
         self.forward_calls += 1
-        tokens = self.tokenizer(
-            [prompt], return_tensors="pt", truncation=True, max_length=self.text_length
-        ).to(self.device)
+        tokens = self.tokenizer([prompt], return_tensors="pt").to(self.device)
         hidden = self.model(**tokens).last_hidden_state[0]
-        length = hidden.shape[0]
+        if hidden.shape[0] > self.text_length:
+            log.warning("prompt of %d tokens: the model reads the first %d (%.60r...)",
+                        hidden.shape[0], self.text_length, prompt)
+        length = min(hidden.shape[0], self.text_length)
         padded = hidden.new_zeros(self.text_length, hidden.shape[1])
-        padded[:length] = hidden
+        padded[:length] = hidden[:length]
         return TextEmbedding(padded, length)
 
     def encode(self, prompt: str) -> TextEmbedding:

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pyarrow as pa
+import pytest
 import pyarrow.parquet as pq
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -70,12 +71,16 @@ def test_generate_one_clip_by_hand(tmp_path):
     proc = paddock("generate", "--prompt", "A dog barks twice.", "--seconds", "2", "--aspect", "9:16",
                    "--device", "cpu", "--out", "clips/dog.mp4", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    assert "wrote clips/dog.mp4: 51 frames 256x448" in proc.stdout
+    assert "wrote clips/dog.mp4: 50 frames 256x448" in proc.stdout
     with av.open(str(tmp_path / "clips" / "dog.mp4")) as container:
         video, audio = container.streams.video[0], container.streams.audio[0]
         assert (video.codec_context.name, video.width, video.height) == ("h264", 256, 448)
         assert (audio.codec_context.name, audio.rate) == ("aac", 48000)
-        assert sum(1 for _ in container.decode(video=0)) == 51
+        # exactly the 2 s asked for: 50 frames at 25 fps, and 2 s of audio to within one AAC frame
+        assert video.average_rate == 25
+        assert float(video.duration * video.time_base) == pytest.approx(2.0, abs=1e-6)
+        assert float(audio.duration * audio.time_base) == pytest.approx(2.0, abs=1024 / 48000)
+        assert sum(1 for _ in container.decode(video=0)) == 50
     assert [p.name for p in (tmp_path / "clips").iterdir()] == ["dog.mp4"]  # no scratch files left
 
 

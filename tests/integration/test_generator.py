@@ -7,6 +7,7 @@ import pytest
 import torch
 from PIL import Image
 from pydantic import ValidationError
+from released_checkpoints import write_stable_audio_root, write_wan_original
 
 from conftest import write_turbo_vae_folder
 from model.generator import AVGenerator, ClipSpec, GeneratorConfig, load_reference_image
@@ -23,13 +24,12 @@ def generator():
 
 
 def _check_clip(out, duration_s, aspect, resolution, sample_rate=44100):
-    frames = duration_s * 25 + 1
     width, height = FINAL_SIZES[resolution][aspect]
-    assert out.frames.shape == (frames, height, width, 3) and out.frames.dtype == np.uint8
+    # exactly the requested duration: s x 25 frames and s seconds of audio
+    assert out.frames.shape == (duration_s * 25, height, width, 3) and out.frames.dtype == np.uint8
     assert out.fps == 25 and out.sample_rate == sample_rate
     assert out.audio.dtype == np.float32 and out.audio.ndim == 2 and out.audio.shape[1] == 2
-    # audio spans the video's duration to within one frame
-    assert abs(out.audio.shape[0] / sample_rate - frames / 25) <= 1 / 25
+    assert out.audio.shape[0] == duration_s * sample_rate
     assert np.isfinite(out.audio).all() and out.audio.std() > 0
     assert out.frames.std() > 0
     assert set(out.timings) == {"text", "denoise", "super_resolution", "decode"}
@@ -43,10 +43,17 @@ def test_base_clip_shapes_per_aspect(generator, aspect):
     assert out.timings["super_resolution"] == 0
 
 
-def test_five_second_clip(generator):
-    (out,) = generator.generate([ClipSpec("A runner crosses the line.", 5, "16:9", "256p", seed=5)])
-    _check_clip(out, 5, "16:9", "256p")
-    assert out.frames.shape[0] == 126
+@pytest.mark.parametrize("seconds, frame_fit", [(5, "exact"), (4, "dropped_1"), (2, "held_1"), (3, "held_2")])
+def test_clip_is_exactly_the_requested_duration(generator, seconds, frame_fit):
+    (out,) = generator.generate([ClipSpec("A runner crosses the line.", seconds, "16:9", "256p", seed=5)])
+    _check_clip(out, seconds, "16:9", "256p")
+    assert out.frame_fit == frame_fit
+    # the reference's latent layout: (25 s + 1 - 1) // 4 + 1 video latent frames, 25 s + 1 audio latents
+    assert out.latents.video.shape[1] == seconds * 25 // 4 + 1
+    assert out.latents.audio.shape[0] == seconds * 25 + 1
+    held = {"held_1": 1, "held_2": 2}.get(frame_fit, 0)
+    for i in range(held):  # a held frame repeats the last decoded one
+        assert np.array_equal(out.frames[-1 - i], out.frames[-1 - held])
 
 
 @pytest.mark.parametrize("resolution,aspect", [("540p", "9:16"), ("1080p", "16:9")])
@@ -145,29 +152,85 @@ def test_image_to_video_pins_the_first_latent_frame(generator, tmp_path):
     image = rng.integers(0, 256, (300, 500, 3), dtype=np.uint8)
     path = tmp_path / "ref.png"
     Image.fromarray(image).save(path)
-    assert np.array_equal(load_reference_image(f"file://{path}").numpy(), image)
+    assert np.array_equal(np.asarray(load_reference_image(f"file://{path}")), image)
 
     spec = ClipSpec("A woman turns to the camera.", 1, "16:9", "256p", seed=9, reference_image=str(path))
     (out,) = generator.generate([spec])
     _check_clip(out, 1, "16:9", "256p")
-    expected = generator.video_vae.encode_image(torch.from_numpy(image), *PRESETS["tiny"].base_sizes["16:9"])
+    expected = generator.video_vae.encode_image(Image.fromarray(image), *PRESETS["tiny"].base_sizes["16:9"])
     torch.testing.assert_close(out.latents.image_condition, expected[0])
     assert torch.equal(out.latents.video[:, :1], out.latents.image_condition)
     (t2v,) = generator.generate([ClipSpec("A woman turns to the camera.", 1, "16:9", "256p", seed=9)])
     assert not torch.equal(t2v.latents.video[:, :1], out.latents.image_condition)
 
 
+def _first_frame_latent(generator, reference_image):
+    spec = ClipSpec("A woman turns to the camera.", 1, "9:16", "256p", seed=4, reference_image=reference_image)
+    (out,) = generator.generate([spec])
+    return out.latents.image_condition
+
+
+def test_exif_rotated_jpeg_gives_the_latent_of_the_upright_image(generator, tmp_path):
+    upright = np.random.default_rng(2).integers(0, 256, (160, 96, 3), dtype=np.uint8)  # portrait, 9:16-ish
+    # A camera stores the pixels as the sensor saw them (landscape) and says how to turn them:
+    # Orientation 6 = rotate 90 degrees clockwise to display.
+    stored = Image.fromarray(np.rot90(upright, k=1).copy())
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    rotated_path = tmp_path / "phone.jpg"
+    stored.save(rotated_path, quality=95, exif=exif)
+    # The upright image is what those JPEG pixels show once turned: saved losslessly.
+    with Image.open(rotated_path) as img:
+        assert img.getexif()[0x0112] == 6 and img.size == (160, 96)
+        shown = np.rot90(np.asarray(img), k=-1).copy()
+    assert shown.shape == upright.shape
+    upright_path = tmp_path / "upright.png"
+    Image.fromarray(shown).save(upright_path)
+
+    from_exif = _first_frame_latent(generator, str(rotated_path))
+    torch.testing.assert_close(from_exif, _first_frame_latent(generator, str(upright_path)), atol=0, rtol=0)
+    # Read without its orientation, the same file is a different (sideways) picture.
+    sideways_path = tmp_path / "sideways.png"
+    Image.fromarray(np.rot90(shown, k=1).copy()).save(sideways_path)
+    assert not torch.allclose(from_exif, _first_frame_latent(generator, str(sideways_path)))
+
+
+def test_s3_reference_image_is_fetched_from_the_configured_endpoint(generator, tmp_path, monkeypatch):
+    import io
+
+    import boto3
+    from s3_server import S3_TEST_ENV, start_s3_server
+
+    for name, value in S3_TEST_ENV.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("AWS_ENDPOINT_URL_S3", raising=False)
+    image = np.random.default_rng(3).integers(0, 256, (120, 200, 3), dtype=np.uint8)
+    body = io.BytesIO()
+    Image.fromarray(image).save(body, format="PNG")
+    with start_s3_server() as endpoint:
+        s3 = boto3.client("s3", endpoint_url=endpoint)
+        s3.create_bucket(Bucket="brand-assets")
+        s3.put_object(Bucket="brand-assets", Key="refs/hero.png", Body=body.getvalue())
+        monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)  # boto3's own setting
+        assert np.array_equal(np.asarray(load_reference_image("s3://brand-assets/refs/hero.png")), image)
+        monkeypatch.delenv("AWS_ENDPOINT_URL")
+        fetched = load_reference_image("s3://brand-assets/refs/hero.png", s3_endpoint=endpoint)
+        assert np.array_equal(np.asarray(fetched), image)
+        with pytest.raises(FileNotFoundError, match="s3://brand-assets/refs/missing.png"):
+            load_reference_image("s3://brand-assets/refs/missing.png", s3_endpoint=endpoint)
+
+
 def test_reference_image_errors_name_the_input(generator, tmp_path):
     with pytest.raises(FileNotFoundError, match="nope.png"):
         generator.generate([ClipSpec("x", 1, reference_image=str(tmp_path / "nope.png"))])
-    with pytest.raises(ValueError, match="s3://"):
-        load_reference_image("s3://bucket/key.png")
+    with pytest.raises(ValueError, match="https://"):
+        load_reference_image("https://cdn.example/key.png")
 
 
 def test_48k_delivery_rate():
     gen = AVGenerator(GeneratorConfig(model="tiny", steps=1, sample_rate=48000))
     (out,) = gen.generate([ClipSpec("A bell rings.", 1, "1:1", seed=1)])
-    assert out.sample_rate == 48000 and out.audio.shape[0] == 26 * 1920
+    assert out.sample_rate == 48000 and out.audio.shape[0] == 48000
 
 
 def test_missing_released_component_names_the_path(tmp_path):
@@ -176,20 +239,22 @@ def test_missing_released_component_names_the_path(tmp_path):
         AVGenerator(GeneratorConfig(model="magihuman-distill", checkpoint_dir=tmp_path, sr_resolutions=()))
     message = str(err.value)
     assert str(tmp_path / "t5gemma-9b-9b-ul2") in message
-    assert str(tmp_path / "Wan2.2-TI2V-5B-Diffusers" / "vae") in message
-    assert str(tmp_path / "stable-audio-open-1.0" / "vae") in message
+    # The folders as downloaded, under their repository names.
+    assert f"video_vae: {tmp_path / 'Wan2.2-TI2V-5B'}" in message and "Diffusers" not in message
+    assert f"audio_vae: {tmp_path / 'stable-audio-open-1.0'}" in message and "/vae" not in message
     assert "distill:" not in message
     with pytest.raises(ValueError, match="checkpoint_dir"):
         AVGenerator(GeneratorConfig(model="magihuman-base"))
 
 
 def test_released_layout_loads_from_paths_offline(tmp_path, monkeypatch, generator):
-    """Tiny weights written in the released folder layout load through the released code path."""
+    """Tiny weights written in the released folder layout, as downloaded, load through the released
+    code path from one checkpoint_dir."""
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     generator.text_encoder.model.save_pretrained(tmp_path / "t5gemma-9b-9b-ul2")
     generator.text_encoder.tokenizer.save_pretrained(tmp_path / "t5gemma-9b-9b-ul2")
-    generator.video_vae.vae.save_pretrained(tmp_path / "Wan2.2-TI2V-5B-Diffusers" / "vae")
-    generator.audio_vae.vae.save_pretrained(tmp_path / "stable-audio-open-1.0" / "vae")
+    write_wan_original(tmp_path / "Wan2.2-TI2V-5B", generator.video_vae.vae)
+    write_stable_audio_root(tmp_path / "stable-audio-open-1.0", generator.audio_vae.vae)
     save_checkpoint(generator.dit.state_dict(), tmp_path / "distill", arch=generator.dit.arch)
     sr = generator.sr_dit("540p")
     save_checkpoint(sr.state_dict(), tmp_path / "540p_sr", arch=sr.arch)
@@ -202,6 +267,6 @@ def test_released_layout_loads_from_paths_offline(tmp_path, monkeypatch, generat
     assert isinstance(released.video_decoder, TurboVAED)  # decoder "auto" found turbo_vae/
     # The released preset generates at the released sizes.
     (out,) = released.generate([ClipSpec("A bell rings.", 1, "16:9", "256p", seed=1)])
-    assert out.frames.shape == (26, 256, 448, 3)
+    assert out.frames.shape == (25, 256, 448, 3)
     with pytest.raises(ValueError, match="sr_resolutions"):
         released.sr_dit("1080p")

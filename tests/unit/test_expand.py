@@ -49,7 +49,7 @@ def test_defaults_make_one_request():
     assert (request.locale, request.language, request.aspect_ratio) == ("fr-FR", "French", "16:9")
     assert (request.duration_s, request.resolution, request.take, request.row_index) == (5, "540p", 0, 3)
     assert (request.width, request.height) == (960, 540)
-    assert request.num_frames == 126
+    assert request.num_frames == 125
     assert request.seed == brief.base_seed  # derived from brief_id, stable across runs
     assert CampaignBrief(brief_id="b", campaign_id="x", prompt="y", source_locale="en-US").base_seed == brief.base_seed
 

@@ -22,17 +22,17 @@ def brief(**overrides) -> dict:
     return row
 
 
-def run_ingest(rows: list[dict]) -> list[dict]:
+def run_ingest(rows: list[dict], model_id: str | None = None) -> list[dict]:
     table = pa.Table.from_pylist(rows, schema=BRIEF_ARROW_SCHEMA)
     table = table.append_column("row_index", pa.array(range(len(rows)), pa.int64()))
-    stage = ValidateBriefs(first_row_by_brief_id(table.column("brief_id").to_pylist()))
+    stage = ValidateBriefs(first_row_by_brief_id(table.column("brief_id").to_pylist()), model_id)
     out = stage(table)
     assert out.schema == INGEST_SCHEMA
     return out.to_pylist()
 
 
-def only_reject(rows: list[dict]) -> dict:
-    out = run_ingest(rows)
+def only_reject(rows: list[dict], model_id: str | None = None) -> dict:
+    out = run_ingest(rows, model_id)
     assert len(out) == 1 and out[0]["brief_json"] is None, out
     return out[0]
 
@@ -66,6 +66,21 @@ def test_whole_brief_faults_reject_the_brief_naming_the_field(overrides, field):
     assert reject["locale"] is None
     assert reject["row_index"] == 0
     assert json.loads(reject["raw"])["prompt"] == brief(**overrides)["prompt"]
+
+
+@pytest.mark.parametrize("uri", ["refs/hero.jpg", "./hero.jpg", "file://refs/hero.jpg", "https://cdn.example/hero.jpg",
+                                 "gs://bucket/hero.jpg", "s3://bucket-only", "s3:///key.jpg"])
+def test_reference_images_a_worker_cannot_read_reject_the_brief(uri):
+    reject = only_reject([brief(reference_image_uri=uri)])
+    assert reject["reason"].startswith("reference_image_uri: "), reject["reason"]
+    assert repr(uri) in reject["reason"] and "s3://bucket/key" in reject["reason"]
+
+
+@pytest.mark.parametrize("uri", ["/data/refs/hero.jpg", "file:///data/refs/hero.jpg", "s3://brand-assets/refs/hero.jpg"])
+def test_reference_images_a_worker_can_read_pass(uri):
+    (valid,) = run_ingest([brief(reference_image_uri=uri)])
+    assert valid["reason"] is None
+    assert CampaignBrief.model_validate_json(valid["brief_json"]).reference_image_uri == uri
 
 
 def test_missing_required_field_is_named():
@@ -262,3 +277,74 @@ def test_integer_variants_column_is_read_as_takes_with_one_warning(tmp_path, cap
     (reject,) = [r for r in out if r["reason"]]
     assert reject["row_index"] == 2
     assert reject["reason"].startswith("variants: an integer here is the old name of takes (seeds per clip), use 1-8")
+
+
+# --- the text window: dialogue the model would not read ---------------------------------------
+
+LONG_SCENE = "A chef in a white apron plates a dessert in a busy kitchen while the camera glides in. " * 6  # 522 bytes
+
+
+def _with_dialogue(scene: str, line: str, **overrides) -> dict:
+    return brief(prompt=scene, dialogue=[{"speaker": "Chef in white apron", "line": line}], **overrides)
+
+
+def test_dialogue_past_the_window_rejects_the_brief_naming_the_field():
+    # The tiny preset's tokenizer counts one token per UTF-8 byte (+ <bos>): the scene fits, its dialogue does not.
+    row = _with_dialogue(LONG_SCENE, "This is the best dessert in the whole city, and you can taste it tonight.")
+    reject = only_reject([row], model_id="tiny")
+    assert reject["reason"].startswith("dialogue: past the model's 640-token text window in en-US"), reject["reason"]
+    assert "the tiny preset's tokenizer" in reject["reason"] and reject["locale"] == "en-US"
+
+
+def test_dialogue_inside_the_window_passes_even_when_the_background_sound_is_past_it():
+    row = _with_dialogue(LONG_SCENE[:300], "Taste it tonight.", background_sound="kitchen clatter, " * 40)
+    (valid,) = run_ingest([row], model_id="tiny")
+    assert valid["reason"] is None
+
+
+def test_a_long_translation_rejects_that_locale_only():
+    row = _with_dialogue(LONG_SCENE[:520], "Taste it.", locales=["en-US", "de-DE"],
+                         localized_dialogue=[{"locale": "de-DE", "lines": [
+                             {"speaker": "Chef in white apron", "line": "Probieren Sie es heute Abend, im Restaurant am Marktplatz, gleich neben dem Brunnen."}]}])
+    out = run_ingest([row], model_id="tiny")
+    valid = [r for r in out if r["brief_json"]]
+    rejects = [r for r in out if r["reason"]]
+    assert [r["locale"] for r in rejects] == ["de-DE"]
+    assert rejects[0]["reason"].startswith("localized_dialogue: past the model's 640-token text window in de-DE")
+    assert CampaignBrief.model_validate_json(valid[0]["brief_json"]).locales == ["en-US"]
+
+
+def test_a_variant_whose_dialogue_is_past_the_window_is_rejected_alone():
+    variants = [{"variant_id": "short", "slots": {"dish": "a tart"}},
+                {"variant_id": "long", "slots": {"dish": "a tart " + "with cream " * 60}}]
+    row = _with_dialogue("A chef plates {dish}.", "Taste it tonight.", variants=variants)
+    out = run_ingest([row], model_id="tiny")
+    rejects = [r["reason"] for r in out if r["reason"]]
+    assert len(rejects) == 1 and rejects[0].startswith("variants[1].dialogue: past the model's 640-token"), rejects
+    valid = [r for r in out if r["brief_json"]]
+    assert [v.variant_id for v in CampaignBrief.model_validate_json(valid[0]["brief_json"]).variants] == ["short"]
+
+
+def test_released_models_count_with_the_t5gemma_tokenizer_or_say_they_estimate(tmp_path, monkeypatch):
+    from model.magihuman.text_encoder import byte_level_tokenizer
+    from pipeline.expand import PromptTokens, estimated_gemma_tokens
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "empty-cache"))
+    # A tokenizer folder as the hub ships one (tokenizer.json + tokenizer_config.json).
+    byte_level_tokenizer().save_pretrained(tmp_path / "t5gemma-9b-9b-ul2")
+    exact = PromptTokens("magihuman-distill", tmp_path / "t5gemma-9b-9b-ul2")
+    assert exact("héllo") == 1 + len("héllo".encode()) and str(tmp_path) in exact.method
+    estimate = PromptTokens("magihuman-distill", tmp_path / "nowhere")
+    assert estimate("héllo") == estimated_gemma_tokens("héllo") and "estimate" in estimate.method
+    assert PromptTokens()("x") == estimated_gemma_tokens("x")
+
+
+def test_the_t5gemma_estimate_counts_high():
+    from pipeline.expand import estimated_gemma_tokens
+
+    assert estimated_gemma_tokens("") == 2  # <bos>, <eos>
+    assert estimated_gemma_tokens("the camera") == 2 + 1 + 2  # one token per 4 letters of a word, rounded up
+    assert estimated_gemma_tokens("2024, 你 好") == 2 + 4 + 1 + 2  # digits, punctuation and CJK one each
+    # English the length of the reference's example prompt (about 1,570 bytes) stays inside the window.
+    assert estimated_gemma_tokens(LONG_SCENE * 3) < 640

@@ -11,25 +11,31 @@ from model.magihuman.sizes import (
 from schemas.formats import ASPECT_RATIOS, GENERATION_SIZES, RESOLUTIONS, aspect_fraction, delivery_size
 
 
-@pytest.mark.parametrize("duration_s", [1, 2, 4, 5, 15])
-def test_frame_and_latent_counts(duration_s):
-    g = clip_geometry(duration_s, "16:9")
-    assert g.frames == duration_s * 25 + 1
-    # Wan2.2's temporal stride: T latent frames decode to 4(T-1)+1 frames, enough to cover the clip.
-    assert g.generated_frames == 4 * (g.latent_frames - 1) + 1
-    assert g.frames <= g.generated_frames < g.frames + 4
-    assert g.audio_latents == g.generated_frames
+@pytest.mark.parametrize("seconds", range(2, 16))
+def test_sequence_layout_is_the_references(seconds):
+    # inference/pipeline/video_generate.py: num_frames = seconds * fps + 1 audio latents,
+    # latent_length = (num_frames - 1) // 4 + 1 video latent frames.
+    g = clip_geometry(seconds, "16:9")
+    num_frames = seconds * 25 + 1
+    assert g.audio_latents == num_frames
+    assert g.latent_frames == (num_frames - 1) // 4 + 1
+    assert g.decoded_frames == 4 * (g.latent_frames - 1) + 1
+    assert g.frames == seconds * 25  # delivered: exactly the requested duration
+    expected_fit = {0: "dropped_1", 1: "exact", 2: "held_1", 3: "held_2"}[seconds % 4]
+    assert g.frame_fit == expected_fit
+    assert g.decoded_frames - g.frames == {"dropped_1": 1, "exact": 0, "held_1": -1, "held_2": -2}[g.frame_fit]
 
 
-def test_reference_four_second_clip_has_no_padding():
-    # The reference runs 4 s: 101 frames, 26 latent frames, 101 audio latents.
-    g = clip_geometry(4, "16:9")
-    assert (g.frames, g.latent_frames, g.generated_frames, g.audio_latents) == (101, 26, 101, 101)
-
-
-def test_five_second_clip_pads_to_the_latent_grid():
+def test_five_second_clip_is_32_latent_frames_and_126_audio_latents():
     g = clip_geometry(5, "9:16")
-    assert (g.frames, g.latent_frames, g.generated_frames) == (126, 33, 129)
+    assert (g.frames, g.latent_frames, g.decoded_frames, g.audio_latents) == (125, 32, 125, 126)
+    assert g.frame_fit == "exact"
+
+
+def test_four_second_clip_drops_one_decoded_frame():
+    g = clip_geometry(4, "16:9")
+    assert (g.frames, g.latent_frames, g.decoded_frames, g.audio_latents) == (100, 26, 101, 101)
+    assert g.frame_fit == "dropped_1"
 
 
 @pytest.mark.parametrize("aspect", ASPECT_RATIOS)
@@ -65,8 +71,8 @@ def test_delivery_sizes():
 def test_audio_aligns_with_video():
     assert AUDIO_VIRTUAL_RATE == 51200  # 2048 samples per latent x 25 latents per second
     g = clip_geometry(5, "1:1")
-    assert g.audio_samples(44100) == 126 * 1764
-    assert g.audio_samples(48000) == 126 * 1920
+    assert g.audio_samples(44100) == 5 * 44100
+    assert g.audio_samples(48000) == 5 * 48000
 
 
 def test_bad_parameters_name_the_field():
@@ -77,7 +83,7 @@ def test_bad_parameters_name_the_field():
     with pytest.raises(ValueError, match="aspect_ratio"):
         delivery_size("720p", "2:1")
     with pytest.raises(ValueError, match="duration_s"):
-        frame_count(0)
+        frame_count(0.01)
     with pytest.raises(ValueError, match="multiple of 32"):
         clip_geometry(5, "16:9", base_sizes={"16:9": (450, 256)})
 

@@ -30,9 +30,19 @@ def test_embedding_is_padded_to_text_length_and_keeps_real_length(encoder):
     assert torch.count_nonzero(e.embedding[e.length :]) == 0
 
 
-def test_long_prompts_are_trimmed_to_text_length(encoder):
-    e = encoder.encode("word " * 400)
+def test_long_prompts_are_encoded_whole_then_trimmed_to_text_length(encoder):
+    prompt = "word " * 200 + "Dialogue: the end of the prompt changes the start's embedding."
+    e = encoder.encode(prompt)
     assert e.length == TEXT_LENGTH and e.embedding.shape[0] == TEXT_LENGTH
+    # As the reference: the encoder sees every token (bidirectional attention), the embedding is cut after.
+    ids = encoder.tokenizer([prompt], return_tensors="pt")
+    assert ids.input_ids.shape[1] > TEXT_LENGTH
+    with torch.inference_mode():
+        whole = encoder.model(**ids).last_hidden_state[0]
+        cut_first = encoder.model(input_ids=ids.input_ids[:, :TEXT_LENGTH],
+                                  attention_mask=ids.attention_mask[:, :TEXT_LENGTH]).last_hidden_state[0]
+    torch.testing.assert_close(e.embedding, whole[:TEXT_LENGTH])
+    assert not torch.allclose(e.embedding, cut_first, atol=1e-4)
 
 
 def test_cache_hits_on_repeated_prompts_and_evicts_least_recent():

@@ -1,10 +1,12 @@
 import math
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from model.magihuman.audio_vae import AudioVAE, resample
-from model.magihuman.video_vae import VideoVAE, fit_frames
+from model.magihuman.video_vae import VideoVAE, fit_frames, reference_crop_box, reference_pixels
 
 
 @pytest.fixture(scope="module")
@@ -94,16 +96,40 @@ def test_tiled_decode_for_large_frames_matches_shape(video_vae):
 
 
 def test_encode_image_normalizes_with_the_config_statistics(video_vae):
-    image = torch.randint(0, 256, (70, 100, 3), dtype=torch.uint8)
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (70, 100, 3), dtype=np.uint8))
     z = video_vae.encode_image(image, width=96, height=64)
     assert z.shape == (1, 48, 1, 4, 6) and z.dtype == torch.float32
-    x = fit_frames(image[None], 96, 64).permute(3, 0, 1, 2)[None].float() / 127.5 - 1
     with torch.inference_mode():
-        mu = video_vae.vae.encode(x).latent_dist.mode()
+        mu = video_vae.vae.encode(reference_pixels(image, 96, 64)).latent_dist.mode()
     mean = torch.tensor(video_vae.vae.config.latents_mean).view(1, 48, 1, 1, 1)
     std = torch.tensor(video_vae.vae.config.latents_std).view(1, 48, 1, 1, 1)
     torch.testing.assert_close(z, (mu - mean) / std)
     torch.testing.assert_close(video_vae.denormalize(z), mu)
+
+
+@pytest.mark.parametrize("size, target, box", [
+    # taller than 16:9: full width, int(500 * 256 / 448) = 285 rows, the box in half pixels
+    ((500, 300), (448, 256), (0.0, 7.5, 500.0, 292.5)),
+    # wider than 9:16: full height, int(300 * 256 / 448) = 171 columns
+    ((500, 300), (256, 448), (164.5, 0.0, 335.5, 300.0)),
+    ((640, 480), (352, 352), (80.0, 0.0, 560.0, 480.0)),
+])
+def test_crop_box_is_the_references(size, target, box):
+    assert reference_crop_box(*size, *target) == box
+
+
+def test_reference_pixels_are_a_center_crop_then_a_lanczos_resize_as_diffusers_prepares_them():
+    from diffusers.video_processor import VideoProcessor
+
+    image = Image.fromarray(np.random.default_rng(1).integers(0, 256, (300, 500, 3), dtype=np.uint8))
+    got = reference_pixels(image, 448, 256)
+    # PIL rounds the half-pixel box: rows 8..292, as the reference's crop gives them.
+    cropped = image.crop((0, 8, 500, 292))
+    expected = VideoProcessor(vae_scale_factor=16).preprocess(cropped, height=256, width=448).unsqueeze(2)
+    assert got.shape == (1, 3, 1, 256, 448)
+    torch.testing.assert_close(got, expected.float(), atol=1e-6, rtol=0)
+    bilinear = torch.from_numpy(np.asarray(cropped.resize((448, 256), Image.Resampling.BILINEAR), np.float32))
+    assert not torch.allclose(got[0, :, 0].permute(1, 2, 0), bilinear / 127.5 - 1, atol=1e-3)
 
 
 def test_video_vae_loads_a_saved_diffusers_folder_offline(tmp_path, monkeypatch, video_vae):
@@ -116,7 +142,7 @@ def test_video_vae_loads_a_saved_diffusers_folder_offline(tmp_path, monkeypatch,
         VideoVAE.from_pretrained(tmp_path / "missing")
     (tmp_path / "orig").mkdir()
     (tmp_path / "orig" / "Wan2.2_VAE.pth").write_bytes(b"")
-    with pytest.raises(FileNotFoundError, match="original-format"):
+    with pytest.raises(ValueError, match=r"Wan2\.2_VAE\.pth: not a state dict.*download"):
         VideoVAE.from_pretrained(tmp_path / "orig")
 
 
