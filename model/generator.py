@@ -73,8 +73,9 @@ class GeneratorConfig(BaseModel):
     sample_rate: int = Field(default=44100, description="delivered audio rate: 44100 or 48000")
     steps: int | None = Field(default=None, ge=1, description="override the preset's base denoising steps")
     sr_steps: int | None = Field(default=None, ge=1, description="override the preset's super-resolution steps")
-    sr_resolutions: tuple[Literal["540p", "1080p"], ...] = Field(
-        default=("540p", "1080p"), description="super-resolution models this replica serves (checked at start)"
+    sr_resolutions: tuple[Literal["540p", "720p", "1080p"], ...] = Field(
+        default=("540p", "720p", "1080p"),
+        description="resolutions this replica serves by super-resolution (their models are checked at start)"
     )
     return_latents: bool = Field(default=False, description="keep the final latents on each ClipOutput")
     s3_endpoint: str | None = Field(
@@ -269,7 +270,8 @@ class AVGenerator:
 
     def sr_dit(self, resolution: str) -> MagiHumanDiT:
         """The super-resolution DiT for `resolution`, loaded on first use."""
-        if resolution not in self._sr_dits:
+        component = SR_COMPONENT[resolution]  # 720p and 1080p share one model
+        if component not in self._sr_dits:
             if self.preset.tiny is None and resolution not in self.config.sr_resolutions:
                 raise ValueError(
                     f"resolution {resolution!r} needs its super-resolution model; add it to "
@@ -277,14 +279,14 @@ class AVGenerator:
                 )
             arch = self.preset.sr_archs[resolution]
             if self.preset.tiny is not None:
-                seed = 1 + sorted(self.preset.sr_archs).index(resolution)
+                seed = 1 + sorted(set(SR_COMPONENT.values())).index(component)
                 model = load_dit(None, arch=arch, device=self.device, compute_dtype=self.dtype, seed=seed, tp=self.tp)
             else:
                 path = self.config.component_path(self.preset, SR_COMPONENT[resolution])
                 model = self._load_released_dit(path, arch, super_resolution=True)
-            self._sr_dits[resolution] = model
-            log.info("super-resolution model for %s loaded", resolution)
-        return self._sr_dits[resolution]
+            self._sr_dits[component] = model
+            log.info("super-resolution model %s loaded (for %s)", component, resolution)
+        return self._sr_dits[component]
 
     def geometry(self, spec: ClipSpec) -> ClipGeometry:
         return clip_geometry(

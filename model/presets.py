@@ -30,13 +30,16 @@ from model.magihuman.audio_vae import TinyOobleckConfig
 from model.magihuman.config import PRESETS as ARCH_PRESETS
 from model.magihuman.config import TINY_TEXT_CHANNELS, ArchConfig
 from model.magihuman.sizes import BASE_SIZES, SR_SIZES
+from schemas.formats import GENERATION_SIZES
 from model.magihuman.text_encoder import TinyT5GemmaConfig
 from model.magihuman.turbo_vae import TurboVAEDConfig
 from model.magihuman.video_vae import TINY_LATENTS_MEAN, TINY_LATENTS_STD, TinyWanVAEConfig
 
 ModelName = Literal["tiny", "magihuman-distill", "magihuman-base"]
 Component = Literal["dit", "sr_540p", "sr_1080p", "text_encoder", "video_vae", "audio_vae", "turbo_vae"]
-SR_COMPONENT = {"540p": "sr_540p", "1080p": "sr_1080p"}
+# 720p runs the 1080p super-resolution DiT at its 720p grid (the SR DiT takes any multiple-of-32
+# size, as the reference's does; its frame-local attention keeps 720p's tokens affordable).
+SR_COMPONENT = {"540p": "sr_540p", "720p": "sr_1080p", "1080p": "sr_1080p"}
 
 # The fixed negative prompt the released base model runs CFG against (reference MagiEvaluator):
 # visual defects, then audio defects, then delivery defects.
@@ -109,6 +112,21 @@ class ModelPreset:
 
 
 _TINY_ARCH = ARCH_PRESETS["tiny"]
+_TINY_SR_LOCAL = _TINY_ARCH.replace(local_attn_layers=(0, 2, 3, 5), coords_style="v1", frame_receptive_field=2)
+# How much smaller the tiny stack generates than the released one, per pass (the toy models
+# make noise; small grids keep a CPU render in seconds). The final resize brings every clip to
+# its delivery size.
+_TINY_SCALE = {"base": 3.5, "540p": 4.8, "720p": 5.6, "1080p": 6.7}
+
+
+def _tiny_sizes(stage: str, kept: dict[str, tuple[int, int]]) -> dict[str, tuple[int, int]]:
+    """The tiny preset's grid per aspect at one stage: the sizes it has always used for the first
+    three aspects (kept, so their clips do not change), the released grid scaled down for the rest."""
+    def shrink(side: int) -> int:
+        return max(32, 32 * round(side / _TINY_SCALE[stage] / 32))
+
+    return {aspect: kept.get(aspect) or (shrink(sizes[stage][0]), shrink(sizes[stage][1]))
+            for aspect, sizes in GENERATION_SIZES.items()}
 
 PRESETS: dict[str, ModelPreset] = {
     "magihuman-distill": ModelPreset(
@@ -116,7 +134,8 @@ PRESETS: dict[str, ModelPreset] = {
         mode="distill",
         steps=8,
         dit_arch=ARCH_PRESETS["magihuman-distill"],
-        sr_archs={"540p": ARCH_PRESETS["magihuman-sr-540p"], "1080p": ARCH_PRESETS["magihuman-sr-1080p"]},
+        sr_archs={"540p": ARCH_PRESETS["magihuman-sr-540p"], "720p": ARCH_PRESETS["magihuman-sr-1080p"],
+                  "1080p": ARCH_PRESETS["magihuman-sr-1080p"]},
         folders={"dit": "distill", **RELEASED_FOLDERS},
     ),
     "magihuman-base": ModelPreset(
@@ -124,7 +143,8 @@ PRESETS: dict[str, ModelPreset] = {
         mode="base",
         steps=32,
         dit_arch=ARCH_PRESETS["magihuman-base"],
-        sr_archs={"540p": ARCH_PRESETS["magihuman-sr-540p"], "1080p": ARCH_PRESETS["magihuman-sr-1080p"]},
+        sr_archs={"540p": ARCH_PRESETS["magihuman-sr-540p"], "720p": ARCH_PRESETS["magihuman-sr-1080p"],
+                  "1080p": ARCH_PRESETS["magihuman-sr-1080p"]},
         folders={"dit": "base", **RELEASED_FOLDERS},
     ),
     # Distilled sampling on toy models. The SR DiTs mirror the released pair: 540p with global
@@ -136,13 +156,15 @@ PRESETS: dict[str, ModelPreset] = {
         dit_arch=_TINY_ARCH,
         sr_archs={
             "540p": _TINY_ARCH.replace(coords_style="v1"),
-            "1080p": _TINY_ARCH.replace(local_attn_layers=(0, 2, 3, 5), coords_style="v1", frame_receptive_field=2),
+            "720p": _TINY_SR_LOCAL,
+            "1080p": _TINY_SR_LOCAL,
         },
         folders={},
-        base_sizes={"16:9": (128, 64), "9:16": (64, 128), "1:1": (96, 96)},
+        base_sizes=_tiny_sizes("base", {"16:9": (128, 64), "9:16": (64, 128), "1:1": (96, 96)}),
         sr_sizes={
-            "540p": {"16:9": (192, 96), "9:16": (96, 192), "1:1": (128, 128)},
-            "1080p": {"16:9": (288, 160), "9:16": (160, 288), "1:1": (224, 224)},
+            "540p": _tiny_sizes("540p", {"16:9": (192, 96), "9:16": (96, 192), "1:1": (128, 128)}),
+            "720p": _tiny_sizes("720p", {}),
+            "1080p": _tiny_sizes("1080p", {"16:9": (288, 160), "9:16": (160, 288), "1:1": (224, 224)}),
         },
         tiny=TinyComponents(),
     ),

@@ -26,6 +26,7 @@ from pipeline.dam import DAM, StoredObject
 from pipeline.dam.keys import EXTENSION, completion_key, file_sha256, render_key, render_key_prefix
 from pipeline.errors import describe_validation_error
 from pipeline.review import ReviewResult, ReviewStatus
+from schemas.brief import MAIN_VARIANT_ID
 from schemas.render import RenderRequest
 
 logger = logging.getLogger(__name__)
@@ -45,6 +46,8 @@ class RenderIdentity(BaseModel):
     aspect_ratio: str
     model_id: str
     seed: int
+    variant_id: str = MAIN_VARIANT_ID
+    take: int = 0
     review_status: ReviewStatus
     review: ReviewResult | None = None
     """the review tags, kept in the completion record so a skipped render's manifest row can be rebuilt"""
@@ -70,10 +73,11 @@ class RenderAssets(RenderIdentity):
 
     @property
     def key_prefix(self) -> str:
-        return render_key_prefix(self.campaign_id, self.brief_id, self.locale, self.aspect_ratio)
+        return render_key_prefix(self.campaign_id, self.brief_id, self.locale, self.aspect_ratio, self.variant_id)
 
     def key(self, ext: str) -> str:
-        return render_key(self.campaign_id, self.brief_id, self.locale, self.aspect_ratio, self.render_id, ext)
+        return render_key(self.campaign_id, self.brief_id, self.locale, self.aspect_ratio, self.render_id, ext,
+                          self.variant_id)
 
     def object_metadata(self) -> dict[str, str]:
         return {
@@ -84,6 +88,8 @@ class RenderAssets(RenderIdentity):
             "aspect_ratio": self.aspect_ratio,
             "model": self.model_id,
             "seed": str(self.seed),
+            "variant": self.variant_id,
+            "take": str(self.take),
         }
 
     def object_tags(self) -> dict[str, str]:
@@ -139,9 +145,15 @@ class CompletionRecord(RenderIdentity):
 
 
 def find_archived(dam: DAM, request: RenderRequest) -> CompletionRecord | None:
-    """The completion record of a planned render a previous run (or the server) finished, else None."""
-    prefix = render_key_prefix(request.campaign_id, request.brief_id, request.locale, request.aspect_ratio)
-    return is_archived(dam, prefix, request.render_id)
+    """The completion record of a planned render a previous run (or the server) finished, else None.
+
+    A render of the brief's own variant may sit in the layout before variants (no variant segment).
+    """
+    where = (request.campaign_id, request.brief_id, request.locale, request.aspect_ratio)
+    record = is_archived(dam, render_key_prefix(*where, request.variant_id), request.render_id)
+    if record is None and request.variant_id == MAIN_VARIANT_ID:
+        record = is_archived(dam, render_key_prefix(*where, variant_id=None), request.render_id)
+    return record
 
 
 def is_archived(
@@ -266,6 +278,7 @@ class ArchiveRenders:
             render = RenderAssets(
                 render_id=row["render_id"], campaign_id=row["campaign_id"], brief_id=row["brief_id"],
                 locale=row["locale"], aspect_ratio=row["aspect_ratio"], model_id=row["model_id"],
-                seed=row["seed"], review_status=review.review_status, review=review, files=files,
+                seed=row["seed"], variant_id=row["variant_id"], take=row["take"],
+                review_status=review.review_status, review=review, files=files,
             )
             return archive_render(self.dam, render)

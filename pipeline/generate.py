@@ -51,6 +51,7 @@ class GeneratedClip:
     sample_rate: int
     fps: float
     timings_s: dict[str, float] = field(default_factory=dict)
+    frame_fit: str = "exact"  # how the decoded frames met the requested duration (ClipOutput.frame_fit)
 
 
 @dataclass
@@ -124,6 +125,7 @@ class GenerateClips:
                 sample_rate=output.sample_rate,
                 fps=output.fps,
                 timings_s={**output.timings, "generate_wall_per_clip": wall_s / len(chunk)},
+                frame_fit=output.frame_fit,
             )
             for request, output in zip(chunk, outputs)
         ]

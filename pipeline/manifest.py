@@ -7,7 +7,7 @@ import html
 from collections import Counter, defaultdict
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from schemas.arrow import arrow_schema
 
@@ -46,6 +46,9 @@ class ManifestRow(BaseModel):
     review_true_peak_dbtp: float | None = None
     review_av_offset_ms: float | None = None
     review_av_offset_confidence: float | None = None
+    review_quality_score: float | None = None
+    best_take: bool = Field(False, description="the highest quality score of its (brief, variant, locale, aspect) group")
+    frame_fit: str | None = Field(None, description="exact | dropped_1 | held_1 | held_2: decoded frames vs the request")
     dam_uri: str | None = None
     keys: dict[str, str] = {}
     sha256: dict[str, str] = {}
@@ -73,6 +76,24 @@ class ManifestRow(BaseModel):
 MANIFEST_ARROW_SCHEMA = arrow_schema(ManifestRow)
 
 
+def take_group(row: ManifestRow) -> tuple[str, str, str, str, str]:
+    """The takes of one creative request: same brief, variant, locale and aspect, other seeds."""
+    return (row.campaign_id, row.brief_id, row.variant_id, row.locale, row.aspect_ratio)
+
+
+def mark_best_takes(rows: list[ManifestRow]) -> list[ManifestRow]:
+    """Every row with ``best_take`` set on exactly one archived row per take group: the highest
+    quality score (a tie goes to the lower take); a group with nothing archived has none."""
+    best: dict[tuple, ManifestRow] = {}
+    for row in rows:
+        if row.status in ("done", "skipped") and row.keys and row.review_quality_score is not None:
+            current = best.get(take_group(row))
+            if current is None or (row.review_quality_score, -row.take) > (current.review_quality_score, -current.take):
+                best[take_group(row)] = row
+    chosen = {row.render_id for row in best.values()}
+    return [row.model_copy(update={"best_take": row.render_id in chosen}) for row in rows]
+
+
 def summary_lines(rows: list[ManifestRow]) -> list[str]:
     """A short table: renders by status and review status, then each failure."""
     by_status = Counter(r.status for r in rows)
@@ -98,6 +119,7 @@ h2{margin-top:2rem;border-bottom:1px solid #ccc}
 .auto_approved{border-left:6px solid #2a2}.needs_review{border-left:6px solid #e90}
 .rejected,.failed{border-left:6px solid #d22}
 table{font-size:.8rem;border-collapse:collapse}td{padding:0 .4rem}
+.best{box-shadow:0 0 0 3px #36c}.badge{background:#36c;color:#fff;border-radius:4px;padding:0 .3rem;font-size:.75rem}
 """
 
 
@@ -110,29 +132,33 @@ def _fmt(value) -> str:
 
 
 def contact_sheet_html(rows: list[ManifestRow], asset_base: str = "") -> str:
-    """One page for reviewers: poster, player and tags per clip, grouped by brief and locale.
+    """One page for reviewers: poster, player and tags per clip; the takes of one (brief,
+    variant, locale, aspect) side by side, the best take marked.
 
     ``asset_base`` is prefixed to DAM keys; "" gives links relative to the DAM root,
     where the sheet itself is stored.
     """
-    groups: dict[tuple[str, str], list[ManifestRow]] = defaultdict(list)
-    for row in sorted(rows, key=lambda r: (r.campaign_id, r.brief_id, r.locale, r.aspect_ratio, r.variant_id, r.take)):
-        groups[(row.brief_id, row.locale)].append(row)
+    groups: dict[tuple[str, ...], list[ManifestRow]] = defaultdict(list)
+    for row in sorted(rows, key=lambda r: (*take_group(r), r.take)):
+        groups[take_group(row)].append(row)
     esc = html.escape
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>paddock contact sheet</title>"
              f"<style>{_STYLE}</style></head><body><h1>Contact sheet</h1>"
              f"<p>{esc(' · '.join(line.strip() for line in summary_lines(rows)[:4]))}</p>"]
-    for (brief_id, locale), clips in groups.items():
-        parts.append(f"<h2>{esc(brief_id)} — {esc(locale)}</h2><div class='clips'>")
+    for (_, brief_id, variant_id, locale, aspect_ratio), clips in groups.items():
+        parts.append(f"<h2>{esc(brief_id)} · {esc(variant_id)} · {esc(locale)} · {esc(aspect_ratio)}</h2>"
+                     f"<div class='clips'>")
         for row in clips:
-            css = row.review_status or row.status
-            parts.append(f"<div class='clip {esc(css)}'><b>{esc(row.aspect_ratio)} · {esc(row.variant_id)} take {row.take}</b>"
+            css = (row.review_status or row.status) + (" best" if row.best_take else "")
+            badge = " <span class='badge'>best take</span>" if row.best_take else ""
+            parts.append(f"<div class='clip {esc(css)}'><b>take {row.take}</b>{badge}"
                          f"<br><code>{esc(row.render_id)}</code>")
             if "mp4" in row.keys:
                 poster = f" poster='{esc(asset_base + row.keys['jpg'])}'" if "jpg" in row.keys else ""
                 parts.append(f"<video controls preload='none'{poster} src='{esc(asset_base + row.keys['mp4'])}'>"
                              f"</video>")
             tags = {
+                "quality score": row.review_quality_score,
                 "status": row.status,
                 "review": row.review_status,
                 "reasons": "; ".join(row.review_reasons) or None,

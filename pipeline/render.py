@@ -46,7 +46,7 @@ class RenderClips:
         rows = []
         for result in results:
             row = {**result.request.model_dump(include=set(RENDERED_SCHEMA.names)),
-                   "review_json": None, "assets": None, "timings_s": None, "error": None}
+                   "review_json": None, "assets": None, "timings_s": None, "error": None, "frame_fit": None}
             if isinstance(result, FailedRender):
                 row["error"] = result.error
             else:
@@ -65,23 +65,27 @@ class RenderClips:
         timings["review"] = time.perf_counter() - started
         started = time.perf_counter()
         with tempfile.TemporaryDirectory(prefix="paddock-mux-") as tmp:
-            muxed = mux_clip(clip.frames, clip.audio, clip.sample_rate, clip.fps, tmp, clip.request.render_id,
+            # audio=False: a silent delivery (no audio track, no stem)
+            muxed = mux_clip(clip.frames, clip.audio if clip.request.audio else None, clip.sample_rate, clip.fps,
+                             tmp, clip.request.render_id,
                              dialogue=clip.request.dialogue, speech_spans=signals.speech_spans, profile=self.profile)
             # Decided once, on the delivered file: mux normalized its loudness.
             review = decide_review(signals.as_delivered(muxed.output_lufs, muxed.output_true_peak_dbtp),
                                    expected, self.thresholds)
             assets = {ext: path.read_bytes() for ext, path in
                       (("mp4", muxed.mp4_path), ("wav", muxed.wav_path), ("jpg", muxed.poster_path),
-                       ("vtt", muxed.vtt_path))}
+                       ("vtt", muxed.vtt_path)) if path is not None}
         timings["mux"] = time.perf_counter() - started
-        return {"review_json": review.model_dump_json(), "assets": list(assets.items()), "timings_s": list(timings.items())}
+        return {"review_json": review.model_dump_json(), "assets": list(assets.items()),
+                "timings_s": list(timings.items()), "frame_fit": clip.frame_fit}
 
 
 RENDERED_SCHEMA = pa.schema([
     *(RENDER_REQUEST_ARROW_SCHEMA.field(name) for name in
-      ("render_id", "campaign_id", "brief_id", "locale", "aspect_ratio", "model_id", "seed")),
+      ("render_id", "campaign_id", "brief_id", "locale", "aspect_ratio", "model_id", "seed", "variant_id", "take")),
     ("review_json", pa.string()),
     ("assets", pa.map_(pa.string(), pa.binary())),
     ("timings_s", pa.map_(pa.string(), pa.float64())),
     ("error", pa.string()),
+    ("frame_fit", pa.string()),
 ])

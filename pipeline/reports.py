@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 from pipeline.archive import ArchiveResult
 from pipeline.dam import DAM
 from pipeline.dam.local import LocalDAM
-from pipeline.manifest import MANIFEST_ARROW_SCHEMA, ManifestRow, contact_sheet_html
+from pipeline.manifest import MANIFEST_ARROW_SCHEMA, ManifestRow, contact_sheet_html, mark_best_takes
 from pipeline.review import ReviewResult
 from schemas.render import RenderRequest
 
@@ -36,7 +36,7 @@ def manifest_row(request: RenderRequest, status: str, *, error: str | None = Non
             "review_status": review.review_status, "review_reasons": review.review_reasons,
             **{f"review_{name}": getattr(review, name) for name in (
                 "duration_s", "black_frame_share", "frozen_frame_share", "silence_share", "clipping_share",
-                "integrated_lufs", "true_peak_dbtp", "av_offset_ms", "av_offset_confidence")},
+                "integrated_lufs", "true_peak_dbtp", "av_offset_ms", "av_offset_confidence", "quality_score")},
         })
     if archive is not None:
         row = row.model_copy(update={"dam_uri": archive.dam_uri, "keys": archive.keys, "sha256": archive.sha256,
@@ -51,7 +51,7 @@ def rendered_manifest_row(request: RenderRequest, row: dict) -> ManifestRow:
     return manifest_row(
         request, "done" if archive is not None else "failed", error=row["error"], review=review, archive=archive,
         timings={**dict(row["timings_s"] or []), **({"archive": row["archive_s"]} if row["archive_s"] is not None else {})},
-        bytes_from_render=row["assets_bytes"])
+        bytes_from_render=row["assets_bytes"]).model_copy(update={"frame_fit": row.get("frame_fit")})
 
 
 def read_dam_manifest(dam: DAM) -> dict[str, ManifestRow]:
@@ -92,7 +92,7 @@ def write_reports(rows: list[ManifestRow], dam: DAM, workdir: Path) -> tuple[Pat
         # A render skipped here keeps the row of the run that made it.
         if not (row.status == "skipped" and row.render_id in previous):
             merged[row.render_id] = row
-    dam_rows = sorted(merged.values(), key=lambda r: (r.campaign_id, r.brief_id, r.locale, r.aspect_ratio,
+    dam_rows = sorted(mark_best_takes(list(merged.values())), key=lambda r: (r.campaign_id, r.brief_id, r.locale, r.aspect_ratio,
                                                       r.variant_id, r.take, r.render_id))
     _put_if_changed(dam, MANIFEST_KEY, _manifest_bytes(dam_rows))
     _put_if_changed(dam, CONTACT_SHEET_KEY, contact_sheet_html(dam_rows).encode("utf-8"))

@@ -92,6 +92,7 @@ class ReviewExpectation(BaseModel):
     fps: float = FPS
     dialogue: list[DialogueLine] = Field(default_factory=list)
     forbidden_terms: list[str] = Field(default_factory=list)
+    audio: bool = Field(True, description="False: a silent delivery, whose audio is not judged")
 
     @property
     def has_dialogue(self) -> bool:
@@ -105,6 +106,7 @@ class ReviewExpectation(BaseModel):
             height=request.height,
             dialogue=request.dialogue,
             forbidden_terms=request.forbidden_terms,
+            audio=request.audio,
         )
 
 
@@ -141,6 +143,7 @@ class ReviewResult(ReviewSignals):
 
     review_status: ReviewStatus
     review_reasons: list[str]
+    quality_score: float = Field(0.0, description="0..1 from the signal measures (quality_score); picks the best take")
 
 
 # --------------------------------------------------------------------------- audio measures
@@ -368,18 +371,20 @@ def decide_review(signals: ReviewSignals, expected: ReviewExpectation,
     hard: list[str] = []
     if abs(m.duration_s - expected.duration_s) > thresholds.duration_tolerance_s:
         hard.append(f"duration {m.duration_s:.2f}s, requested {expected.duration_s:g}s")
-    if abs(m.audio_duration_s - m.duration_s) > thresholds.duration_tolerance_s:
+    if expected.audio and abs(m.audio_duration_s - m.duration_s) > thresholds.duration_tolerance_s:
         hard.append(f"audio lasts {m.audio_duration_s:.2f}s, video {m.duration_s:.2f}s")
     if abs(m.fps - expected.fps) > thresholds.fps_tolerance:
         hard.append(f"fps {m.fps:g}, requested {expected.fps:g}")
     if (m.width, m.height) != (expected.width, expected.height):
         hard.append(f"size {m.width}x{m.height}, requested {expected.width}x{expected.height}")
-    if expected.has_dialogue and m.silence_share >= thresholds.silent_clip_share:
+    if expected.audio and expected.has_dialogue and m.silence_share >= thresholds.silent_clip_share:
         hard.append(f"silent clip ({m.silence_share:.0%} silence) but {len(expected.dialogue)} dialogue lines")
     if m.forbidden_terms_found:
         hard.append(f"forbidden terms in dialogue: {', '.join(m.forbidden_terms_found)}")
 
     soft: list[str] = []
+    if not expected.audio:  # a silent delivery: its (discarded) audio is not judged
+        m = m.model_copy(update={"av_offset_ms": None, "integrated_lufs": None, "clipping_share": 0.0})
     if (
         m.av_offset_ms is not None
         and abs(m.av_offset_ms) > thresholds.max_av_offset_ms
@@ -399,4 +404,29 @@ def decide_review(signals: ReviewSignals, expected: ReviewExpectation,
         soft.append(f"clipped samples {m.clipping_share:.2%}")
 
     status: ReviewStatus = "rejected" if hard else "needs_review" if soft else "auto_approved"
-    return ReviewResult(**signals.model_dump(), review_status=status, review_reasons=hard + soft)
+    return ReviewResult(**signals.model_dump(), review_status=status, review_reasons=hard + soft,
+                        quality_score=quality_score(m, expected, thresholds))
+
+
+# Weights of the quality score's penalties (they add up to 1; README "Review tags and status").
+QUALITY_WEIGHTS = {"black": 0.25, "frozen": 0.25, "silence": 0.15, "av_offset": 0.15, "clipping": 0.10,
+                   "loudness": 0.10}
+
+
+def quality_score(signals: ReviewSignals, expected: ReviewExpectation, thresholds: ReviewThresholds) -> float:
+    """1 minus weighted penalties, each a share in [0, 1]: black and frozen frames (their shares),
+    silence in a clip that has dialogue (its share), the A/V offset (|offset| / 200 ms, times its
+    confidence), clipped samples (100 x their share) and loudness off target (|error| / 10 LU).
+    Audio terms count only for deliveries with audio. Takes of one request differ only by seed,
+    so the score ranks them; it is not comparable across formats."""
+    m = signals
+    penalties = {"black": m.black_frame_share, "frozen": m.frozen_frame_share}
+    if expected.audio:
+        penalties["silence"] = m.silence_share if expected.has_dialogue else 0.0
+        penalties["av_offset"] = (min(1.0, abs(m.av_offset_ms) / 200.0) * m.av_offset_confidence
+                                  if m.av_offset_ms is not None else 0.0)
+        penalties["clipping"] = min(1.0, 100.0 * m.clipping_share)
+        penalties["loudness"] = (min(1.0, abs(m.integrated_lufs - thresholds.loudness_target_lufs) / 10.0)
+                                 if m.integrated_lufs is not None else 0.0)
+    score = 1.0 - sum(QUALITY_WEIGHTS[name] * min(1.0, max(0.0, value)) for name, value in penalties.items())
+    return round(max(0.0, score), 4)

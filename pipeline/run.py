@@ -35,7 +35,7 @@ from pipeline.expand import ExpandBriefs
 from pipeline.generate import shape_batches
 from pipeline.ingest import REJECTS_SCHEMA, ValidateBriefs, first_row_by_brief_id, read_briefs_table, reason_category
 from pipeline.lineage import JobType, LineageConfig, LineageRun, briefs_dataset, checkpoint_dataset, dam_dataset
-from pipeline.manifest import ManifestRow
+from pipeline.manifest import ManifestRow, mark_best_takes
 from pipeline.media import check_ffmpeg
 from pipeline.mux import CHANNEL_PROFILES
 from pipeline.render import RenderClips
@@ -308,6 +308,6 @@ def _run_campaign(config: CampaignConfig, dam: DAM, log: Callable[[str], None],
                         + (f", {made.review_status}" if made.review_status else "")
                         + (f" ({made.error})" if made.error else "") + f"  {time.perf_counter() - started:.0f}s")
 
-    rows = [manifest[r.render_id] for r in requests]
+    rows = mark_best_takes([manifest[r.render_id] for r in requests])
     manifest_path, sheet_path = write_reports(rows, dam, config.workdir)
     return CampaignResult(planned, rows, manifest_path, sheet_path, dam.uri)

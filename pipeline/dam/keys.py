@@ -43,19 +43,24 @@ def aspect_key(aspect_ratio: str) -> str:
     return f"{match.group(1)}x{match.group(2)}"
 
 
-def render_key_prefix(campaign_id: str, brief_id: str, locale: str, aspect_ratio: str) -> str:
-    """The folder of a render's objects, relative to the DAM root (no trailing '/')."""
+def render_key_prefix(campaign_id: str, brief_id: str, locale: str, aspect_ratio: str,
+                      variant_id: str | None = "main") -> str:
+    """The folder of a render's objects, relative to the DAM root (no trailing '/'):
+    ``campaign=<id>/brief=<id>/variant=<id>/locale=<tag>/<aspect>``. ``variant_id=None`` gives
+    the layout before creative variants (no variant segment), which DAMs written then still use."""
+    variant = f"/variant={_segment('variant_id', variant_id)}" if variant_id is not None else ""
     return (
-        f"campaign={_segment('campaign_id', campaign_id)}/brief={_segment('brief_id', brief_id)}"
+        f"campaign={_segment('campaign_id', campaign_id)}/brief={_segment('brief_id', brief_id)}{variant}"
         f"/locale={_segment('locale', locale)}/{aspect_key(aspect_ratio)}"
     )
 
 
-def render_key(campaign_id: str, brief_id: str, locale: str, aspect_ratio: str, render_id: str, ext: str) -> str:
+def render_key(campaign_id: str, brief_id: str, locale: str, aspect_ratio: str, render_id: str, ext: str,
+               variant_id: str = "main") -> str:
     """The DAM key of one deliverable of a render."""
     if not EXTENSION.match(ext):
         raise ValueError(f"ext={ext!r} is not a file extension: use 1-10 lowercase letters or digits, no dot")
-    prefix = render_key_prefix(campaign_id, brief_id, locale, aspect_ratio)
+    prefix = render_key_prefix(campaign_id, brief_id, locale, aspect_ratio, variant_id)
     return f"{prefix}/{_segment('render_id', render_id)}.{ext}"
 
 

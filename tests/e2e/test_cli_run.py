@@ -71,7 +71,8 @@ def test_interrupted_run_resumes_without_duplicates(tmp_path):
     # every render's objects match its completion record.
     dam = open_dam(str(tmp_path / "dam"))
     for row in manifest:
-        prefix = render_key_prefix(row["campaign_id"], row["brief_id"], row["locale"], row["aspect_ratio"])
+        prefix = render_key_prefix(row["campaign_id"], row["brief_id"], row["locale"], row["aspect_ratio"],
+                                   row["variant_id"])
         assert is_archived(dam, prefix, row["render_id"]) is not None
     assert "contact sheet:" in output
     # the CLI's output is paddock's own: Ray's and torch's start-up noise stays out of it

@@ -74,7 +74,7 @@ def test_render_lands_with_keys_metadata_tags_and_checksums(s3_endpoint, bucket,
 
     assert not result.skipped
     assert result.bytes_uploaded == sum(p.stat().st_size for p in render.files.values())
-    prefix = "campaign=spring-25/brief=b-001/locale=de-DE/9x16"
+    prefix = "campaign=spring-25/brief=b-001/variant=main/locale=de-DE/9x16"
     assert result.key_prefix == prefix
     assert result.keys == {ext: f"{prefix}/r0123abcd.{ext}" for ext in ("mp4", "wav", "jpg", "vtt")}
     listed = {obj["Key"] for obj in s3.list_objects_v2(Bucket=bucket)["Contents"]}

@@ -49,8 +49,8 @@ def test_campaign_lands_in_s3_and_reruns_upload_nothing(ray_session, s3_endpoint
     assert any(line.startswith("[3/3]") for line in logged)
     listed = {o["Key"] for o in s3.list_objects_v2(Bucket="dam", Prefix="ads/")["Contents"]}
     for row in result.manifest:
-        prefix = "ads/" + render_key_prefix(row.campaign_id, row.brief_id, row.locale, row.aspect_ratio)
-        assert prefix.startswith(f"ads/campaign=spring/brief={row.brief_id}/locale={row.locale}/")
+        prefix = "ads/" + render_key_prefix(row.campaign_id, row.brief_id, row.locale, row.aspect_ratio, row.variant_id)
+        assert prefix.startswith(f"ads/campaign=spring/brief={row.brief_id}/variant=main/locale={row.locale}/")
         for ext in ("mp4", "wav", "jpg", "vtt"):
             key = f"{prefix}/{row.render_id}.{ext}"
             assert key in listed and row.keys[ext] == key.removeprefix("ads/")

@@ -96,7 +96,7 @@ def test_a_render_goes_through_to_the_dam(server):
     assert done["review"]["width"] > 0 and done["review_reasons"] == done["review"]["review_reasons"]
     assert set(done["assets"]) == {"mp4", "wav", "jpg", "vtt"}
 
-    folder = dam / "campaign=adhoc" / "brief=adhoc-talk" / "locale=en-US" / "16x9"
+    folder = dam / "campaign=adhoc" / "brief=adhoc-talk" / "variant=main" / "locale=en-US" / "16x9"
     record = json.loads((folder / f"{render_id}.done.json").read_text())
     assert record["review"]["review_status"] == done["review_status"]
     for ext, uri in done["assets"].items():
@@ -226,7 +226,7 @@ def test_a_restarted_server_forgets_statuses_but_answers_from_the_dam(server):
     render_id = server.get("render_id")
     if render_id is None:
         pytest.skip("needs the render of test_a_render_goes_through_to_the_dam")
-    folder = server["dam"] / "campaign=adhoc" / "brief=adhoc-talk" / "locale=en-US" / "16x9"
+    folder = server["dam"] / "campaign=adhoc" / "brief=adhoc-talk" / "variant=main" / "locale=en-US" / "16x9"
     archived_at = json.loads((folder / f"{render_id}.done.json").read_text())["archived_at"]
     with pytest.raises(ServeSetupError, match="loopback"):
         run_server(ServeConfig(dam=str(server["dam"]), insecure_local=True), host="0.0.0.0", port=server["port"],
@@ -255,7 +255,7 @@ def test_renders_land_in_s3_and_come_back_as_presigned_urls(server):
         (render_id,) = response.json()["render_ids"]
         done = wait_until_finished(url, render_id)
         assert done["status"] == "done", done["error"]
-        prefix = f"adhoc/campaign=adhoc/brief=s3-talk/locale=en-US/16x9/{render_id}"
+        prefix = f"adhoc/campaign=adhoc/brief=s3-talk/variant=main/locale=en-US/16x9/{render_id}"
         for ext, asset in done["assets"].items():
             assert asset.startswith(f"{endpoint}/dam/{quote(prefix)}.{ext}?") and "X-Amz-Signature=" in asset
             fetched = requests.get(asset, timeout=30)

@@ -54,8 +54,14 @@ def test_aspect_key_rejects_malformed(aspect):
 
 
 def test_key_layout():
-    assert render_key_prefix("spring", "b-7", "de-DE", "9:16") == "campaign=spring/brief=b-7/locale=de-DE/9x16"
-    assert render_key("spring", "b-7", "de-DE", "9:16", "abc123", "mp4") == "campaign=spring/brief=b-7/locale=de-DE/9x16/abc123.mp4"
+    assert (render_key_prefix("spring", "b-7", "de-DE", "9:16")
+            == "campaign=spring/brief=b-7/variant=main/locale=de-DE/9x16")
+    assert (render_key_prefix("spring", "b-7", "de-DE", "9:16", "hook-b")
+            == "campaign=spring/brief=b-7/variant=hook-b/locale=de-DE/9x16")
+    # the layout before creative variants, which older DAMs still hold
+    assert render_key_prefix("spring", "b-7", "de-DE", "9:16", None) == "campaign=spring/brief=b-7/locale=de-DE/9x16"
+    assert (render_key("spring", "b-7", "de-DE", "9:16", "abc123", "mp4", "hook-b")
+            == "campaign=spring/brief=b-7/variant=hook-b/locale=de-DE/9x16/abc123.mp4")
     assert completion_key("campaign=spring/brief=b-7/locale=de-DE/9x16", "abc123").endswith("/abc123.done.json")
 
 
@@ -154,7 +160,7 @@ def test_local_archive_writes_layout_and_record(tmp_path):
 
     result = archive_render(dam, render)
 
-    folder = tmp_path / "dam" / "campaign=c1" / "brief=b1" / "locale=pt-BR" / "16x9"
+    folder = tmp_path / "dam" / "campaign=c1" / "brief=b1" / "variant=main" / "locale=pt-BR" / "16x9"
     assert sorted(p.name for p in folder.iterdir()) == sorted(
         ["9f3c2a.mp4", "9f3c2a.wav", "9f3c2a.jpg", "9f3c2a.vtt", "9f3c2a.done.json"]
     )
@@ -248,6 +254,27 @@ def test_find_archived_finds_a_planned_renders_record(tmp_path):
     assert record is not None and record.keys == result.keys and record.sizes == result.sizes
     assert record.review_status == "auto_approved" and record.seed == 7
     assert find_archived(dam, request.model_copy(update={"locale": "de-DE"})) is None
+
+
+def test_a_dam_written_before_variants_is_still_found(tmp_path):
+    """Renders archived under campaign=/brief=/locale=/aspect/ (no variant segment) are found for the
+    brief's own variant, so a re-run of an old briefs file skips them."""
+    dam = LocalDAM(tmp_path / "dam")
+    result = archive_render(dam, make_render(tmp_path / "work"))
+    new_folder = tmp_path / "dam" / result.key_prefix
+    old_folder = tmp_path / "dam" / result.key_prefix.replace("variant=main/", "")
+    old_folder.parent.mkdir(parents=True)
+    new_folder.rename(old_folder)
+    record_path = old_folder / "9f3c2a.done.json"
+    record_path.write_text(record_path.read_text().replace("variant=main/", ""))
+    request = RenderRequest(
+        render_id="9f3c2a", brief_id="b1", campaign_id="c1", row_index=0, locale="pt-BR", language="English",
+        aspect_ratio="16:9", resolution="256p", width=448, height=256,
+        duration_s=2, seed=7, take=0, prompt="p", dialogue=[], forbidden_terms=[],
+        model_id="magihuman-tiny")
+    record = find_archived(dam, request)
+    assert record is not None and all("variant=" not in key for key in record.keys.values())
+    assert find_archived(dam, request.model_copy(update={"variant_id": "hook-b"})) is None
 
 
 def test_local_write_failure_leaves_no_partial_file(tmp_path):
