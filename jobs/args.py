@@ -39,6 +39,9 @@ def add_model_args(cmd: argparse.ArgumentParser) -> None:
     cmd.add_argument("--checkpoint-dir", type=Path, default=None, help="folder with the released weights (see README)")
     cmd.add_argument("--device", default="auto", help="auto | cpu | cuda (default: %(default)s)")
     cmd.add_argument("--tp", type=int, default=1, help="tensor-parallel ranks per replica (default: %(default)s)")
+    cmd.add_argument("--decoder", default="auto", choices=("auto", "turbo", "full"),
+                     help="video decoder: turbo (TurboVAED, the reference's), full (Wan2.2 VAE), auto: turbo when "
+                          "<checkpoint-dir>/turbo_vae exists (default: %(default)s)")
 
 
 def add_campaign_args(cmd: argparse.ArgumentParser) -> None:

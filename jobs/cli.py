@@ -35,6 +35,7 @@ def _plan(args: argparse.Namespace) -> int:
     # A bad file or output path fails here, before the model stack is even imported.
     briefs = read_briefs_table(args.briefs, args.s3_endpoint)
     Path(args.out).mkdir(parents=True, exist_ok=True)
+    from pipeline.expand import summarize_fan_out
     from pipeline.run import plan, write_plan
 
     result = plan(briefs, model_id=args.model)
@@ -45,6 +46,14 @@ def _plan(args: argparse.Namespace) -> int:
     )
     for reason, count in result.reject_reasons.most_common():
         print(f"  {count:6d}  {reason}")
+    fan_out = summarize_fan_out(result.requests)
+    if fan_out:
+        print("fan-out per brief (variants x locales x aspects x takes = renders, clip-seconds):")
+    for brief in fan_out:
+        print(f"  {brief.brief_id}: {brief.variants} x {brief.locales} x {brief.aspect_ratios} x {brief.takes}"
+              f" = {brief.requests} renders, {brief.clip_seconds} s" + "".join(f"; {w}" for w in brief.warnings))
+    if fan_out:
+        print(f"  total: {result.requests.num_rows} renders, {sum(b.clip_seconds for b in fan_out)} clip-seconds")
     print(f"wrote {requests_path} and {rejects_path}")
     return 0
 
@@ -55,7 +64,7 @@ def _campaign_config(args: argparse.Namespace):
     return CampaignConfig(
         briefs=args.briefs, dam=args.dam, s3_endpoint=args.s3_endpoint, model=args.model,
         checkpoint_dir=args.checkpoint_dir, device=args.device, tp_size=args.tp, replicas=args.replicas,
-        workdir=args.workdir, batch_size=args.batch_size, profile=args.profile,
+        workdir=args.workdir, batch_size=args.batch_size, profile=args.profile, decoder=args.decoder,
     )
 
 
@@ -113,7 +122,8 @@ def _generate(args: argparse.Namespace) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     check_ffmpeg()
     config = GeneratorConfig(model=args.model, checkpoint_dir=args.checkpoint_dir, device=resolve_device(args.device),
-                             sr_resolutions=(args.resolution,) if args.resolution != "256p" else ())
+                             sr_resolutions=(args.resolution,) if args.resolution != "256p" else (),
+                             decoder=args.decoder)
     spec = ClipSpec(prompt=args.prompt, duration_s=args.seconds, aspect_ratio=args.aspect,
                     resolution=args.resolution, seed=args.seed, reference_image=args.image)
     print(f"paddock generate: building the {args.model} generator on {config.device}"
@@ -141,7 +151,8 @@ def _serve(args: argparse.Namespace) -> int:
 
     config = ServeConfig(model=args.model, checkpoint_dir=args.checkpoint_dir, device=args.device, dam=args.dam,
                          s3_endpoint=args.s3_endpoint, tp_size=args.tp, replicas=args.replicas,
-                         queue_limit=args.queue_limit, insecure_local=args.insecure_local, profile=args.profile)
+                         queue_limit=args.queue_limit, insecure_local=args.insecure_local, profile=args.profile,
+                         decoder=args.decoder)
     run_server(config, port=args.port, host=args.host)  # a ServeSetupError is a user error: one line
     return 0
 

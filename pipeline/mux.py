@@ -38,7 +38,8 @@ from pipeline.media import (
     run_ffmpeg,
     write_raw_audio,
 )
-from pipeline.review import integrated_loudness, luma_thumbnails, true_peak_dbtp
+from pipeline.loudness import integrated_loudness, true_peak_dbtp
+from pipeline.review import luma_thumbnails
 from schemas.brief import DialogueLine
 
 OUTPUT_SAMPLE_RATE = 48000

@@ -104,9 +104,11 @@ def _concat(refs: list, schema: pa.Schema) -> pa.Table:
     return pa.concat_tables([t.select(schema.names).cast(schema) for t in tables])
 
 
-def plan(briefs: str | Path | pa.Table, model_id: str, s3_endpoint: str | None = None) -> PlanResult:
+def plan(briefs: str | Path | pa.Table, model_id: str, s3_endpoint: str | None = None,
+         checkpoint_dir: str | Path | None = None) -> PlanResult:
     """ingest + expand: a briefs file (local or s3://, or the table read_briefs_table made
-    of it) in, render requests and rejects out."""
+    of it) in, render requests and rejects out. With the released weights' ``checkpoint_dir``,
+    prompts are measured against the text window with the model's own tokenizer."""
     table = briefs if isinstance(briefs, pa.Table) else read_briefs_table(briefs, s3_endpoint)
     ensure_ray()
     first_row_of = first_row_by_brief_id(
@@ -116,7 +118,8 @@ def plan(briefs: str | Path | pa.Table, model_id: str, s3_endpoint: str | None =
         blocks = [table.slice(start, PLAN_BLOCK_ROWS) for start in range(0, max(table.num_rows, 1), PLAN_BLOCK_ROWS)]
         validated = (
             ray.data.from_arrow(blocks)
-            .map_batches(ValidateBriefs(first_row_of, model_id), batch_format="pyarrow", batch_size=None)
+            .map_batches(ValidateBriefs(first_row_of, model_id, _text_encoder_dir(model_id, checkpoint_dir)),
+                         batch_format="pyarrow", batch_size=None)
             .materialize()
         )
         valid = validated.filter(expr=col("reason").is_null())
@@ -127,6 +130,13 @@ def plan(briefs: str | Path | pa.Table, model_id: str, s3_endpoint: str | None =
         )
         reasons = Counter(reason_category(r) for r in rejects.column("reason").to_pylist())
     return PlanResult(requests, rejects, table.num_rows, valid.count(), reasons)
+
+
+def _text_encoder_dir(model_id: str, checkpoint_dir: str | Path | None) -> Path | None:
+    preset = get_preset(model_id)
+    if preset.tiny is not None or checkpoint_dir is None:
+        return None
+    return Path(checkpoint_dir) / preset.folders["text_encoder"]
 
 
 def write_plan(result: PlanResult, out_dir: str | Path) -> tuple[Path, Path]:
@@ -201,8 +211,8 @@ def _generator_config(config: CampaignConfig, todo: list[RenderRequest]) -> Gene
     device = resolve_device(config.device)
     try:
         generator_config = GeneratorConfig(
-            model=config.model, checkpoint_dir=config.checkpoint_dir, device=device,
-            sr_resolutions=tuple(sorted({r.resolution for r in todo} - {"256p"})))
+            model=config.model, checkpoint_dir=config.checkpoint_dir, device=device, decoder=config.decoder,
+            s3_endpoint=config.s3_endpoint, sr_resolutions=tuple(sorted({r.resolution for r in todo} - {"256p"})))
         if get_preset(config.model).tiny is None:
             generator_config.released_paths()
     except (ValueError, FileNotFoundError) as exc:
@@ -262,7 +272,8 @@ def run_campaign(config: CampaignConfig, log: Callable[[str], None] = print, *,
 
 def _run_campaign(config: CampaignConfig, dam: DAM, log: Callable[[str], None],
                   select: Callable[[RenderRequest], bool] | None) -> CampaignResult:
-    planned = plan(config.briefs, model_id=config.model, s3_endpoint=config.s3_endpoint)
+    planned = plan(config.briefs, model_id=config.model, s3_endpoint=config.s3_endpoint,
+                   checkpoint_dir=config.checkpoint_dir)
     write_plan(planned, config.workdir)
     log(f"planned {planned.requests.num_rows} renders from {planned.briefs_valid}/{planned.briefs_read} briefs "
         f"({planned.rejects.num_rows} rejects in {config.workdir / 'rejects.parquet'})")

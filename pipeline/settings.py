@@ -28,6 +28,8 @@ class RenderSettings(BaseModel):
         "auto", description="auto: cuda when the Ray cluster has GPUs when the job starts, else cpu")
     dam: str = Field("./dam", description="a directory, file:///abs/path or s3://bucket/prefix")
     s3_endpoint: str | None = Field(None, description="endpoint URL of an S3-compatible store")
+    decoder: Literal["auto", "turbo", "full"] = Field(
+        "auto", description="video decoder: TurboVAED (turbo_vae/), the full Wan2.2 VAE, or auto (turbo when present)")
     tp_size: int = Field(1, ge=1, description="tensor-parallel ranks per model replica")
     replicas: int = Field(1, ge=1, description="model replicas")
     profile: str = Field("web", description="loudness profile of the deliverables: web | broadcast")

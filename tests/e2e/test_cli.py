@@ -31,6 +31,10 @@ def test_plan_example_campaign(tmp_path):
     proc = paddock("plan", str(ROOT / "examples" / "briefs.parquet"), "--out", str(tmp_path / "plan"), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "3 briefs read, 3 valid, 9 render requests, 0 rejects" in proc.stdout
+    # the fan-out per brief: variants x locales x aspects x takes, and the clip-seconds to render
+    assert "spokesperson-hero: 1 x 3 x 2 x 1 = 6 renders, 18 s" in proc.stdout
+    assert "product-closeup: 1 x 1 x 1 x 2 = 2 renders, 4 s" in proc.stdout
+    assert "total: 9 renders, 24 clip-seconds" in proc.stdout
     requests = pq.read_table(tmp_path / "plan" / "requests.parquet")
     assert requests.num_rows == 9
     assert set(requests.column("language").to_pylist()) == {"English", "German", "Japanese", "French"}
