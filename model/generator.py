@@ -153,6 +153,8 @@ class ClipSpec:
     resolution: str = "256p"
     seed: int = 0
     reference_image: str | os.PathLike | np.ndarray | Image.Image | None = None
+    # replaces the preset's negative prompt in CFG (the base model; the distilled one has no CFG)
+    negative_prompt: str | None = None
 
 
 @dataclass
@@ -331,8 +333,9 @@ class AVGenerator:
             text, text_lens = self.text_encoder.encode_batch([s.prompt for s in specs])
             null_text = null_lens = None
             if preset.uses_cfg:
-                null = self.text_encoder.null_embedding()
-                null_text, null_lens = null.embedding[None], [null.length]
+                nulls = [self.text_encoder.encode(s.negative_prompt) if s.negative_prompt
+                         else self.text_encoder.null_embedding() for s in specs]
+                null_text, null_lens = torch.stack([n.embedding for n in nulls]), [n.length for n in nulls]
 
         with self._phase(timings, "denoise"):
             latent_h, latent_w = geometry.base_latent_hw

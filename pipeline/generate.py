@@ -82,6 +82,7 @@ def clip_spec(request: RenderRequest) -> ClipSpec:
         resolution=request.resolution,
         seed=request.seed,
         reference_image=request.reference_image_uri,
+        negative_prompt=request.negative_prompt,
     )
 
 

@@ -147,6 +147,18 @@ def test_base_mode_computes_the_null_prompt_once(monkeypatch):
     assert gen.text_encoder.forward_calls == 3
 
 
+def test_a_brief_negative_prompt_replaces_the_default_in_cfg(monkeypatch):
+    monkeypatch.setitem(PRESETS, "tiny", dataclasses.replace(PRESETS["tiny"], mode="base"))
+    gen = AVGenerator(GeneratorConfig(model="tiny", steps=2, return_latents=True))
+    default, custom = gen.generate([ClipSpec("a chef", 1, "16:9", seed=4),
+                                    ClipSpec("a chef", 1, "16:9", seed=4, negative_prompt="cartoon, blurry")])
+    # prompt, default negative, custom negative: three encodes; the custom one steers CFG elsewhere
+    assert gen.text_encoder.forward_calls == 3
+    assert (default.latents.video - custom.latents.video).abs().max() > 1e-2
+    (again,) = gen.generate([ClipSpec("a chef", 1, "16:9", seed=4)])  # alone: batching changes only rounding
+    assert torch.allclose(default.latents.video, again.latents.video, atol=1e-4)
+
+
 def test_image_to_video_pins_the_first_latent_frame(generator, tmp_path):
     rng = np.random.default_rng(0)
     image = rng.integers(0, 256, (300, 500, 3), dtype=np.uint8)
