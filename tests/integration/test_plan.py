@@ -132,12 +132,12 @@ def test_plan_a_campaign_with_variants_takes_and_every_format(ray_session, tmp_p
                                "Background Sound:\n<Traffic far below>")
     assert (tokyo["seed"], tokyo["width"], tokyo["height"], tokyo["negative_prompt"]) == (11, 1680, 720, "subtitles")
     paris = by_key[("city", "paris", "en-US", "4:5", 0)]
-    assert paris["scene"] == "A woman opens Lumen on a rooftop in Paris."
+    assert paris["prompt"].startswith("A woman opens Lumen on a rooftop in Paris.")
     assert (paris["width"], paris["height"], paris["seed"]) == (720, 900, 10)
     for r in requests:
         if r["brief_id"].startswith("formats-"):
             assert (r["width"], r["height"]) == delivery_size(r["resolution"], r["aspect_ratio"])
-            assert r["scene"] == "a glass bottle of Lumen on wet slate, the camera pushes in."
+            assert r["prompt"].startswith("a glass bottle of Lumen on wet slate, the camera pushes in.")
             assert r["audio"] is (r["resolution"] != "256p")
 
     assert result.reject_reasons == {"variants[].slots: no value for a placeholder": 1,
