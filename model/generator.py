@@ -144,7 +144,9 @@ class GeneratorConfig(BaseModel):
 @dataclass(frozen=True)
 class ClipSpec:
     """One clip to make. `reference_image` (image-to-video) is a local path, a file:// or s3:// URI,
-    a PIL image or a uint8 [H, W, 3] array."""
+    a PIL image or a uint8 [H, W, 3] array. `audio` (audio-driven, float32 [samples, channels] at
+    `audio_rate`) is a recording the clip is generated to: encoded once, its latent held fixed
+    while the video is denoised (trimmed or padded with silence to the clip's length)."""
 
     prompt: str
     duration_s: float
@@ -152,6 +154,8 @@ class ClipSpec:
     resolution: str = "256p"
     seed: int = 0
     reference_image: str | os.PathLike | np.ndarray | Image.Image | None = None
+    audio: np.ndarray | None = field(default=None, compare=False)
+    audio_rate: int = 0
 
 
 @dataclass
@@ -308,10 +312,10 @@ class AVGenerator:
         groups: dict[tuple, list[int]] = {}
         for i, spec in enumerate(specs):
             geometry = self.geometry(spec)
-            key = (geometry, spec.reference_image is not None)
+            key = (geometry, spec.reference_image is not None, spec.audio is not None)
             groups.setdefault(key, []).append(i)
         outputs: list[ClipOutput | None] = [None] * len(specs)
-        for (geometry, _), indices in groups.items():
+        for (geometry, _, _), indices in groups.items():
             for i, output in zip(indices, self._generate_batch([specs[i] for i in indices], geometry)):
                 outputs[i] = output
         return outputs  # type: ignore[return-value]
@@ -335,6 +339,10 @@ class AVGenerator:
         with self._phase(timings, "denoise"):
             latent_h, latent_w = geometry.base_latent_hw
             video, audio = self._initial_noise(generators, geometry, latent_h, latent_w)
+            audio_driven = specs[0].audio is not None
+            if audio_driven:  # the reference's is_a2v: the recording's latent replaces the audio noise
+                audio = torch.stack([self.audio_vae.encode(s.audio, s.audio_rate, geometry.audio_latents, g)
+                                     for s, g in zip(specs, generators)]).to(self.device)
             condition = self._encode_images(images, *geometry.base_size)
             video, audio = denoise(
                 self.dit,
@@ -349,6 +357,7 @@ class AVGenerator:
                 null_text_lens=null_lens,
                 video_condition=condition,
                 generator=generators,
+                audio_fixed=audio_driven,
             )
 
         if geometry.sr_size is not None:

@@ -33,6 +33,8 @@ class ManifestRow(BaseModel):
     variant_id: str = "main"
     take: int = 0
     model_id: str
+    model_prompt: str | None = None  # the exact text the model saw
+    prompt_source: str | None = None  # template, llm, or "template (fallback: <reason>)"
     status: str
     error: str | None = None
     review_status: str | None = None
@@ -46,6 +48,7 @@ class ManifestRow(BaseModel):
     review_true_peak_dbtp: float | None = None
     review_av_offset_ms: float | None = None
     review_av_offset_confidence: float | None = None
+    review_voiceover_correlation: float | None = None
     dam_uri: str | None = None
     keys: dict[str, str] = {}
     sha256: dict[str, str] = {}

@@ -18,8 +18,12 @@ Measures (all in numpy, on the arrays the generate stage hands over):
   lags the video (a beep 200 ms after its flash reads +200 ms);
 - dialogue content: forbidden terms, matched case- and accent-insensitively.
 
+- a voice-over clip: that the delivered audio is the supplied recording (its
+  duration, and its correlation with the recording at the delivered rate).
+
 Status: `rejected` for hard faults (wrong duration, fps or size; a silent clip
-that should carry dialogue; a forbidden term), `needs_review` for soft ones
+that should carry dialogue; a forbidden term; delivered audio that is not the
+supplied voice-over), `needs_review` for soft ones
 (offset beyond the limit with confidence, loudness far off target, long black
 or frozen stretches, clipping), else `auto_approved`. Every threshold lives in
 `ReviewThresholds`.
@@ -80,6 +84,10 @@ class ReviewThresholds(BaseModel):
     max_av_offset_ms: float = 80.0
     min_av_offset_confidence: float = 0.3
 
+    # voice-over clips: the delivered audio against the supplied recording
+    min_voiceover_correlation: float = Field(0.95, description="correlation below which the delivered audio is not "
+                                             "the recording")
+
 
 class ReviewExpectation(BaseModel):
     """What the clip was asked to be: the request fields the review checks against."""
@@ -92,6 +100,7 @@ class ReviewExpectation(BaseModel):
     fps: float = FPS
     dialogue: list[DialogueLine] = Field(default_factory=list)
     forbidden_terms: list[str] = Field(default_factory=list)
+    voiceover: bool = Field(False, description="the delivered audio must be a supplied recording")
 
     @property
     def has_dialogue(self) -> bool:
@@ -100,11 +109,12 @@ class ReviewExpectation(BaseModel):
     @classmethod
     def from_request(cls, request: RenderRequest) -> ReviewExpectation:
         return cls(
-            duration_s=request.duration_s,
+            duration_s=request.clip_seconds,
             width=request.width,
             height=request.height,
             dialogue=request.dialogue,
             forbidden_terms=request.forbidden_terms,
+            voiceover=request.voiceover is not None,
         )
 
 
@@ -129,6 +139,20 @@ class ReviewSignals(BaseModel):
     av_offset_confidence: float
     speech_spans: list[tuple[float, float]] = Field(description="(start_s, end_s) of non-silent audio")
     forbidden_terms_found: list[str]
+    voiceover_duration_s: float | None = Field(None, description="the delivered audio's duration (voice-over clips)")
+    voiceover_correlation: float | None = Field(None, description="delivered audio vs the supplied recording")
+
+    def with_voiceover_match(self, delivered: np.ndarray, recording: np.ndarray, sample_rate: int) -> ReviewSignals:
+        """These measures with how the delivered audio matches the supplied recording (both
+        [samples, channels] at ``sample_rate``): the delivered duration, and the correlation of the
+        two, mixed to mono, over their common length (level-independent, so loudness
+        normalization keeps it at 1)."""
+        a, b = (as_channels(np.asarray(x, dtype=np.float64)).mean(axis=1) for x in (delivered, recording))
+        n = min(a.size, b.size)
+        a, b = a[:n] - a[:n].mean(), b[:n] - b[:n].mean()
+        norm = float(np.sqrt((a * a).sum() * (b * b).sum()))
+        return self.model_copy(update={"voiceover_duration_s": delivered.shape[0] / sample_rate,
+                                       "voiceover_correlation": float((a * b).sum() / norm) if norm > 0 else 0.0})
 
     def as_delivered(self, integrated_lufs: float | None, true_peak_dbtp: float | None) -> ReviewSignals:
         """These measures with the loudness of the delivered file: mux normalizes loudness,
@@ -378,6 +402,16 @@ def decide_review(signals: ReviewSignals, expected: ReviewExpectation,
         hard.append(f"silent clip ({m.silence_share:.0%} silence) but {len(expected.dialogue)} dialogue lines")
     if m.forbidden_terms_found:
         hard.append(f"forbidden terms in dialogue: {', '.join(m.forbidden_terms_found)}")
+    if expected.voiceover:
+        if m.voiceover_correlation is None or m.voiceover_duration_s is None:
+            hard.append("voice-over clip whose delivered audio was not compared with the recording")
+        else:
+            if abs(m.voiceover_duration_s - expected.duration_s) > thresholds.duration_tolerance_s:
+                hard.append(f"delivered voice-over lasts {m.voiceover_duration_s:.2f}s, the clip "
+                            f"{expected.duration_s:g}s")
+            if m.voiceover_correlation < thresholds.min_voiceover_correlation:
+                hard.append(f"delivered audio is not the supplied voice-over (correlation "
+                            f"{m.voiceover_correlation:.2f}, needs {thresholds.min_voiceover_correlation:g})")
 
     soft: list[str] = []
     if (
