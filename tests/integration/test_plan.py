@@ -127,7 +127,7 @@ def test_plan_a_campaign_with_variants_takes_and_every_format(ray_session, tmp_p
 
     by_key = {(r["brief_id"], r["variant_id"], r["locale"], r["aspect_ratio"], r["take"]): r for r in requests}
     tokyo = by_key[("city", "tokyo", "ja-JP", "21:9", 1)]
-    assert tokyo["prompt"] == ("A man opens Lumen on a rooftop in Tokyo.\n\n"
+    assert tokyo["prompt"] == ('A man opens Lumen on a rooftop in Tokyo. Man says, "乾 杯。"\n\n'
                                'Dialogue:\n<Man, Japanese>: "乾 杯。"\n\n'
                                "Background Sound:\n<Traffic far below>")
     assert (tokyo["seed"], tokyo["width"], tokyo["height"], tokyo["negative_prompt"]) == (11, 1680, 720, "subtitles")
