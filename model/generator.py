@@ -178,21 +178,22 @@ class ClipOutput:
     latents: ClipLatents | None = None
 
 
-def _read_s3_object(uri: str, s3_endpoint: str | None) -> bytes:
+def read_s3_object(uri: str, s3_endpoint: str | None, what: str = "reference_image") -> bytes:
+    """The bytes of s3://bucket/key (a reference image, a voice-over); errors name ``what``."""
     import boto3
     from botocore.exceptions import BotoCoreError, ClientError
 
     bucket, _, key = uri.removeprefix("s3://").partition("/")
     if not bucket or not key:
-        raise ValueError(f"reference_image {uri!r}: give an S3 object as s3://bucket/path/image.jpg")
+        raise ValueError(f"{what} {uri!r}: give an S3 object as s3://bucket/path/file")
     # endpoint_url=None lets boto3 take AWS_ENDPOINT_URL(_S3) or the AWS default.
     try:
         return boto3.client("s3", endpoint_url=s3_endpoint).get_object(Bucket=bucket, Key=key)["Body"].read()
     except ClientError as exc:
         code = exc.response.get("Error", {}).get("Code", "")
-        raise FileNotFoundError(f"reference_image {uri}: cannot read it from S3 ({code or exc})") from None
+        raise FileNotFoundError(f"{what} {uri}: cannot read it from S3 ({code or exc})") from None
     except BotoCoreError as exc:
-        raise OSError(f"reference_image {uri}: cannot read it from S3 ({exc}); check the S3 endpoint") from None
+        raise OSError(f"{what} {uri}: cannot read it from S3 ({exc}); check the S3 endpoint") from None
 
 
 def load_reference_image(
@@ -209,7 +210,7 @@ def load_reference_image(
         return Image.fromarray(image)
     location = os.fspath(image)
     if location.startswith("s3://"):
-        source = io.BytesIO(_read_s3_object(location, s3_endpoint))
+        source = io.BytesIO(read_s3_object(location, s3_endpoint))
     else:
         if location.startswith("file://"):
             location = location[len("file://") :]

@@ -231,19 +231,9 @@ def read_uri_bytes(uri: str, s3_endpoint: str | None = None, what: str = "file")
     name ``what`` (the field) and the fix."""
     scheme, sep, rest = uri.partition("://")
     if sep and scheme == "s3":
-        import boto3
-        from botocore.exceptions import BotoCoreError, ClientError
+        from model.generator import read_s3_object  # imported here: it brings in the model stack
 
-        bucket, _, key = rest.partition("/")
-        if not bucket or not key:
-            raise ValueError(f"{what}: give an S3 object as s3://bucket/key (got {uri!r})")
-        try:
-            return boto3.client("s3", endpoint_url=s3_endpoint).get_object(Bucket=bucket, Key=key)["Body"].read()
-        except ClientError as exc:
-            code = exc.response.get("Error", {}).get("Code", "")
-            raise FileNotFoundError(f"{what}: cannot read {uri} from S3 ({code or exc}); check the key") from None
-        except BotoCoreError as exc:
-            raise OSError(f"{what}: cannot read {uri} from S3 ({exc}); check the S3 endpoint") from None
+        return read_s3_object(uri, s3_endpoint, what)
     if sep and scheme != "file":
         raise ValueError(f"{what}: the {scheme}:// scheme is not read (got {uri!r}); give a path, file:// or s3://")
     path = Path(rest if sep else uri)
