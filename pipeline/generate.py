@@ -120,7 +120,7 @@ class GenerateClips:
                  make_generator: Callable[[GeneratorConfig], AVGenerator] = AVGenerator):
         self.generator = make_generator(config)
         self.max_batch = max_batch
-        self.s3_endpoint = config.s3_endpoint
+        self.config = config
 
     def __call__(self, requests: Sequence[RenderRequest]) -> list[GeneratedClip | FailedRender]:
         results: dict[str, GeneratedClip | FailedRender] = {}
@@ -144,7 +144,7 @@ class GenerateClips:
 
     def _generate(self, chunk: list[RenderRequest]) -> list[GeneratedClip]:
         started = time.perf_counter()
-        recordings = [load_recording(r, self.s3_endpoint) for r in chunk]
+        recordings = [load_recording(r, self.config.s3_endpoint) if r.voiceover else None for r in chunk]
         outputs = self.generator.generate([clip_spec(r, rec) for r, rec in zip(chunk, recordings)])
         wall_s = time.perf_counter() - started
         return [
