@@ -56,6 +56,10 @@ def add_campaign_args(cmd: argparse.ArgumentParser) -> None:
     cmd.add_argument("--profile", default="web", choices=PROFILES,
                      help="delivery profile: web (-14 LUFS) | broadcast (-23 LUFS) | draft (web loudness, fastest "
                           "x264 preset) (default: %(default)s)")
+    cmd.add_argument("--prompt-llm", default=None, metavar="URL",
+                     help="OpenAI-compatible chat-completions endpoint that writes the model prompts (enhance "
+                          "stage; key from $PADDOCK_PROMPT_LLM_KEY); default: the template composer")
+    cmd.add_argument("--prompt-llm-model", default=None, metavar="NAME", help="the model name that endpoint serves")
 
 
 def campaign_args_parser(prog: str = "paddock run") -> argparse.ArgumentParser:

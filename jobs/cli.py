@@ -38,7 +38,7 @@ def _plan(args: argparse.Namespace) -> int:
     from pipeline.expand import summarize_fan_out
     from pipeline.run import plan, write_plan
 
-    result = plan(briefs, model_id=args.model)
+    result = plan(briefs, model_id=args.model, s3_endpoint=args.s3_endpoint)
     requests_path, rejects_path = write_plan(result, args.out)
     print(
         f"paddock plan: {result.briefs_read} briefs read, {result.briefs_valid} valid, "
@@ -59,12 +59,18 @@ def _plan(args: argparse.Namespace) -> int:
 
 
 def _campaign_config(args: argparse.Namespace):
+    from pipeline.enhance import PromptLLMConfig
     from pipeline.run import CampaignConfig
 
+    try:
+        prompt_llm = PromptLLMConfig.from_settings(args.prompt_llm, args.prompt_llm_model)
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
     return CampaignConfig(
         briefs=args.briefs, dam=args.dam, s3_endpoint=args.s3_endpoint, model=args.model,
         checkpoint_dir=args.checkpoint_dir, device=args.device, tp_size=args.tp, replicas=args.replicas,
         workdir=args.workdir, batch_size=args.batch_size, profile=args.profile, decoder=args.decoder,
+        prompt_llm=prompt_llm,
     )
 
 

@@ -141,6 +141,13 @@ class AdHocBrief(CampaignBrief):
             raise ValueError("the ad-hoc endpoint does not take reference images; leave it out or use the batch job")
         return value
 
+    @field_validator("voiceovers")
+    @classmethod
+    def _no_voiceovers(cls, value: list | None) -> None:
+        if value is not None:  # ingest reads and checks recordings at plan time; this endpoint has no plan
+            raise ValueError("the ad-hoc endpoint does not take voice-overs; leave them out or use the batch job")
+        return value
+
 
 class RendersAccepted(BaseModel):
     render_ids: list[str]

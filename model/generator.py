@@ -145,7 +145,9 @@ class GeneratorConfig(BaseModel):
 @dataclass(frozen=True)
 class ClipSpec:
     """One clip to make. `reference_image` (image-to-video) is a local path, a file:// or s3:// URI,
-    a PIL image or a uint8 [H, W, 3] array."""
+    a PIL image or a uint8 [H, W, 3] array. `audio` (audio-driven, float32 [samples, channels] at
+    `audio_rate`) is a recording the clip is generated to: encoded once, its latent held fixed
+    while the video is denoised (trimmed or padded with silence to the clip's length)."""
 
     prompt: str
     duration_s: float
@@ -155,6 +157,8 @@ class ClipSpec:
     reference_image: str | os.PathLike | np.ndarray | Image.Image | None = None
     # replaces the preset's negative prompt in CFG (the base model; the distilled one has no CFG)
     negative_prompt: str | None = None
+    audio: np.ndarray | None = field(default=None, compare=False)
+    audio_rate: int = 0
 
 
 @dataclass
@@ -177,21 +181,22 @@ class ClipOutput:
     latents: ClipLatents | None = None
 
 
-def _read_s3_object(uri: str, s3_endpoint: str | None) -> bytes:
+def read_s3_object(uri: str, s3_endpoint: str | None, what: str = "reference_image") -> bytes:
+    """The bytes of s3://bucket/key (a reference image, a voice-over); errors name ``what``."""
     import boto3
     from botocore.exceptions import BotoCoreError, ClientError
 
     bucket, _, key = uri.removeprefix("s3://").partition("/")
     if not bucket or not key:
-        raise ValueError(f"reference_image {uri!r}: give an S3 object as s3://bucket/path/image.jpg")
+        raise ValueError(f"{what} {uri!r}: give an S3 object as s3://bucket/path/file")
     # endpoint_url=None lets boto3 take AWS_ENDPOINT_URL(_S3) or the AWS default.
     try:
         return boto3.client("s3", endpoint_url=s3_endpoint).get_object(Bucket=bucket, Key=key)["Body"].read()
     except ClientError as exc:
         code = exc.response.get("Error", {}).get("Code", "")
-        raise FileNotFoundError(f"reference_image {uri}: cannot read it from S3 ({code or exc})") from None
+        raise FileNotFoundError(f"{what} {uri}: cannot read it from S3 ({code or exc})") from None
     except BotoCoreError as exc:
-        raise OSError(f"reference_image {uri}: cannot read it from S3 ({exc}); check the S3 endpoint") from None
+        raise OSError(f"{what} {uri}: cannot read it from S3 ({exc}); check the S3 endpoint") from None
 
 
 def load_reference_image(
@@ -208,7 +213,7 @@ def load_reference_image(
         return Image.fromarray(image)
     location = os.fspath(image)
     if location.startswith("s3://"):
-        source = io.BytesIO(_read_s3_object(location, s3_endpoint))
+        source = io.BytesIO(read_s3_object(location, s3_endpoint))
     else:
         if location.startswith("file://"):
             location = location[len("file://") :]
@@ -312,10 +317,10 @@ class AVGenerator:
         groups: dict[tuple, list[int]] = {}
         for i, spec in enumerate(specs):
             geometry = self.geometry(spec)
-            key = (geometry, spec.reference_image is not None)
+            key = (geometry, spec.reference_image is not None, spec.audio is not None)
             groups.setdefault(key, []).append(i)
         outputs: list[ClipOutput | None] = [None] * len(specs)
-        for (geometry, _), indices in groups.items():
+        for (geometry, _, _), indices in groups.items():
             for i, output in zip(indices, self._generate_batch([specs[i] for i in indices], geometry)):
                 outputs[i] = output
         return outputs  # type: ignore[return-value]
@@ -340,6 +345,10 @@ class AVGenerator:
         with self._phase(timings, "denoise"):
             latent_h, latent_w = geometry.base_latent_hw
             video, audio = self._initial_noise(generators, geometry, latent_h, latent_w)
+            audio_driven = specs[0].audio is not None
+            if audio_driven:  # the reference's is_a2v: the recording's latent replaces the audio noise
+                audio = torch.stack([self.audio_vae.encode(s.audio, s.audio_rate, geometry.audio_latents, g)
+                                     for s, g in zip(specs, generators)]).to(self.device)
             condition = self._encode_images(images, *geometry.base_size)
             video, audio = denoise(
                 self.dit,
@@ -354,6 +363,7 @@ class AVGenerator:
                 null_text_lens=null_lens,
                 video_condition=condition,
                 generator=generators,
+                audio_fixed=audio_driven,
             )
 
         if geometry.sr_size is not None:

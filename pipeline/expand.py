@@ -11,6 +11,7 @@ import functools
 import hashlib
 import json
 import re
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import pyarrow as pa
@@ -18,8 +19,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from model.magihuman.sizes import FINAL_SIZES
 from schemas.brief import MAIN_VARIANT_ID, SEED_LIMIT, CampaignBrief, DialogueLine
+from schemas.formats import FPS
 from schemas.locales import language_for_locale
-from schemas.render import RENDER_REQUEST_ARROW_SCHEMA, RenderRequest
+from schemas.render import RENDER_REQUEST_ARROW_SCHEMA, RenderRequest, VoiceoverAudio
 
 NO_BACKGROUND_SOUND = "No prominent background sound"
 RELEASED_TEXT_ENCODER = "google/t5gemma-9b-9b-ul2"  # hub id, looked up in the local Hugging Face cache only
@@ -38,26 +40,45 @@ def space_cjk(text: str) -> str:
     return _BETWEEN_CJK.sub(" ", text)
 
 
-def _prompt_blocks(scene: str, dialogue: list[DialogueLine], language: str, background_sound: str | None) -> list[str]:
-    blocks = [scene.strip()]
+def _woven_body(scene: str, dialogue: list[DialogueLine], describe: Callable[[str], str]) -> str:
+    """The main body: the English scene, then each line at its turn, in order, with who says it
+    (the trained form weaves the dialogue into the narrative as well as listing it)."""
+    sentences = [scene.strip()] if scene.strip() else []
+    for index, d in enumerate(dialogue):
+        sentences.append(f'{"Then " if index else ""}{describe(d.speaker)} says, "{d.line.strip()}"')
+    body = " ".join(sentences)
+    return body
+
+
+def _prompt_blocks(scene: str, dialogue: list[DialogueLine], language: str, background_sound: str | None,
+                   describe: Callable[[str], str] | None = None) -> list[str]:
+    describe = describe or (lambda speaker: speaker.strip())
+    blocks = [_woven_body(scene, dialogue, describe)]
     if dialogue:
-        rows = [f'<{d.speaker.strip()}, {language}>: "{space_cjk(d.line.strip())}"' for d in dialogue]
+        rows = [f'<{describe(d.speaker)}, {language}>: "{d.line.strip()}"' for d in dialogue]
         blocks.append("Dialogue:\n" + "\n".join(rows))
     sound = (background_sound or "").strip() or NO_BACKGROUND_SOUND
     blocks.append(f"Background Sound:\n<{sound}>")
-    return blocks
+    # The trained form spaces CJK letters everywhere in the prompt, not only in the dialogue rows.
+    return [space_cjk(block) for block in blocks]
 
 
-def compose_prompt(scene: str, dialogue: list[DialogueLine], language: str, background_sound: str | None) -> str:
-    """The model prompt: the English scene, a ``Dialogue:`` block with
-    ``<speaker, Language>: "line"`` rows, then a ``Background Sound:`` block."""
-    return "\n\n".join(_prompt_blocks(scene, dialogue, language, background_sound))
+def compose_prompt(scene: str, dialogue: list[DialogueLine], language: str, background_sound: str | None,
+                   describe: Callable[[str], str] | None = None) -> str:
+    """The model prompt in the form the model was trained on (the reference's enhanced-prompt
+    design, as far as a template can follow it): a main body (the English scene with each line of
+    dialogue woven in at its turn, said by the speaker's description), a ``Dialogue:`` block of
+    ``<description, Language>: "line"`` rows, then a ``Background Sound:`` block (the fixed
+    "No prominent background sound" when none is given); CJK letters spaced throughout.
+    ``describe(speaker)`` gives a speaker's description (default: the name)."""
+    return "\n\n".join(_prompt_blocks(scene, dialogue, language, background_sound, describe))
 
 
-def prompt_through_dialogue(scene: str, dialogue: list[DialogueLine], language: str) -> str:
+def prompt_through_dialogue(scene: str, dialogue: list[DialogueLine], language: str,
+                            describe: Callable[[str], str] | None = None) -> str:
     """The start of the composed prompt, up to the end of its Dialogue block: what the model must
     read in full for the clip to speak every line."""
-    return "\n\n".join(_prompt_blocks(scene, dialogue, language, None)[:-1])
+    return "\n\n".join(_prompt_blocks(scene, dialogue, language, None, describe)[:-1])
 
 
 # Gemma's SentencePiece vocabulary splits digits one by one and keeps most punctuation apart;
@@ -126,18 +147,32 @@ def make_render_id(fields: dict) -> str:
     return "r" + hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:23]
 
 
-def render_identity(request_fields: dict, variant_id: str, negative_prompt: str | None, audio: bool) -> dict:
-    """What ``make_render_id`` hashes. Fields added with creative variants count only when they
-    differ from their defaults, so the renders of a briefs file that predates them keep their ids
-    (and their archived clips). The take enters through its seed (the brief's seed + take)."""
+def render_identity(request_fields: dict, variant_id: str, negative_prompt: str | None, audio: bool,
+                    voiceover_sha256: str | None = None, prompt_llm: Mapping[str, str] | None = None) -> dict:
+    """What ``make_render_id`` hashes. Fields added with creative variants (and later) count only
+    when they differ from their defaults, so the renders of a briefs file that predates them keep
+    their ids (and their archived clips). The take enters through its seed (the brief's seed +
+    take). A voice-over enters by the digest of its bytes (a new recording under the same URI is a
+    new clip); a prompt LLM by its settings (model name, system prompt version), never by its
+    answer, so an id is known before the LLM is asked."""
     added = {"variant_id": (variant_id, MAIN_VARIANT_ID), "negative_prompt": (negative_prompt, None),
-             "audio": (audio, True)}
+             "audio": (audio, True), "voiceover_sha256": (voiceover_sha256, None),
+             "prompt_llm": (dict(prompt_llm) if prompt_llm else None, None)}
     return request_fields | {name: value for name, (value, default) in added.items() if value != default}
 
 
-def expand_brief(brief: CampaignBrief, row_index: int, model_id: str) -> list[RenderRequest]:
+def expand_brief(brief: CampaignBrief, row_index: int, model_id: str,
+                 voiceovers: Mapping[str, VoiceoverAudio] | None = None,
+                 prompt_llm: Mapping[str, str] | None = None) -> list[RenderRequest]:
     """All render requests of one brief whose locales and variants were already checked by ingest:
-    variants x locales x aspect ratios x takes."""
+    variants x locales x aspect ratios x takes. ``voiceovers`` holds, by locale, what ingest read
+    of each of the brief's recordings (pipeline.ingest.probe_voiceover); ``prompt_llm`` the
+    enhancement settings that enter the ids (pipeline.enhance.PromptLLMConfig.identity)."""
+    voiceovers = voiceovers or {}
+    missing = [v.locale for v in brief.voiceovers or () if v.locale in brief.target_locales and v.locale not in voiceovers]
+    if missing:
+        raise ValueError(f"brief {brief.brief_id}: voice-over for {', '.join(missing)} was not read; plan the brief "
+                         "with pipeline.ingest.ValidateBriefs first")
     requests = []
     for variant in brief.creative_variants:
         scene = brief.scene_for(variant)
@@ -148,7 +183,10 @@ def expand_brief(brief: CampaignBrief, row_index: int, model_id: str) -> list[Re
             if dialogue is None:
                 raise ValueError(f"brief {brief.brief_id}: variant {variant.variant_id!r} has no dialogue in "
                                  f"{locale}; check the brief with pipeline.ingest.variant_locale_fault first")
-            prompt = compose_prompt(scene, dialogue, language, background_sound)
+            prompt = compose_prompt(scene, dialogue, language, background_sound, brief.speaker_description)
+            voiceover = voiceovers.get(locale)
+            # A voice-over clip lasts as long as its recording (in whole frames).
+            duration_s = brief.duration_s if voiceover is None else max(1, round(voiceover.seconds))
             for aspect in brief.target_aspect_ratios:
                 width, height = FINAL_SIZES[brief.resolution][aspect]
                 for take in range(brief.takes):
@@ -159,12 +197,13 @@ def expand_brief(brief: CampaignBrief, row_index: int, model_id: str) -> list[Re
                         "prompt": prompt,
                         "locale": locale,
                         "aspect_ratio": aspect,
-                        "duration_s": brief.duration_s,
+                        "duration_s": brief.duration_s if voiceover is None else voiceover.frames / FPS,
                         "resolution": brief.resolution,
                         "seed": seed,
                         "model_id": model_id,
                         "reference_image_uri": brief.reference_image_uri,
-                    }, variant.variant_id, brief.negative_prompt, brief.audio)
+                    }, variant.variant_id, brief.negative_prompt, brief.audio,
+                        voiceover.sha256 if voiceover is not None else None, prompt_llm)
                     requests.append(
                         RenderRequest(
                             render_id=make_render_id(identity),
@@ -177,7 +216,7 @@ def expand_brief(brief: CampaignBrief, row_index: int, model_id: str) -> list[Re
                             resolution=brief.resolution,
                             width=width,
                             height=height,
-                            duration_s=brief.duration_s,
+                            duration_s=duration_s,
                             seed=seed,
                             variant_id=variant.variant_id,
                             take=take,
@@ -189,22 +228,30 @@ def expand_brief(brief: CampaignBrief, row_index: int, model_id: str) -> list[Re
                             model_id=model_id,
                             negative_prompt=brief.negative_prompt,
                             audio=brief.audio,
+                            voiceover=voiceover,
                         )
                     )
     return requests
 
 
 class ExpandBriefs:
-    """Batch stage: valid briefs (``row_index``, ``brief_json``) in, RenderRequest rows out."""
+    """Batch stage: valid briefs (``row_index``, ``brief_json``, ``voiceovers_json``) in,
+    RenderRequest rows out. ``prompt_llm``: the enhancement settings that enter the ids."""
 
-    def __init__(self, model_id: str):
+    def __init__(self, model_id: str, prompt_llm: Mapping[str, str] | None = None):
         self.model_id = model_id
+        self.prompt_llm = dict(prompt_llm) if prompt_llm else None
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         rows = []
-        for row_index, brief_json in zip(batch.column("row_index").to_pylist(), batch.column("brief_json").to_pylist()):
+        for row_index, brief_json, voiceovers_json in zip(batch.column("row_index").to_pylist(),
+                                                          batch.column("brief_json").to_pylist(),
+                                                          batch.column("voiceovers_json").to_pylist()):
             brief = CampaignBrief.model_validate_json(brief_json)
-            rows.extend(r.model_dump() for r in expand_brief(brief, row_index, self.model_id))
+            voiceovers = {locale: VoiceoverAudio.model_validate(v)
+                          for locale, v in json.loads(voiceovers_json or "{}").items()}
+            rows.extend(r.model_dump() for r in expand_brief(brief, row_index, self.model_id, voiceovers,
+                                                             self.prompt_llm))
         return pa.Table.from_pylist(rows, schema=RENDER_REQUEST_ARROW_SCHEMA)
 
 

@@ -25,6 +25,7 @@ Retries, one layer per kind of fault:
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -37,6 +38,7 @@ from model.generator import AVGenerator, ClipSpec, GeneratorConfig
 from model.replica import ReplicaError
 from pipeline.console import quiet_dependencies
 from pipeline.errors import describe_error
+from pipeline.media import load_audio, read_uri_bytes
 from schemas.render import RenderRequest
 
 logger = logging.getLogger(__name__)
@@ -52,6 +54,30 @@ class GeneratedClip:
     fps: float
     timings_s: dict[str, float] = field(default_factory=dict)
     frame_fit: str = "exact"  # how the decoded frames met the requested duration (ClipOutput.frame_fit)
+    recording: "Recording | None" = None  # the voice-over that drove the clip: the audio to deliver
+
+
+@dataclass(frozen=True)
+class Recording:
+    """A supplied voice-over as decoded: float32 [samples, channels] at its own rate."""
+
+    audio: np.ndarray
+    sample_rate: int
+
+
+def load_recording(request: RenderRequest, s3_endpoint: str | None = None) -> Recording | None:
+    """The request's voice-over, read and checked against the digest ingest planned it with (a
+    file replaced since then would drive a clip whose id says otherwise)."""
+    voiceover = request.voiceover
+    if voiceover is None:
+        return None
+    data = read_uri_bytes(voiceover.uri, s3_endpoint, "voiceovers.uri")
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != voiceover.sha256:
+        raise ValueError(f"voiceovers.uri: {voiceover.uri} changed since the plan (sha256 {digest[:12]}..., planned "
+                         f"{voiceover.sha256[:12]}...); plan the campaign again")
+    audio, rate = load_audio(data)
+    return Recording(audio, rate)
 
 
 @dataclass
@@ -62,7 +88,8 @@ class FailedRender:
 
 def shape_key(request: RenderRequest) -> tuple:
     """Requests with equal keys make latents of equal shape and can share a batch."""
-    return (request.resolution, request.aspect_ratio, request.duration_s, request.reference_image_uri is not None)
+    return (request.resolution, request.aspect_ratio, request.num_frames, request.reference_image_uri is not None,
+            request.voiceover is not None)
 
 
 def shape_batches(requests: Sequence[RenderRequest], max_batch: int) -> list[list[RenderRequest]]:
@@ -74,15 +101,17 @@ def shape_batches(requests: Sequence[RenderRequest], max_batch: int) -> list[lis
     return batches
 
 
-def clip_spec(request: RenderRequest) -> ClipSpec:
+def clip_spec(request: RenderRequest, recording: Recording | None = None) -> ClipSpec:
     return ClipSpec(
         prompt=request.prompt,
-        duration_s=request.duration_s,
+        duration_s=request.clip_seconds,
         aspect_ratio=request.aspect_ratio,
         resolution=request.resolution,
         seed=request.seed,
         reference_image=request.reference_image_uri,
         negative_prompt=request.negative_prompt,
+        audio=recording.audio if recording is not None else None,
+        audio_rate=recording.sample_rate if recording is not None else 0,
     )
 
 
@@ -93,6 +122,7 @@ class GenerateClips:
                  make_generator: Callable[[GeneratorConfig], AVGenerator] = AVGenerator):
         self.generator = make_generator(config)
         self.max_batch = max_batch
+        self.config = config
 
     def __call__(self, requests: Sequence[RenderRequest]) -> list[GeneratedClip | FailedRender]:
         results: dict[str, GeneratedClip | FailedRender] = {}
@@ -116,7 +146,8 @@ class GenerateClips:
 
     def _generate(self, chunk: list[RenderRequest]) -> list[GeneratedClip]:
         started = time.perf_counter()
-        outputs = self.generator.generate([clip_spec(r) for r in chunk])
+        recordings = [load_recording(r, self.config.s3_endpoint) if r.voiceover else None for r in chunk]
+        outputs = self.generator.generate([clip_spec(r, rec) for r, rec in zip(chunk, recordings)])
         wall_s = time.perf_counter() - started
         return [
             GeneratedClip(
@@ -127,6 +158,7 @@ class GenerateClips:
                 fps=output.fps,
                 timings_s={**output.timings, "generate_wall_per_clip": wall_s / len(chunk)},
                 frame_fit=output.frame_fit,
+                recording=recording,
             )
-            for request, output in zip(chunk, outputs)
+            for request, output, recording in zip(chunk, outputs, recordings)
         ]

@@ -10,6 +10,7 @@ every input row ends up as a valid brief, a reject, or both.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import logging
@@ -26,15 +27,22 @@ from pydantic import ValidationError
 from pipeline.errors import first_line
 from model.magihuman.sizes import TEXT_LENGTH
 from pipeline.expand import PromptTokens, prompt_through_dialogue
+from pipeline.media import load_audio, read_uri_bytes
+from pipeline.review import ReviewThresholds, silence_and_speech
 from schemas.brief import (
     MAIN_VARIANT,
     REQUIRED_COLUMNS,
+    VOICEOVER_MAX_S,
+    VOICEOVER_MIN_S,
+    Voiceover,
     BriefVariant,
     CampaignBrief,
     duplicate_variant_ids,
     variant_fault,
 )
+from schemas.formats import FPS
 from schemas.locales import LocaleError, canonical_locale, language_for_locale, supported_locales_hint
+from schemas.render import VoiceoverAudio
 from schemas.slots import template_slots
 
 log = logging.getLogger(__name__)
@@ -45,12 +53,13 @@ INGEST_SCHEMA = pa.schema(
         pa.field("row_index", pa.int64(), nullable=False),
         pa.field("brief_id", pa.string()),
         pa.field("brief_json", pa.string()),
+        pa.field("voiceovers_json", pa.string()),  # locale -> VoiceoverAudio, for a valid brief
         pa.field("locale", pa.string()),
         pa.field("reason", pa.string()),
         pa.field("raw", pa.string()),
     ]
 )
-REJECTS_SCHEMA = pa.schema([f for f in INGEST_SCHEMA if f.name != "brief_json"])
+REJECTS_SCHEMA = pa.schema([f for f in INGEST_SCHEMA if f.name not in ("brief_json", "voiceovers_json")])
 ROW_INDEX = "row_index"
 
 
@@ -177,22 +186,54 @@ def check_locales(brief: CampaignBrief, count_tokens: PromptTokens | None = None
     return kept, faults
 
 
-def reference_image_fault(uri: str | None) -> str | None:
-    """Why ``reference_image_uri`` cannot be read by a render worker, or None. The workers read
-    absolute local paths, file:///absolute URIs and s3://bucket/key objects; a relative path would
-    be resolved against whichever directory a worker runs in."""
+def reference_image_fault(uri: str | None, field: str = "reference_image_uri") -> str | None:
+    """Why ``uri`` (a reference image, or the ``field`` of another file) cannot be read by a
+    render worker, or None. The workers read absolute local paths, file:///absolute URIs and
+    s3://bucket/key objects; a relative path would be resolved against whichever directory a
+    worker runs in."""
     if uri is None:
         return None
     fix = "give an absolute path, a file:///absolute/path URI or s3://bucket/key"
     scheme, sep, rest = uri.partition("://")
     if not sep:
-        return None if Path(uri).is_absolute() else f"reference_image_uri: a relative path (got {uri!r}); {fix}"
+        return None if Path(uri).is_absolute() else f"{field}: a relative path (got {uri!r}); {fix}"
     if scheme == "file":
-        return None if rest.startswith("/") else f"reference_image_uri: not an absolute file URI (got {uri!r}); {fix}"
+        return None if rest.startswith("/") else f"{field}: not an absolute file URI (got {uri!r}); {fix}"
     if scheme == "s3":
         bucket, _, key = rest.partition("/")
-        return None if bucket and key else f"reference_image_uri: no bucket or key (got {uri!r}); {fix}"
-    return f"reference_image_uri: the {scheme}:// scheme is not read (got {uri!r}); {fix}"
+        return None if bucket and key else f"{field}: no bucket or key (got {uri!r}); {fix}"
+    return f"{field}: the {scheme}:// scheme is not read (got {uri!r}); {fix}"
+
+
+def probe_voiceover(voiceover: Voiceover, field: str, s3_endpoint: str | None = None) -> VoiceoverAudio | str:
+    """What a render needs to know of a supplied recording (its bytes' digest, its length in
+    whole frames), or why it cannot drive a clip (``field: reason``): unreadable, silent, or
+    outside the 2-15 s a clip may last."""
+    fault = reference_image_fault(voiceover.uri, f"{field}.uri")
+    if fault:
+        return fault
+    try:
+        data = read_uri_bytes(voiceover.uri, s3_endpoint, f"{field}.uri")
+    except (OSError, ValueError) as exc:
+        return first_line(exc)
+    try:
+        audio, rate = load_audio(data)
+    except Exception as exc:  # noqa: BLE001 - whatever PyAV says of a file that does not decode
+        return (f"{field}.uri: not a readable WAV, FLAC or MP3 file ({first_line(exc)}; got {voiceover.uri!r}); "
+                "export the recording again")
+    seconds = audio.shape[0] / rate if rate else 0.0
+    if audio.size == 0 or seconds == 0:
+        return f"{field}.uri: the file holds no audio samples (got {voiceover.uri!r}); export the recording again"
+    if not VOICEOVER_MIN_S <= seconds <= VOICEOVER_MAX_S:
+        return (f"{field}.uri: the recording lasts {seconds:.2f} s, and a clip lasts {VOICEOVER_MIN_S:g}-"
+                f"{VOICEOVER_MAX_S:g} s; trim it or split the spot")
+    thresholds = ReviewThresholds()
+    silence, _ = silence_and_speech(audio, rate, thresholds)
+    if silence >= thresholds.silent_clip_share:
+        return (f"{field}.uri: the recording is silent ({silence:.0%} below {thresholds.silence_dbfs:g} dBFS; got "
+                f"{voiceover.uri!r}); check the export")
+    return VoiceoverAudio(uri=voiceover.uri, sha256=hashlib.sha256(data).hexdigest(), seconds=seconds,
+                          frames=round(seconds * FPS))
 
 
 # Without a model id the plan counts as for the released T5Gemma tokenizer (see PromptTokens).
@@ -207,7 +248,8 @@ def dialogue_window_fault(brief: CampaignBrief, variant: BriefVariant, locale: s
     dialogue = brief.dialogue_for(locale, variant)
     if not dialogue:
         return None
-    tokens = count_tokens(prompt_through_dialogue(brief.scene_for(variant), dialogue, language_for_locale(locale)))
+    tokens = count_tokens(prompt_through_dialogue(brief.scene_for(variant), dialogue, language_for_locale(locale),
+                                                  brief.speaker_description))
     if tokens <= TEXT_LENGTH:
         return None
     field = "dialogue" if locale == brief.source_locale else "localized_dialogue"
@@ -290,9 +332,10 @@ class ValidateBriefs:
     and ``text_encoder_dir`` choose how prompt tokens are counted (PromptTokens)."""
 
     def __init__(self, first_row_of: dict[str, int], model_id: str | None = None,
-                 text_encoder_dir: str | Path | None = None):
+                 text_encoder_dir: str | Path | None = None, s3_endpoint: str | None = None):
         self.first_row_of = first_row_of
         self.count_tokens = PromptTokens(model_id, text_encoder_dir)
+        self.s3_endpoint = s3_endpoint
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         out: list[dict] = []
@@ -305,7 +348,7 @@ class ValidateBriefs:
         brief_id = row.get("brief_id") if isinstance(row.get("brief_id"), str) else None
 
         def reject(reason: str, locale: str | None = None) -> dict:
-            return {"row_index": row_index, "brief_id": brief_id, "brief_json": None,
+            return {"row_index": row_index, "brief_id": brief_id, "brief_json": None, "voiceovers_json": None,
                     "locale": locale, "reason": reason, "raw": raw_json(row)}
 
         if brief_id is not None and self.first_row_of.get(brief_id, row_index) != row_index:
@@ -330,6 +373,17 @@ class ValidateBriefs:
 
         kept, faults = check_locales(brief, self.count_tokens)
         results = [reject(fault.reason, locale=fault.locale) for fault in faults]
+        # A recording that cannot drive its clip rejects that locale alone.
+        voiceovers: dict[str, VoiceoverAudio] = {}
+        for index, voiceover in enumerate(brief.voiceovers or ()):
+            if voiceover.locale not in kept:
+                continue
+            probed = probe_voiceover(voiceover, f"voiceovers[{index}]", self.s3_endpoint)
+            if isinstance(probed, str):
+                results.append(reject(probed, locale=voiceover.locale))
+                kept.remove(voiceover.locale)
+            else:
+                voiceovers[voiceover.locale] = probed
         results.extend(reject(reason) for reason in variant_rejects)
         variants = None
         if kept_variants is not None:
@@ -343,6 +397,8 @@ class ValidateBriefs:
         if kept and variants != []:
             valid = brief.model_copy(update={"locales": kept, "variants": variants})
             results.insert(0, {"row_index": row_index, "brief_id": brief.brief_id,
-                               "brief_json": valid.model_dump_json(), "locale": None,
+                               "brief_json": valid.model_dump_json(),
+                               "voiceovers_json": json.dumps({k: v.model_dump() for k, v in voiceovers.items()}),
+                               "locale": None,
                                "reason": None, "raw": None})
         return results

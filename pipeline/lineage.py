@@ -216,6 +216,14 @@ def checkpoint_dataset(model_id: str, checkpoint_dir: str | os.PathLike | None =
     return InputDataset(namespace=namespace, name=name, facets={"paddockModel": facet})
 
 
+def prompt_model_dataset(url: str, model: str, producer: str = DEFAULT_PRODUCER) -> InputDataset:
+    """The prompt LLM the enhance stage asked: its endpoint as the namespace, its model as the name."""
+    scheme, _, rest = url.partition("://")
+    facet = ModelDatasetFacet(modelId=model, producer=producer)
+    return InputDataset(namespace=f"{scheme}://{rest.split('/')[0]}", name=f"prompt-llm/{model}",
+                        facets={"paddockModel": facet})
+
+
 def dam_dataset(dam_uri: str | os.PathLike, rows: int | None = None, size_bytes: int | None = None,
                 file_count: int | None = None, producer: str = DEFAULT_PRODUCER) -> OutputDataset:
     """The DAM prefix a run archived into; pass the counts once they are known."""

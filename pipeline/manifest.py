@@ -33,6 +33,8 @@ class ManifestRow(BaseModel):
     variant_id: str = "main"
     take: int = 0
     model_id: str
+    model_prompt: str | None = None  # the exact text the model saw
+    prompt_source: str | None = None  # template, llm, or "template (fallback: <reason>)"
     status: str
     error: str | None = None
     review_status: str | None = None
@@ -49,6 +51,7 @@ class ManifestRow(BaseModel):
     review_quality_score: float | None = None
     best_take: bool = Field(False, description="the highest quality score of its (brief, variant, locale, aspect) group")
     frame_fit: str | None = Field(None, description="exact | dropped_1 | held_1 | held_2: decoded frames vs the request")
+    review_voiceover_correlation: float | None = None
     dam_uri: str | None = None
     keys: dict[str, str] = {}
     sha256: dict[str, str] = {}

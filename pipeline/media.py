@@ -16,6 +16,7 @@ decoded with PyAV (no ffprobe needed).
 from __future__ import annotations
 
 import functools
+import io
 import os
 import re
 import shutil
@@ -224,16 +225,38 @@ def run_ffmpeg(
     return stderr
 
 
-def load_audio(path: str | Path) -> tuple[np.ndarray, int]:
-    """Decode a file's first audio stream with PyAV into float32 [samples, channels] and its rate.
+def read_uri_bytes(uri: str, s3_endpoint: str | None = None, what: str = "file") -> bytes:
+    """The bytes of a local path, a file:///absolute URI or an s3://bucket/key object (the
+    standard AWS credential chain; ``s3_endpoint`` None takes AWS_ENDPOINT_URL or AWS). Errors
+    name ``what`` (the field) and the fix."""
+    scheme, sep, rest = uri.partition("://")
+    if sep and scheme == "s3":
+        from model.generator import read_s3_object  # imported here: it brings in the model stack
+
+        return read_s3_object(uri, s3_endpoint, what)
+    if sep and scheme != "file":
+        raise ValueError(f"{what}: the {scheme}:// scheme is not read (got {uri!r}); give a path, file:// or s3://")
+    path = Path(rest if sep else uri)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what}: no file at {path}")
+    return path.read_bytes()
+
+
+def load_audio(source: str | Path | bytes) -> tuple[np.ndarray, int]:
+    """Decode the first audio stream of a file (a path, or the file's bytes) with PyAV into
+    float32 [samples, channels] and its rate.
 
     Sample 0 sits at container time 0: a stream that starts later is padded
     with silence at the head, one that starts earlier is trimmed.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"media file not found: {path}")
-    with av.open(str(path)) as container:
+    if isinstance(source, bytes):
+        path, opened = "<bytes>", io.BytesIO(source)
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise FileNotFoundError(f"media file not found: {path}")
+        opened = str(path)
+    with av.open(opened) as container:
         if not container.streams.audio:
             raise ValueError(f"{path}: no audio stream")
         stream = container.streams.audio[0]
@@ -256,6 +279,14 @@ def load_audio(path: str | Path) -> tuple[np.ndarray, int]:
     elif shift < 0:
         audio = audio[-shift:]
     return audio, sample_rate
+
+
+def fit_audio(audio: np.ndarray, samples: int) -> np.ndarray:
+    """``audio`` [samples, channels] trimmed, or padded with silence at the end, to ``samples``."""
+    audio = np.asarray(audio, dtype=np.float32)
+    if audio.shape[0] >= samples:
+        return np.ascontiguousarray(audio[:samples])
+    return np.concatenate([audio, np.zeros((samples - audio.shape[0], audio.shape[1]), np.float32)])
 
 
 def write_raw_audio(path: str | Path, audio: np.ndarray) -> None:

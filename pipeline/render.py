@@ -12,12 +12,15 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
+import torch
 
 from model.generator import AVGenerator, GeneratorConfig
+from model.magihuman.audio_vae import resample
 from pipeline.errors import describe_error
-from pipeline.generate import FailedRender, GenerateClips, GeneratedClip
-from pipeline.media import check_ffmpeg
+from pipeline.generate import FailedRender, GenerateClips, GeneratedClip, Recording
+from pipeline.media import check_ffmpeg, fit_audio, load_audio
 from pipeline.mux import ChannelProfile, mux_clip
 from pipeline.review import ReviewExpectation, ReviewThresholds, decide_review, measure_clip
 from schemas.render import RENDER_REQUEST_ARROW_SCHEMA, RenderRequest
@@ -61,23 +64,38 @@ class RenderClips:
         timings = dict(clip.timings_s)
         started = time.perf_counter()
         expected = ReviewExpectation.from_request(clip.request)
-        signals = measure_clip(clip.frames, clip.audio, clip.sample_rate, clip.fps, expected, self.thresholds)
+        # A voice-over clip delivers the recording itself, never the VAE's reconstruction of it.
+        audio = clip.audio if clip.recording is None else recording_for_delivery(
+            clip.recording, clip.sample_rate, clip.frames.shape[0] / clip.fps)
+        signals = measure_clip(clip.frames, audio, clip.sample_rate, clip.fps, expected, self.thresholds)
         timings["review"] = time.perf_counter() - started
         started = time.perf_counter()
         with tempfile.TemporaryDirectory(prefix="paddock-mux-") as tmp:
             # audio=False: a silent delivery (no audio track, no stem)
-            muxed = mux_clip(clip.frames, clip.audio if clip.request.audio else None, clip.sample_rate, clip.fps,
+            muxed = mux_clip(clip.frames, audio if clip.request.audio else None, clip.sample_rate, clip.fps,
                              tmp, clip.request.render_id,
                              dialogue=clip.request.dialogue, speech_spans=signals.speech_spans, profile=self.profile)
             # Decided once, on the delivered file: mux normalized its loudness.
-            review = decide_review(signals.as_delivered(muxed.output_lufs, muxed.output_true_peak_dbtp),
-                                   expected, self.thresholds)
+            signals = signals.as_delivered(muxed.output_lufs, muxed.output_true_peak_dbtp)
+            if clip.recording is not None:
+                stem, stem_rate = load_audio(muxed.wav_path)
+                signals = signals.with_voiceover_match(
+                    stem, recording_for_delivery(clip.recording, stem_rate), stem_rate)
+            review = decide_review(signals, expected, self.thresholds)
             assets = {ext: path.read_bytes() for ext, path in
                       (("mp4", muxed.mp4_path), ("wav", muxed.wav_path), ("jpg", muxed.poster_path),
                        ("vtt", muxed.vtt_path)) if path is not None}
         timings["mux"] = time.perf_counter() - started
         return {"review_json": review.model_dump_json(), "assets": list(assets.items()),
                 "timings_s": list(timings.items()), "frame_fit": clip.frame_fit}
+
+
+def recording_for_delivery(recording: Recording, sample_rate: int, seconds: float | None = None) -> np.ndarray:
+    """A supplied recording at ``sample_rate`` (the band-limited resampler the audio VAE uses),
+    trimmed or padded with silence to ``seconds`` (the clip's whole frames) when given."""
+    audio = resample(torch.from_numpy(np.ascontiguousarray(recording.audio.T)), recording.sample_rate,
+                     sample_rate).T.numpy()
+    return audio if seconds is None else fit_audio(audio, round(seconds * sample_rate))
 
 
 RENDERED_SCHEMA = pa.schema([

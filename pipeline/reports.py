@@ -29,14 +29,16 @@ def manifest_row(request: RenderRequest, status: str, *, error: str | None = Non
     """One render's row: its request, what happened to it, and its review and DAM facts when it has them."""
     row = ManifestRow(
         **request.model_dump(include=set(ManifestRow.model_fields) & set(RenderRequest.model_fields)),
-        status=status, error=error, timings_s=timings or {}, bytes_from_render=bytes_from_render,
+        model_prompt=request.prompt, status=status, error=error, timings_s=timings or {},
+        bytes_from_render=bytes_from_render,
     )
     if review is not None:
         row = row.model_copy(update={
             "review_status": review.review_status, "review_reasons": review.review_reasons,
             **{f"review_{name}": getattr(review, name) for name in (
                 "duration_s", "black_frame_share", "frozen_frame_share", "silence_share", "clipping_share",
-                "integrated_lufs", "true_peak_dbtp", "av_offset_ms", "av_offset_confidence", "quality_score")},
+                "integrated_lufs", "true_peak_dbtp", "av_offset_ms", "av_offset_confidence", "quality_score",
+                "voiceover_correlation")},
         })
     if archive is not None:
         row = row.model_copy(update={"dam_uri": archive.dam_uri, "keys": archive.keys, "sha256": archive.sha256,

@@ -18,8 +18,12 @@ Measures (all in numpy, on the arrays the generate stage hands over):
   lags the video (a beep 200 ms after its flash reads +200 ms);
 - dialogue content: forbidden terms, matched case- and accent-insensitively.
 
+- a voice-over clip: that the delivered audio is the supplied recording (its
+  duration, and its correlation with the recording at the delivered rate).
+
 Status: `rejected` for hard faults (wrong duration, fps or size; a silent clip
-that should carry dialogue; a forbidden term), `needs_review` for soft ones
+that should carry dialogue; a forbidden term; delivered audio that is not the
+supplied voice-over), `needs_review` for soft ones
 (offset beyond the limit with confidence, loudness far off target, long black
 or frozen stretches, clipping), else `auto_approved`. Every threshold lives in
 `ReviewThresholds`.
@@ -35,6 +39,7 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from pipeline.av_sync import estimate_av_offset
 from pipeline.loudness import as_channels, integrated_loudness, true_peak_dbtp
 from schemas.brief import DialogueLine
 from schemas.render import FPS, RenderRequest
@@ -80,6 +85,10 @@ class ReviewThresholds(BaseModel):
     max_av_offset_ms: float = 80.0
     min_av_offset_confidence: float = 0.3
 
+    # voice-over clips: the delivered audio against the supplied recording
+    min_voiceover_correlation: float = Field(0.95, description="correlation below which the delivered audio is not "
+                                             "the recording")
+
 
 class ReviewExpectation(BaseModel):
     """What the clip was asked to be: the request fields the review checks against."""
@@ -93,6 +102,7 @@ class ReviewExpectation(BaseModel):
     dialogue: list[DialogueLine] = Field(default_factory=list)
     forbidden_terms: list[str] = Field(default_factory=list)
     audio: bool = Field(True, description="False: a silent delivery, whose audio is not judged")
+    voiceover: bool = Field(False, description="the delivered audio must be a supplied recording")
 
     @property
     def has_dialogue(self) -> bool:
@@ -101,12 +111,13 @@ class ReviewExpectation(BaseModel):
     @classmethod
     def from_request(cls, request: RenderRequest) -> ReviewExpectation:
         return cls(
-            duration_s=request.duration_s,
+            duration_s=request.clip_seconds,
             width=request.width,
             height=request.height,
             dialogue=request.dialogue,
             forbidden_terms=request.forbidden_terms,
             audio=request.audio,
+            voiceover=request.voiceover is not None,
         )
 
 
@@ -131,6 +142,20 @@ class ReviewSignals(BaseModel):
     av_offset_confidence: float
     speech_spans: list[tuple[float, float]] = Field(description="(start_s, end_s) of non-silent audio")
     forbidden_terms_found: list[str]
+    voiceover_duration_s: float | None = Field(None, description="the delivered audio's duration (voice-over clips)")
+    voiceover_correlation: float | None = Field(None, description="delivered audio vs the supplied recording")
+
+    def with_voiceover_match(self, delivered: np.ndarray, recording: np.ndarray, sample_rate: int) -> ReviewSignals:
+        """These measures with how the delivered audio matches the supplied recording (both
+        [samples, channels] at ``sample_rate``): the delivered duration, and the correlation of the
+        two, mixed to mono, over their common length (level-independent, so loudness
+        normalization keeps it at 1)."""
+        a, b = (as_channels(np.asarray(x, dtype=np.float64)).mean(axis=1) for x in (delivered, recording))
+        n = min(a.size, b.size)
+        a, b = a[:n] - a[:n].mean(), b[:n] - b[:n].mean()
+        norm = float(np.sqrt((a * a).sum() * (b * b).sum()))
+        return self.model_copy(update={"voiceover_duration_s": delivered.shape[0] / sample_rate,
+                                       "voiceover_correlation": float((a * b).sum() / norm) if norm > 0 else 0.0})
 
     def as_delivered(self, integrated_lufs: float | None, true_peak_dbtp: float | None) -> ReviewSignals:
         """These measures with the loudness of the delivered file: mux normalizes loudness,
@@ -229,64 +254,6 @@ def black_and_frozen(
     return _keep_long_runs(black, min_frames), frozen, motion
 
 
-def estimate_av_offset(
-    motion: np.ndarray, audio: np.ndarray, sample_rate: int, fps: float, thresholds: ReviewThresholds
-) -> tuple[float | None, float]:
-    """Audio-video offset in ms (positive: audio lags video) and a confidence in [0, 1].
-
-    Both signals become change envelopes on a common `av_hop_ms` grid: the video
-    one is the frame-difference motion, placed at each new frame's timestamp; the
-    audio one is |change of RMS| between consecutive hops. Both are smoothed with
-    the same Gaussian (half a frame period), so frame-rate sampling does not bias
-    the peak; the lag of the best normalized cross-correlation within
-    ±`av_max_lag_ms` is refined by a parabola through its neighbours.
-    Confidence is how far that correlation stands above the best one more than
-    two frames away, which is low for flat, noisy or periodic content.
-    """
-    hop_s = thresholds.av_hop_ms / 1000.0
-    hop = max(1, round(hop_s * sample_rate))
-    hop_s = hop / sample_rate
-    mono = as_channels(audio).astype(np.float64).mean(axis=1)
-    n_hops = mono.shape[0] // hop
-    if n_hops < 3 or motion.size < 2:
-        return None, 0.0
-    rms = np.sqrt((mono[: n_hops * hop] ** 2).reshape(n_hops, hop).mean(axis=1))
-    audio_env = np.zeros(n_hops)
-    audio_env[1:] = np.abs(np.diff(rms))  # change between hop i-1 and i sits at time i * hop_s
-
-    video_env = np.zeros(n_hops)
-    bins = np.round(np.arange(1, motion.size + 1) / fps / hop_s).astype(int)
-    inside = bins < n_hops
-    np.add.at(video_env, bins[inside], motion[inside])
-
-    sigma = 0.5 / fps / hop_s
-    radius = int(np.ceil(4 * sigma))
-    kernel = np.exp(-0.5 * (np.arange(-radius, radius + 1) / sigma) ** 2)
-    audio_env = np.convolve(audio_env, kernel, mode="same")
-    video_env = np.convolve(video_env, kernel, mode="same")
-    audio_env -= audio_env.mean()
-    video_env -= video_env.mean()
-    norm = np.linalg.norm(audio_env) * np.linalg.norm(video_env)
-    if norm <= 1e-12:
-        return None, 0.0
-
-    max_lag = min(int(thresholds.av_max_lag_ms / 1000.0 / hop_s), n_hops - 1)
-    full = np.correlate(audio_env, video_env, mode="full") / norm  # index k <-> lag k - (n_hops - 1)
-    lags = np.arange(-max_lag, max_lag + 1)
-    corr = full[lags + n_hops - 1]
-    best = int(np.argmax(corr))
-    refined = float(lags[best])
-    if 0 < best < corr.size - 1:
-        left, centre, right = corr[best - 1], corr[best], corr[best + 1]
-        curvature = left - 2.0 * centre + right
-        if curvature < 0:
-            refined += 0.5 * (left - right) / curvature
-    far = np.abs(lags - lags[best]) > 2.0 / fps / hop_s
-    runner_up = corr[far].max() if far.any() else 0.0
-    confidence = float(np.clip(corr[best] - max(runner_up, 0.0), 0.0, 1.0))
-    return refined * hop_s * 1000.0, confidence
-
-
 # --------------------------------------------------------------------------- content checks
 
 
@@ -340,7 +307,8 @@ def measure_clip(
     black, frozen, motion = black_and_frozen(luma, fps, thresholds)
     silence_share, speech_spans = silence_and_speech(audio, sample_rate, thresholds)
     sample_peak = float(np.abs(audio).max()) if audio.size else 0.0
-    av_offset_ms, av_confidence = estimate_av_offset(motion, audio, sample_rate, fps, thresholds)
+    av_offset_ms, av_confidence = estimate_av_offset(motion, audio, sample_rate, fps,
+                                                     thresholds.av_max_lag_ms, thresholds.av_hop_ms)
     return ReviewSignals(
         duration_s=num_frames / fps,
         audio_duration_s=audio.shape[0] / sample_rate,
@@ -381,6 +349,16 @@ def decide_review(signals: ReviewSignals, expected: ReviewExpectation,
         hard.append(f"silent clip ({m.silence_share:.0%} silence) but {len(expected.dialogue)} dialogue lines")
     if m.forbidden_terms_found:
         hard.append(f"forbidden terms in dialogue: {', '.join(m.forbidden_terms_found)}")
+    if expected.voiceover:
+        if m.voiceover_correlation is None or m.voiceover_duration_s is None:
+            hard.append("voice-over clip whose delivered audio was not compared with the recording")
+        else:
+            if abs(m.voiceover_duration_s - expected.duration_s) > thresholds.duration_tolerance_s:
+                hard.append(f"delivered voice-over lasts {m.voiceover_duration_s:.2f}s, the clip "
+                            f"{expected.duration_s:g}s")
+            if m.voiceover_correlation < thresholds.min_voiceover_correlation:
+                hard.append(f"delivered audio is not the supplied voice-over (correlation "
+                            f"{m.voiceover_correlation:.2f}, needs {thresholds.min_voiceover_correlation:g})")
 
     soft: list[str] = []
     if not expected.audio:  # a silent delivery: its (discarded) audio is not judged

@@ -31,15 +31,17 @@ from model.replica import make_replica
 from pipeline.archive import ArchiveRenders, find_archived
 from pipeline.dam import DAM, open_dam
 from pipeline.console import quiet_dependencies
+from pipeline.enhance import ENHANCED_SCHEMA, EnhancePrompts, PromptLLMConfig, apply_prompts, distinct_inputs
 from pipeline.expand import ExpandBriefs
 from pipeline.generate import shape_batches
 from pipeline.ingest import REJECTS_SCHEMA, ValidateBriefs, first_row_by_brief_id, read_briefs_table, reason_category
-from pipeline.lineage import JobType, LineageConfig, LineageRun, briefs_dataset, checkpoint_dataset, dam_dataset
+from pipeline.lineage import (JobType, LineageConfig, LineageRun, briefs_dataset, checkpoint_dataset, dam_dataset,
+                              prompt_model_dataset)
 from pipeline.manifest import ManifestRow, mark_best_takes
 from pipeline.media import check_ffmpeg
 from pipeline.mux import CHANNEL_PROFILES
 from pipeline.render import RenderClips
-from pipeline.reports import manifest_row, rendered_manifest_row, write_reports
+from pipeline.reports import manifest_row, read_dam_manifest, rendered_manifest_row, write_reports
 from pipeline.settings import RenderSettings
 from schemas.brief import BRIEF_ARROW_SCHEMA
 from schemas.render import RENDER_REQUEST_ARROW_SCHEMA, RenderRequest
@@ -105,10 +107,11 @@ def _concat(refs: list, schema: pa.Schema) -> pa.Table:
 
 
 def plan(briefs: str | Path | pa.Table, model_id: str, s3_endpoint: str | None = None,
-         checkpoint_dir: str | Path | None = None) -> PlanResult:
+         checkpoint_dir: str | Path | None = None, prompt_llm: PromptLLMConfig | None = None) -> PlanResult:
     """ingest + expand: a briefs file (local or s3://, or the table read_briefs_table made
     of it) in, render requests and rejects out. With the released weights' ``checkpoint_dir``,
-    prompts are measured against the text window with the model's own tokenizer."""
+    prompts are measured against the text window with the model's own tokenizer; ``prompt_llm``'s
+    settings enter the ids."""
     table = briefs if isinstance(briefs, pa.Table) else read_briefs_table(briefs, s3_endpoint)
     ensure_ray()
     first_row_of = first_row_by_brief_id(
@@ -118,14 +121,16 @@ def plan(briefs: str | Path | pa.Table, model_id: str, s3_endpoint: str | None =
         blocks = [table.slice(start, PLAN_BLOCK_ROWS) for start in range(0, max(table.num_rows, 1), PLAN_BLOCK_ROWS)]
         validated = (
             ray.data.from_arrow(blocks)
-            .map_batches(ValidateBriefs(first_row_of, model_id, _text_encoder_dir(model_id, checkpoint_dir)),
+            .map_batches(ValidateBriefs(first_row_of, model_id, _text_encoder_dir(model_id, checkpoint_dir),
+                                        s3_endpoint=s3_endpoint),
                          batch_format="pyarrow", batch_size=None)
             .materialize()
         )
         valid = validated.filter(expr=col("reason").is_null())
         rejects = _concat(validated.filter(expr=col("reason").is_not_null()).to_arrow_refs(), REJECTS_SCHEMA)
         requests = _concat(
-            valid.map_batches(ExpandBriefs(model_id), batch_format="pyarrow", batch_size=None).to_arrow_refs(),
+            valid.map_batches(ExpandBriefs(model_id, prompt_llm.identity() if prompt_llm else None),
+                              batch_format="pyarrow", batch_size=None).to_arrow_refs(),
             RENDER_REQUEST_ARROW_SCHEMA,
         )
         reasons = Counter(reason_category(r) for r in rejects.column("reason").to_pylist())
@@ -158,6 +163,7 @@ class CampaignConfig(RenderSettings):
     briefs: str = Field(description="briefs Parquet file: a local path or s3://bucket/key")
     workdir: Path = Path("./work")
     batch_size: int = Field(2, ge=1, description="requests per call into a replica")
+    prompt_llm: PromptLLMConfig | None = Field(None, description="the enhance stage's LLM; None: template prompts")
 
     @field_validator("briefs", mode="before")
     @classmethod
@@ -231,13 +237,19 @@ def _generator_config(config: CampaignConfig, todo: list[RenderRequest]) -> Gene
 def _already_archived(dam: DAM, requests: list[RenderRequest]) -> dict[str, ManifestRow]:
     """render_id -> its "skipped" manifest row, for renders a previous run finished. A
     record that does not read as a CompletionRecord (its review included) counts as
-    not finished: the render is redone."""
+    not finished: the render is redone. The prompt it was made with is the one the DAM's
+    manifest recorded."""
+    previous = read_dam_manifest(dam)
+
     def check(request: RenderRequest) -> ManifestRow | None:
         record = find_archived(dam, request)
         if record is None:
             return None
+        made = previous.get(request.render_id)
         return manifest_row(request, "skipped", review=record.review).model_copy(update={
-            "dam_uri": dam.uri, "keys": record.keys, "sha256": record.sha256, "sizes": record.sizes})
+            "dam_uri": dam.uri, "keys": record.keys, "sha256": record.sha256, "sizes": record.sizes,
+            **({"model_prompt": made.model_prompt, "prompt_source": made.prompt_source}
+               if made is not None and made.model_prompt is not None else {})})
 
     with ThreadPoolExecutor(max_workers=16) as pool:
         return {row.render_id: row for row in pool.map(check, requests) if row is not None}
@@ -258,7 +270,8 @@ def run_campaign(config: CampaignConfig, log: Callable[[str], None] = print, *,
     with LineageRun(
         LineageConfig.from_env(job_type.value.lower(), config.workdir), job_type,
         inputs=[briefs_dataset(config.briefs, BRIEF_ARROW_SCHEMA),
-                checkpoint_dataset(config.model, config.checkpoint_dir)],
+                checkpoint_dataset(config.model, config.checkpoint_dir),
+                *([prompt_model_dataset(config.prompt_llm.url, config.prompt_llm.model)] if config.prompt_llm else [])],
         outputs=[dam_dataset(dam.uri)],
     ) as lineage:
         result = _run_campaign(config, dam, log, select)
@@ -270,10 +283,27 @@ def run_campaign(config: CampaignConfig, log: Callable[[str], None] = print, *,
     return result
 
 
+def _enhance(todo: list[RenderRequest], llm: PromptLLMConfig, dam: DAM,
+             log: Callable[[str], None]) -> list[RenderRequest]:
+    """The enhance stage: each distinct prompt input once, through at most llm.concurrency
+    callers at a time."""
+    inputs = distinct_inputs(todo, llm)
+    enhanced = _concat(
+        ray.data.from_arrow(inputs)
+        .map_batches(EnhancePrompts, fn_constructor_kwargs={"config": llm, "dam": dam}, batch_size=1,
+                     batch_format="pyarrow", num_cpus=0.25,
+                     compute=ray.data.ActorPoolStrategy(min_size=1, max_size=llm.concurrency))
+        .to_arrow_refs(), ENHANCED_SCHEMA)
+    sources = Counter(s.split(":")[0] for s in enhanced.column("prompt_source").to_pylist())
+    log(f"prompt LLM {llm.model}: {inputs.num_rows} distinct prompts, "
+        + ", ".join(f"{n} {source}" for source, n in sorted(sources.items())))
+    return apply_prompts(todo, enhanced, llm)
+
+
 def _run_campaign(config: CampaignConfig, dam: DAM, log: Callable[[str], None],
                   select: Callable[[RenderRequest], bool] | None) -> CampaignResult:
     planned = plan(config.briefs, model_id=config.model, s3_endpoint=config.s3_endpoint,
-                   checkpoint_dir=config.checkpoint_dir)
+                   checkpoint_dir=config.checkpoint_dir, prompt_llm=config.prompt_llm)
     write_plan(planned, config.workdir)
     log(f"planned {planned.requests.num_rows} renders from {planned.briefs_valid}/{planned.briefs_read} briefs "
         f"({planned.rejects.num_rows} rejects in {config.workdir / 'rejects.parquet'})")
@@ -287,6 +317,9 @@ def _run_campaign(config: CampaignConfig, dam: DAM, log: Callable[[str], None],
     manifest: dict[str, ManifestRow] = dict(archived)
     todo = [r for r in requests if r.render_id not in archived]
     log(f"{len(archived)} renders already in {dam.uri}, {len(todo)} to make")
+    if todo and config.prompt_llm is not None:
+        todo = _enhance(todo, config.prompt_llm, dam, log)
+        by_id.update({r.render_id: r for r in todo})
 
     if todo:
         generator_config = _generator_config(config, todo)

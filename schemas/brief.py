@@ -121,6 +121,41 @@ class BriefVariant(BaseModel):
 
 MAIN_VARIANT = BriefVariant(variant_id=MAIN_VARIANT_ID)
 
+VOICEOVER_MIN_S = 2.0
+VOICEOVER_MAX_S = 15.0
+
+
+class Voiceover(BaseModel):
+    """A supplied recording (WAV, FLAC or MP3; a local path, file:// URI or s3://bucket/key) that
+    drives the clip of one locale: its length is the clip's, and it is the delivered audio."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    locale: str
+    uri: str = Field(min_length=1, max_length=2000)
+
+    @field_validator("locale")
+    @classmethod
+    def _canonical(cls, value: str) -> str:
+        return canonical_locale(value)
+
+
+class SpeakerDescription(BaseModel):
+    """How a speaker looks, for the prompt's Dialogue rows (the design asks for about five words:
+    "Young man in yellow polo")."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    speaker: str = Field(min_length=1, max_length=200)
+    description: str = Field(min_length=1, max_length=200)
+
+    @field_validator("description")
+    @classmethod
+    def _not_blank(cls, value: str) -> str:
+        if not value.strip() or any(c in value for c in '<>"\n'):
+            raise ValueError("describe the speaker in a few words, without <, >, quotes or line breaks")
+        return value
+
 
 def variant_fault(template: str, variant: BriefVariant) -> str | None:
     """Why ``variant`` cannot fill the prompt (the brief's ``template``, or its own), as
@@ -183,6 +218,8 @@ class CampaignBrief(BaseModel):
     forbidden_terms: list[str] | None = None
     negative_prompt: str | None = Field(default=None, max_length=PROMPT_MAX_CHARS)
     audio: bool = True
+    voiceovers: list[Voiceover] | None = None
+    speakers: list[SpeakerDescription] | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -243,6 +280,32 @@ class CampaignBrief(BaseModel):
         return self
 
     @model_validator(mode="after")
+    def _voiceovers_and_speakers(self) -> "CampaignBrief":
+        targets = set()
+        for tag in self.target_locales:
+            try:
+                targets.add(canonical_locale(tag))
+            except ValueError:
+                continue  # a per-locale fault, rejected with that locale
+        seen: dict[str, int] = {}
+        for index, voiceover in enumerate(self.voiceovers or ()):
+            if voiceover.locale in seen:
+                raise ValueError(f"voiceovers[{index}].locale: a second recording for {voiceover.locale} "
+                                 f"(voiceovers[{seen[voiceover.locale]}] has one); give one per locale")
+            seen[voiceover.locale] = index
+            if voiceover.locale not in targets:
+                raise ValueError(f"voiceovers[{index}].locale: {voiceover.locale} is not one of the brief's locales "
+                                 f"({', '.join(sorted(targets)) or 'none'}); add it to locales or fix the tag")
+            if not self.audio:
+                raise ValueError(f"voiceovers[{index}]: the brief is delivered silent (audio false); drop the "
+                                 "voice-over or set audio true")
+        names = [s.speaker for s in self.speakers or ()]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(f"speakers: more than one description for {', '.join(twice)}; give one per speaker")
+        return self
+
+    @model_validator(mode="after")
     def _variants_fill_the_prompt(self) -> "CampaignBrief":
         # ingest checks each variant on its own first (a bad one is rejected alone); this keeps
         # every other way of making a brief (the ad-hoc endpoint) to the same rules.
@@ -275,6 +338,14 @@ class CampaignBrief(BaseModel):
             return self.seed
         digest = hashlib.sha256(self.brief_id.encode("utf-8")).digest()
         return int.from_bytes(digest[:8], "big") % 2**31
+
+    def voiceover_for(self, locale: str) -> Voiceover | None:
+        return next((v for v in self.voiceovers or () if v.locale == locale), None)
+
+    def speaker_description(self, speaker: str) -> str:
+        """The speaker's description from ``speakers``, else the speaker's name."""
+        found = next((s.description for s in self.speakers or () if s.speaker.strip() == speaker.strip()), None)
+        return (found or speaker).strip()
 
     @property
     def creative_variants(self) -> list[BriefVariant]:

@@ -168,6 +168,33 @@ def load_stable_audio_root(path: Path) -> AutoencoderOobleck:
     return model
 
 
+# The reference's audio-driven encoding (inference/pipeline/video_process.py load_audio_and_encode):
+# windows of 29 s at the virtual rate, each starting half a window after the last.
+ENCODE_WINDOW_S = 29.0
+ENCODE_OVERLAP = 0.5
+
+
+def merge_overlapping_latents(chunks: list[torch.Tensor], overlap: float = ENCODE_OVERLAP) -> torch.Tensor:
+    """Latents [C, n] of consecutive encoder windows merged into one [C, total], as the reference
+    merges them: the first window as it is; each later one starts n - int(n * overlap) latents
+    after the one before, and over the int(n * overlap) latents they share, fades linearly from
+    the earlier (weight (o - i) / o) to the later (i / o)."""
+    if len(chunks) == 1:
+        return chunks[0]
+    n = chunks[0].shape[-1]
+    shared = int(n * overlap)
+    step = n - shared
+    out = torch.zeros(chunks[0].shape[0], (len(chunks) - 1) * step + n, dtype=chunks[0].dtype,
+                      device=chunks[0].device)
+    out[:, :n] = chunks[0]
+    later = torch.arange(shared, dtype=out.dtype, device=out.device) / shared
+    for index, chunk in enumerate(chunks[1:], start=1):
+        start = index * step
+        out[:, start + shared:start + n] = chunk[:, shared:]
+        out[:, start:start + shared] = (1 - later) * out[:, start:start + shared] + later * chunk[:, :shared]
+    return out
+
+
 @dataclass(frozen=True)
 class TinyOobleckConfig:
     """Narrow Oobleck VAE with the released hop (2 * 4 * 4 * 8 * 8 = 2048) and 64 latent channels."""
@@ -178,7 +205,8 @@ class TinyOobleckConfig:
 
 
 class AudioVAE:
-    """Decodes [B, N, 64] audio latents (one per video frame) to waveforms at a delivery rate."""
+    """Decodes [B, N, 64] audio latents (one per video frame) to waveforms at a delivery rate, and
+    encodes a supplied recording to them (the audio-driven mode)."""
 
     def __init__(self, vae: AutoencoderOobleck, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
         hop = math.prod(vae.config.downsampling_ratios)
@@ -227,7 +255,57 @@ class AudioVAE:
                 audio_channels=2,
                 sampling_rate=AUDIO_VIRTUAL_RATE,
             )
+            # diffusers ties the encoder's width to its output (128 channels: 64 means, 64 scales, as
+            # released); at toy width only the last projection keeps the released output size.
+            width = config.encoder_hidden_size * config.channel_multiples[-1]
+            vae.encoder.conv2 = torch.nn.utils.weight_norm(
+                torch.nn.Conv1d(width, 2 * AUDIO_LATENT_CHANNELS, kernel_size=3, padding=1))
         return cls(vae, device=device, dtype=torch.float32)
+
+    @torch.inference_mode()
+    def encode(
+        self,
+        waveform: torch.Tensor,
+        sample_rate: int,
+        latents: int | None = None,
+        generator: torch.Generator | None = None,
+        window_s: float = ENCODE_WINDOW_S,
+    ) -> torch.Tensor:
+        """A recording [samples, channels] at `sample_rate` -> audio latents [N, 64] (float32, on
+        this VAE's device), as the reference's audio-driven mode encodes it: mixed to mono and
+        fed to the encoder on every channel, resampled to the 51.2 kHz virtual rate, encoded in
+        `window_s` windows that overlap by half (merge_overlapping_latents; a recording up to one
+        window long is encoded whole), one latent per 2048 samples (the last one partial).
+        `latents` first trims the recording, or pads it with silence, to that many latents'
+        worth. The posterior is sampled with `generator` as the reference samples it; without
+        one its mean is taken."""
+        mono = torch.as_tensor(waveform, dtype=torch.float32)
+        mono = mono.mean(dim=1) if mono.ndim == 2 else mono
+        mono = resample(mono, sample_rate, AUDIO_VIRTUAL_RATE)
+        if latents is not None:
+            mono = F.pad(mono, (0, max(0, latents * AUDIO_HOP - mono.shape[0])))[: latents * AUDIO_HOP]
+        total = mono.shape[0]
+        if total == 0:
+            raise ValueError("audio VAE encode: the recording holds no samples")
+        window = int(window_s * AUDIO_VIRTUAL_RATE)
+        step = int(window * (1 - ENCODE_OVERLAP))
+        if total <= window:
+            merged = self._encode_window(mono, generator)
+        else:
+            chunks = []
+            for start in range(0, total, step):
+                piece = mono[start:start + window]
+                chunks.append(self._encode_window(F.pad(piece, (0, window - piece.shape[0])), generator))
+                if start + window >= total:
+                    break
+            merged = merge_overlapping_latents(chunks)
+        return merged[:, : math.ceil(total / AUDIO_HOP)].transpose(0, 1).float().contiguous()
+
+    def _encode_window(self, mono: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        x = mono.to(self.device, self.dtype)[None, None].expand(1, self.channels, -1)
+        posterior = self.vae.encode(x).latent_dist
+        z = posterior.sample(generator) if generator is not None else posterior.mode()
+        return z[0].float()  # [64, ceil(samples / 2048)]
 
     @torch.inference_mode()
     def decode(self, latents: torch.Tensor, sample_rate: int = 44100) -> torch.Tensor:

@@ -113,6 +113,7 @@ def denoise(
     guidance: Guidance = Guidance(),
     coords_style: str | None = None,
     frame_receptive_field: int | None = None,
+    audio_fixed: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Denoise initial noise latents into clean latents.
 
@@ -121,8 +122,10 @@ def denoise(
     (distill 8, base 32, sr 5). `null_text` ([B or 1, L0, Ct], `null_text_lens`) is the negative
     prompt for CFG: required by "base", optional for "sr", ignored by "distill". `video_condition`
     ([B, C, >=1, H, W]) pins the first latent frame (image-to-video). `generator` (one, or one per
-    sample) feeds the distilled step's re-noising. Returns (latent_video, latent_audio); in "sr"
-    mode the audio comes back unchanged.
+    sample) feeds the distilled step's re-noising. `audio_fixed` is the audio-driven mode (the
+    reference's is_a2v): `latent_audio` is a clean encoded recording, held as it is at every step
+    while the video is denoised to it. Returns (latent_video, latent_audio); in "sr" mode, and
+    with `audio_fixed`, the audio comes back unchanged.
     """
     if mode not in DEFAULT_STEPS:
         raise ValueError(f"mode={mode!r} must be one of {sorted(DEFAULT_STEPS)}")
@@ -183,10 +186,11 @@ def denoise(
 
         if mode == "distill":
             video = distill_step(video, v_video, sigmas[i], sigmas[i + 1], _randn_like(video, generator))
-            audio = distill_step(audio, v_audio, sigmas[i], sigmas[i + 1], _randn_like(audio, generator))
+            if not audio_fixed:
+                audio = distill_step(audio, v_audio, sigmas[i], sigmas[i + 1], _randn_like(audio, generator))
         else:
             video = video_scheduler.step(v_video, t, video, return_dict=False)[0]
-            if mode != "sr":
+            if mode != "sr" and not audio_fixed:
                 audio = audio_scheduler.step(v_audio, t, audio, return_dict=False)[0]
 
     if video_condition is not None:

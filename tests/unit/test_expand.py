@@ -102,7 +102,7 @@ def test_prompt_layout_follows_the_trained_format():
         "Kitchen ambience",
     )
     assert prompt == (
-        "A woman smiles.\n\n"
+        'A woman smiles. Woman in linen shirt says, "Hallo!" Then Man says, "Tschüss."\n\n'
         "Dialogue:\n"
         '<Woman in linen shirt, German>: "Hallo!"\n'
         '<Man, German>: "Tschüss."\n\n'
@@ -194,13 +194,13 @@ def test_variants_fill_the_slots_and_replace_what_they_override():
     paris_de = requests[("paris", "de-DE")]
     assert paris_de.prompt.startswith("A woman opens a bottle of {Lumen} on a rooftop in Paris.")
     assert paris_de.prompt == (
-        "A woman opens a bottle of {Lumen} on a rooftop in Paris.\n\n"
+        'A woman opens a bottle of {Lumen} on a rooftop in Paris. Presenter says, "Frühling!"\n\n'
         'Dialogue:\n<Presenter, German>: "Frühling!"\n\n'
         "Background Sound:\n<Wind>"
     )
     tokyo_de = requests[("tokyo", "de-DE")]
     assert tokyo_de.prompt == (
-        "A man opens a bottle of {Lumen} on a rooftop in Tokyo.\n\n"
+        'A man opens a bottle of {Lumen} on a rooftop in Tokyo. Man says, "Prost."\n\n'
         'Dialogue:\n<Man, German>: "Prost."\n\n'
         "Background Sound:\n<Traffic>"
     )
