@@ -25,6 +25,8 @@ from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 from pipeline.dam import DAM, StoredObject
 from pipeline.dam.keys import EXTENSION, completion_key, file_sha256, render_key, render_key_prefix
 from pipeline.errors import describe_validation_error
+from pipeline.fingerprint import DeliveryFingerprint, ModelFingerprint, delivery_fingerprint
+from pipeline.mux import ChannelProfile
 from pipeline.review import ReviewResult, ReviewStatus
 from schemas.render import RenderRequest
 
@@ -48,6 +50,10 @@ class RenderIdentity(BaseModel):
     review_status: ReviewStatus
     review: ReviewResult | None = None
     """the review tags, kept in the completion record so a skipped render's manifest row can be rebuilt"""
+    request: RenderRequest | None = None
+    """the whole request, so that a manifest can be rebuilt from the completion records alone"""
+    fingerprint: DeliveryFingerprint | None = None
+    """what made the files besides the request (pipeline/fingerprint.py); None: made before fingerprints"""
 
 
 class RenderAssets(RenderIdentity):
@@ -226,14 +232,17 @@ class ArchiveRenders:
     """Batch stage: encoded deliverables in (column ``assets``: ext -> bytes), DAM objects out.
 
     Reads the render's identity columns (render_id, campaign_id, brief_id,
-    locale, aspect_ratio, model_id, seed), ``review_json`` and ``assets``;
+    locale, aspect_ratio, model_id, seed), ``request_json`` (optional), ``review_json`` and ``assets``;
     replaces ``assets`` by ``assets_bytes`` and adds ``archive_json`` (an
     ArchiveResult) or sets ``error``, and ``archive_s`` (seconds spent). Rows that arrive with no assets (a failed
     render) pass through.
     """
 
-    def __init__(self, dam: DAM):
+    def __init__(self, dam: DAM, made_with: ModelFingerprint | None = None, profile: ChannelProfile | None = None):
+        # With both, each completion record carries the render's delivery fingerprint.
         self.dam = dam
+        self.made_with = made_with
+        self.profile = profile
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         rows = batch.to_pylist()
@@ -258,6 +267,9 @@ class ArchiveRenders:
 
     def _archive(self, row: dict, assets: dict[str, bytes]) -> ArchiveResult:
         review = ReviewResult.model_validate_json(row["review_json"])
+        request = RenderRequest.model_validate_json(row["request_json"]) if row.get("request_json") else None
+        fingerprint = (delivery_fingerprint(self.made_with, self.profile, request)
+                       if request is not None and self.made_with is not None and self.profile is not None else None)
         with tempfile.TemporaryDirectory(prefix="paddock-archive-") as tmp:
             files = {}
             for ext, data in assets.items():
@@ -267,5 +279,6 @@ class ArchiveRenders:
                 render_id=row["render_id"], campaign_id=row["campaign_id"], brief_id=row["brief_id"],
                 locale=row["locale"], aspect_ratio=row["aspect_ratio"], model_id=row["model_id"],
                 seed=row["seed"], review_status=review.review_status, review=review, files=files,
+                request=request, fingerprint=fingerprint,
             )
             return archive_render(self.dam, render)

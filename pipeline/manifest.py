@@ -11,8 +11,9 @@ from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 
 from schemas.arrow import arrow_schema
 
-RenderStatus = Literal["done", "failed", "skipped"]
-"""done: made and archived in this run; skipped: already complete in the DAM; failed: see `error`."""
+RenderStatus = Literal["done", "failed", "skipped", "superseded"]
+"""done: made and archived in this run; skipped: already complete in the DAM; failed: see `error`;
+superseded: kept in the DAM, but a later plan of its brief no longer makes it (the brief was edited)."""
 
 
 class ManifestRow(BaseModel):
@@ -79,7 +80,7 @@ def summary_lines(rows: list[ManifestRow]) -> list[str]:
     by_review = Counter(r.review_status for r in rows if r.review_status)
     lines = [
         f"{'renders':<16}{len(rows):>6}",
-        *(f"  {status:<14}{by_status.get(status, 0):>6}" for status in ("done", "skipped", "failed")),
+        *(f"  {status:<14}{by_status.get(status, 0):>6}" for status in ("done", "skipped", "failed", "superseded")),
         f"{'review':<16}",
         *(f"  {status:<14}{by_review.get(status, 0):>6}" for status in ("auto_approved", "needs_review", "rejected")),
     ]
@@ -96,7 +97,7 @@ h2{margin-top:2rem;border-bottom:1px solid #ccc}
 .clip{border:1px solid #ddd;border-radius:6px;padding:.5rem;width:300px}
 .clip video{width:100%;max-height:300px;background:#000}
 .auto_approved{border-left:6px solid #2a2}.needs_review{border-left:6px solid #e90}
-.rejected,.failed{border-left:6px solid #d22}
+.rejected,.failed{border-left:6px solid #d22}.superseded{opacity:.55}
 table{font-size:.8rem;border-collapse:collapse}td{padding:0 .4rem}
 """
 
@@ -116,8 +117,11 @@ def contact_sheet_html(rows: list[ManifestRow], asset_base: str = "") -> str:
     where the sheet itself is stored.
     """
     groups: dict[tuple[str, str], list[ManifestRow]] = defaultdict(list)
-    for row in sorted(rows, key=lambda r: (r.campaign_id, r.brief_id, r.locale, r.aspect_ratio, r.variant_id, r.take)):
-        groups[(row.brief_id, row.locale)].append(row)
+    ordered = sorted(rows, key=lambda r: (r.status == "superseded", r.campaign_id, r.brief_id, r.locale,
+                                          r.aspect_ratio, r.variant_id, r.take))
+    for row in ordered:
+        # Superseded clips come last, apart: a later plan of their brief replaced them.
+        groups[(row.brief_id + (" (superseded)" if row.status == "superseded" else ""), row.locale)].append(row)
     esc = html.escape
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>paddock contact sheet</title>"
              f"<style>{_STYLE}</style></head><body><h1>Contact sheet</h1>"
@@ -125,7 +129,7 @@ def contact_sheet_html(rows: list[ManifestRow], asset_base: str = "") -> str:
     for (brief_id, locale), clips in groups.items():
         parts.append(f"<h2>{esc(brief_id)} — {esc(locale)}</h2><div class='clips'>")
         for row in clips:
-            css = row.review_status or row.status
+            css = "superseded" if row.status == "superseded" else row.review_status or row.status
             parts.append(f"<div class='clip {esc(css)}'><b>{esc(row.aspect_ratio)} · {esc(row.variant_id)} take {row.take}</b>"
                          f"<br><code>{esc(row.render_id)}</code>")
             if "mp4" in row.keys:

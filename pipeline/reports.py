@@ -12,7 +12,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.archive import ArchiveResult
+from pipeline.archive import ArchiveResult, CompletionRecord
 from pipeline.dam import DAM
 from pipeline.dam.local import LocalDAM
 from pipeline.manifest import MANIFEST_ARROW_SCHEMA, ManifestRow, contact_sheet_html
@@ -54,6 +54,13 @@ def rendered_manifest_row(request: RenderRequest, row: dict) -> ManifestRow:
         bytes_from_render=row["assets_bytes"])
 
 
+def archived_manifest_row(request: RenderRequest, record: CompletionRecord, dam_uri: str,
+                          status: str = "skipped") -> ManifestRow:
+    """The row of a render the DAM holds complete, rebuilt from its completion record (the truth)."""
+    return manifest_row(request, status, review=record.review).model_copy(update={
+        "dam_uri": dam_uri, "keys": record.keys, "sha256": record.sha256, "sizes": record.sizes})
+
+
 def read_dam_manifest(dam: DAM) -> dict[str, ManifestRow]:
     """The manifest a previous run left in the DAM, by render_id (empty when there is none)."""
     data = dam.get_bytes(MANIFEST_KEY)
@@ -76,7 +83,26 @@ def _put_if_changed(dam: DAM, key: str, data: bytes) -> None:
         dam.put_bytes(key, data)
 
 
-def write_reports(rows: list[ManifestRow], dam: DAM, workdir: Path) -> tuple[Path, Path]:
+def merge_manifest(previous: dict[str, ManifestRow], rows: list[ManifestRow],
+                   planned: pa.Table | None = None) -> list[ManifestRow]:
+    """The DAM's rows: ``previous`` with this run's ``rows`` in their place (a skipped row is
+    rebuilt from the completion record, so it corrects an earlier "failed" one). With ``planned``
+    (this run's whole plan), an earlier row of a planned brief that the plan no longer makes
+    (its brief was edited) is marked "superseded"; it stays in the DAM."""
+    merged = dict(previous)
+    merged.update((row.render_id, row) for row in rows)
+    if planned is not None:
+        planned_ids = set(planned.column("render_id").to_pylist())
+        planned_briefs = set(zip(planned.column("campaign_id").to_pylist(), planned.column("brief_id").to_pylist()))
+        for render_id, row in merged.items():
+            if (row.campaign_id, row.brief_id) in planned_briefs and render_id not in planned_ids:
+                merged[render_id] = row.model_copy(update={"status": "superseded"})
+    return sorted(merged.values(), key=lambda r: (r.campaign_id, r.brief_id, r.locale, r.aspect_ratio,
+                                                  r.variant_id, r.take, r.render_id))
+
+
+def write_reports(rows: list[ManifestRow], dam: DAM, workdir: Path,
+                  planned: pa.Table | None = None) -> tuple[Path, Path]:
     """This run's manifest.parquet and contact_sheet.html in the work directory; then, last, the
     DAM's: every render the DAM holds, this run's merged into what earlier runs recorded."""
     manifest_path = workdir / "manifest.parquet"
@@ -86,14 +112,7 @@ def write_reports(rows: list[ManifestRow], dam: DAM, workdir: Path) -> tuple[Pat
     sheet_path.write_text(contact_sheet_html(rows, asset_base=local_root), encoding="utf-8")
 
     # Read again: another job may have written the DAM's manifest since this one started.
-    previous = read_dam_manifest(dam)
-    merged = dict(previous)
-    for row in rows:
-        # A render skipped here keeps the row of the run that made it.
-        if not (row.status == "skipped" and row.render_id in previous):
-            merged[row.render_id] = row
-    dam_rows = sorted(merged.values(), key=lambda r: (r.campaign_id, r.brief_id, r.locale, r.aspect_ratio,
-                                                      r.variant_id, r.take, r.render_id))
+    dam_rows = merge_manifest(read_dam_manifest(dam), rows, planned)
     _put_if_changed(dam, MANIFEST_KEY, _manifest_bytes(dam_rows))
     _put_if_changed(dam, CONTACT_SHEET_KEY, contact_sheet_html(dam_rows).encode("utf-8"))
     return manifest_path, sheet_path

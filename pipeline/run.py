@@ -28,10 +28,11 @@ from model.generator import AVGenerator, GeneratorConfig
 from model.presets import get_preset
 from model.placement import ReplicaShape
 from model.replica import make_replica
-from pipeline.archive import ArchiveRenders, find_archived
+from pipeline.archive import ArchiveRenders
 from pipeline.dam import DAM, open_dam
 from pipeline.console import quiet_dependencies
 from pipeline.expand import ExpandBriefs
+from pipeline.fingerprint import DeliveryFingerprint, delivery_fingerprint, model_fingerprint
 from pipeline.generate import shape_batches
 from pipeline.ingest import REJECTS_SCHEMA, ValidateBriefs, first_row_by_brief_id, read_briefs_table, reason_category
 from pipeline.lineage import JobType, LineageConfig, LineageRun, briefs_dataset, checkpoint_dataset, dam_dataset
@@ -39,7 +40,9 @@ from pipeline.manifest import ManifestRow
 from pipeline.media import check_ffmpeg
 from pipeline.mux import CHANNEL_PROFILES
 from pipeline.render import RenderClips
-from pipeline.reports import manifest_row, rendered_manifest_row, write_reports
+from pipeline.reports import archived_manifest_row, rendered_manifest_row, write_reports
+from pipeline.rerun import RedeliverClips, RerunAction, decide_rerun, retag
+from pipeline.review import ReviewThresholds
 from pipeline.settings import RenderSettings
 from schemas.brief import BRIEF_ARROW_SCHEMA
 from schemas.render import RENDER_REQUEST_ARROW_SCHEMA, RenderRequest
@@ -218,19 +221,22 @@ def _generator_config(config: CampaignConfig, todo: list[RenderRequest]) -> Gene
     return generator_config
 
 
-def _already_archived(dam: DAM, requests: list[RenderRequest]) -> dict[str, ManifestRow]:
-    """render_id -> its "skipped" manifest row, for renders a previous run finished. A
-    record that does not read as a CompletionRecord (its review included) counts as
-    not finished: the render is redone."""
-    def check(request: RenderRequest) -> ManifestRow | None:
-        record = find_archived(dam, request)
-        if record is None:
-            return None
-        return manifest_row(request, "skipped", review=record.review).model_copy(update={
-            "dam_uri": dam.uri, "keys": record.keys, "sha256": record.sha256, "sizes": record.sizes})
+def _archived_renders(dam: DAM, requests: list[RenderRequest], fingerprints: dict[str, DeliveryFingerprint],
+                      thresholds: ReviewThresholds) -> dict[str, tuple[RerunAction, ManifestRow | None]]:
+    """render_id -> what this run does with a render a previous run archived (pipeline/rerun.py),
+    with the "skipped" manifest row of one it keeps (its review decided again first). A render
+    the DAM does not hold completely is absent."""
+    def check(request: RenderRequest):
+        archived = decide_rerun(dam, request, fingerprints[request.render_id])
+        if archived.record is None or archived.action == "render":
+            return request.render_id, None
+        if archived.action == "redeliver":
+            return request.render_id, ("redeliver", None)
+        record = retag(dam, archived.record, request, thresholds)
+        return request.render_id, ("skip", archived_manifest_row(request, record, dam.uri))
 
     with ThreadPoolExecutor(max_workers=16) as pool:
-        return {row.render_id: row for row in pool.map(check, requests) if row is not None}
+        return {render_id: found for render_id, found in pool.map(check, requests) if found is not None}
 
 
 def run_campaign(config: CampaignConfig, log: Callable[[str], None] = print, *,
@@ -272,11 +278,35 @@ def _run_campaign(config: CampaignConfig, dam: DAM, log: Callable[[str], None],
         requests = [r for r in requests if select(r)]
         log(f"{len(requests)} of {planned.requests.num_rows} renders selected")
     by_id = {r.render_id: r for r in requests}
-    archived = _already_archived(dam, requests)
-    manifest: dict[str, ManifestRow] = dict(archived)
+    profile = CHANNEL_PROFILES[config.profile]
+    made_with = model_fingerprint(GeneratorConfig(model=config.model, checkpoint_dir=config.checkpoint_dir))
+    fingerprints = {r.render_id: delivery_fingerprint(made_with, profile, r) for r in requests}
+    archived = _archived_renders(dam, requests, fingerprints, config.thresholds)
+    manifest: dict[str, ManifestRow] = {rid: row for rid, (action, row) in archived.items() if action == "skip"}
+    redeliver = [r for r in requests if archived.get(r.render_id, ("render",))[0] == "redeliver"]
     todo = [r for r in requests if r.render_id not in archived]
-    log(f"{len(archived)} renders already in {dam.uri}, {len(todo)} to make")
+    log(f"{len(manifest)} renders already in {dam.uri}, {len(redeliver)} to re-deliver as {config.profile}, "
+        f"{len(todo)} to make")
+    archive_stage = ArchiveRenders(dam, made_with, profile)
+    started, made = time.perf_counter(), 0
 
+    def collect(dataset: ray.data.Dataset) -> None:
+        nonlocal made
+        for batch in dataset.iter_batches(batch_format="pyarrow", batch_size=None):
+            for row in batch.to_pylist():
+                request = by_id[row["render_id"]]
+                this = manifest[request.render_id] = rendered_manifest_row(request, row)
+                made += 1
+                log(f"[{made}/{len(todo) + len(redeliver)}] {request.brief_id} {request.locale} {request.aspect_ratio} "
+                    f"{request.variant_id} t{request.take}: {this.status}"
+                    + (f", {this.review_status}" if this.review_status else "")
+                    + (f" ({this.error})" if this.error else "") + f"  {time.perf_counter() - started:.0f}s")
+
+    if redeliver:
+        blocks = [pa.Table.from_pylist([r.model_dump()], schema=RENDER_REQUEST_ARROW_SCHEMA) for r in redeliver]
+        collect(ray.data.from_arrow(blocks)
+                .map_batches(RedeliverClips(dam, config.thresholds, profile), batch_format="pyarrow", batch_size=1)
+                .map_batches(archive_stage, batch_format="pyarrow", batch_size=1, num_cpus=0.5))
     if todo:
         generator_config = _generator_config(config, todo)
         # One block per replica call, of one shape, so every replica of the pool gets work
@@ -284,30 +314,19 @@ def _run_campaign(config: CampaignConfig, dam: DAM, log: Callable[[str], None],
         blocks = [pa.Table.from_pylist([r.model_dump() for r in batch], schema=RENDER_REQUEST_ARROW_SCHEMA)
                   for batch in shape_batches(todo, config.batch_size)]
         with replica_pool(config.tp_size, config.replicas, generator_config.device) as pool_args:
-            rendered = (
+            collect(
                 ray.data.from_arrow(blocks)
                 .map_batches(
                     RenderClips,
                     fn_constructor_kwargs={"generator_config": generator_config, "thresholds": config.thresholds,
-                                           "profile": CHANNEL_PROFILES[config.profile],
-                                           "batch_size": config.batch_size,
+                                           "profile": profile, "batch_size": config.batch_size,
                                            "make_generator": replica_factory(config.tp_size, generator_config.device)},
                     batch_size=config.batch_size, batch_format="pyarrow",
                     **pool_args,
                 )
-                .map_batches(ArchiveRenders(dam), batch_format="pyarrow", batch_size=1, num_cpus=0.5)
+                .map_batches(archive_stage, batch_format="pyarrow", batch_size=1, num_cpus=0.5)
             )
-            started = time.perf_counter()
-            for batch in rendered.iter_batches(batch_format="pyarrow", batch_size=None):
-                for row in batch.to_pylist():
-                    request = by_id[row["render_id"]]
-                    made = manifest[request.render_id] = rendered_manifest_row(request, row)
-                    done = len(manifest) - len(archived)
-                    log(f"[{done}/{len(todo)}] {request.brief_id} {request.locale} {request.aspect_ratio} "
-                        f"{request.variant_id} t{request.take}: {made.status}"
-                        + (f", {made.review_status}" if made.review_status else "")
-                        + (f" ({made.error})" if made.error else "") + f"  {time.perf_counter() - started:.0f}s")
 
     rows = [manifest[r.render_id] for r in requests]
-    manifest_path, sheet_path = write_reports(rows, dam, config.workdir)
+    manifest_path, sheet_path = write_reports(rows, dam, config.workdir, planned=planned.requests)
     return CampaignResult(planned, rows, manifest_path, sheet_path, dam.uri)

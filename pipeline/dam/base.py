@@ -70,6 +70,10 @@ class DAM(ABC):
         """Size and checksums of an object, or None when there is no such object."""
 
     @abstractmethod
+    def set_tags(self, key: str, tags: Mapping[str, str]) -> None:
+        """Replace an existing object's tags (a directory keeps none: a no-op there)."""
+
+    @abstractmethod
     def delete(self, key: str) -> None:
         """Remove the object under ``key`` (no error when there is none)."""
 

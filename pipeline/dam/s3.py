@@ -268,6 +268,16 @@ class S3DAM(DAM):
             metadata=metadata,
         )
 
+    def set_tags(self, key, tags) -> None:
+        full_key = self._full_key(key)
+        tag_set = urlencode({str(k): str(v) for k, v in tags.items()})
+        self._extra_args("", None, tags, "")  # the same checks as on upload
+        try:
+            self.client.put_object_tagging(Bucket=self.bucket, Key=full_key, Tagging={"TagSet": [
+                {"Key": str(k), "Value": str(v)} for k, v in tags.items()]})
+        except Exception as exc:
+            raise self._error(f"tag {full_key} ({tag_set})", exc) from exc
+
     def delete(self, key: str) -> None:
         full_key = self._full_key(key)
         try:
