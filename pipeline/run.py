@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -28,7 +30,7 @@ from model.generator import AVGenerator, GeneratorConfig
 from model.presets import get_preset
 from model.placement import ReplicaShape
 from model.replica import make_replica
-from pipeline.archive import ArchiveRenders
+from pipeline.archive import ArchiveRenders, spooled_renders
 from pipeline.dam import DAM, open_dam
 from pipeline.console import quiet_dependencies
 from pipeline.expand import ExpandBriefs
@@ -40,7 +42,8 @@ from pipeline.manifest import ManifestRow
 from pipeline.media import check_ffmpeg
 from pipeline.mux import CHANNEL_PROFILES
 from pipeline.render import RenderClips
-from pipeline.reports import archived_manifest_row, rendered_manifest_row, write_reports
+from pipeline.errors import describe_error
+from pipeline.reports import ManifestMerger, archived_manifest_row, manifest_row, rendered_manifest_row, write_reports
 from pipeline.rerun import RedeliverClips, RerunAction, decide_rerun, retag
 from pipeline.review import ReviewThresholds
 from pipeline.settings import RenderSettings
@@ -50,6 +53,10 @@ from schemas.render import RENDER_REQUEST_ARROW_SCHEMA, RenderRequest
 # Rows per Ray Data block when planning: large enough to amortize task
 # overhead, small enough that both cores get work on a few thousand briefs.
 PLAN_BLOCK_ROWS = 5_000
+
+# Ray Data rebuilds a dead actor and retries a task without end by default: a batch that kills
+# its process (host OOM, a native crash) would reload the model until the job's deadline.
+STAGE_RETRIES = 2
 
 
 logger = logging.getLogger(__name__)
@@ -151,6 +158,8 @@ class CampaignConfig(RenderSettings):
     briefs: str = Field(description="briefs Parquet file: a local path or s3://bucket/key")
     workdir: Path = Path("./work")
     batch_size: int = Field(2, ge=1, description="requests per call into a replica")
+    manifest_merge_rows: int = Field(16, ge=1, description="merge into the DAM's manifest every this many renders")
+    manifest_merge_s: float = Field(60.0, gt=0, description="... or at least this often (seconds), and on SIGTERM")
 
     @field_validator("briefs", mode="before")
     @classmethod
@@ -221,6 +230,28 @@ def _generator_config(config: CampaignConfig, todo: list[RenderRequest]) -> Gene
     return generator_config
 
 
+@contextmanager
+def _merge_on_sigterm(merger: ManifestMerger) -> Iterator[None]:
+    """SIGTERM (a Ray Job stopped, a pod evicted) merges the rows so far into the DAM's
+    manifest before the job ends; a merge under way finishes first."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def on_term(signum, frame):
+        if merger.merging:
+            merger.exit_after_merge = signum
+            return
+        merger.merge()
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, on_term)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def _archived_renders(dam: DAM, requests: list[RenderRequest], fingerprints: dict[str, DeliveryFingerprint],
                       thresholds: ReviewThresholds) -> dict[str, tuple[RerunAction, ManifestRow | None]]:
     """render_id -> what this run does with a render a previous run archived (pipeline/rerun.py),
@@ -284,49 +315,74 @@ def _run_campaign(config: CampaignConfig, dam: DAM, log: Callable[[str], None],
     archived = _archived_renders(dam, requests, fingerprints, config.thresholds)
     manifest: dict[str, ManifestRow] = {rid: row for rid, (action, row) in archived.items() if action == "skip"}
     redeliver = [r for r in requests if archived.get(r.render_id, ("render",))[0] == "redeliver"]
-    todo = [r for r in requests if r.render_id not in archived]
-    log(f"{len(manifest)} renders already in {dam.uri}, {len(redeliver)} to re-deliver as {config.profile}, "
-        f"{len(todo)} to make")
-    archive_stage = ArchiveRenders(dam, made_with, profile)
+    spool_dir = config.workdir.resolve() / "spool"
+    # Finished clips a previous run could not archive: archived from the spool, without the model.
+    spooled = {rid: table for rid, (table, made_under) in spooled_renders(spool_dir).items()
+               if rid in by_id and rid not in archived and made_under == fingerprints[rid]}
+    todo = [r for r in requests if r.render_id not in archived and r.render_id not in spooled]
+    log(f"{len(manifest)} renders already in {dam.uri}, {len(spooled)} to archive from {spool_dir}, "
+        f"{len(redeliver)} to re-deliver as {config.profile}, {len(todo)} to make")
+    archive_stage = ArchiveRenders(dam, made_with, profile, spool_dir=spool_dir)
+    merger = ManifestMerger(dam, planned.requests, config.manifest_merge_rows, config.manifest_merge_s)
+    merger.rows.update(manifest)
     started, made = time.perf_counter(), 0
 
-    def collect(dataset: ray.data.Dataset) -> None:
+    def record(row: dict) -> None:
         nonlocal made
-        for batch in dataset.iter_batches(batch_format="pyarrow", batch_size=None):
-            for row in batch.to_pylist():
-                request = by_id[row["render_id"]]
-                this = manifest[request.render_id] = rendered_manifest_row(request, row)
-                made += 1
-                log(f"[{made}/{len(todo) + len(redeliver)}] {request.brief_id} {request.locale} {request.aspect_ratio} "
-                    f"{request.variant_id} t{request.take}: {this.status}"
-                    + (f", {this.review_status}" if this.review_status else "")
-                    + (f" ({this.error})" if this.error else "") + f"  {time.perf_counter() - started:.0f}s")
+        request = by_id[row["render_id"]]
+        this = manifest[request.render_id] = rendered_manifest_row(request, row)
+        merger.add(this)
+        made += 1
+        log(f"[{made}/{len(spooled) + len(todo) + len(redeliver)}] {request.brief_id} {request.locale} {request.aspect_ratio} "
+            f"{request.variant_id} t{request.take}: {this.status}"
+            + (f", {this.review_status}" if this.review_status else "")
+            + (f" ({this.error})" if this.error else "") + f"  {time.perf_counter() - started:.0f}s")
 
-    if redeliver:
-        blocks = [pa.Table.from_pylist([r.model_dump()], schema=RENDER_REQUEST_ARROW_SCHEMA) for r in redeliver]
-        collect(ray.data.from_arrow(blocks)
-                .map_batches(RedeliverClips(dam, config.thresholds, profile), batch_format="pyarrow", batch_size=1)
-                .map_batches(archive_stage, batch_format="pyarrow", batch_size=1, num_cpus=0.5))
-    if todo:
-        generator_config = _generator_config(config, todo)
-        # One block per replica call, of one shape, so every replica of the pool gets work
-        # and each call is one batch of equal latent sizes.
-        blocks = [pa.Table.from_pylist([r.model_dump() for r in batch], schema=RENDER_REQUEST_ARROW_SCHEMA)
-                  for batch in shape_batches(todo, config.batch_size)]
-        with replica_pool(config.tp_size, config.replicas, generator_config.device) as pool_args:
-            collect(
-                ray.data.from_arrow(blocks)
-                .map_batches(
-                    RenderClips,
-                    fn_constructor_kwargs={"generator_config": generator_config, "thresholds": config.thresholds,
-                                           "profile": profile, "batch_size": config.batch_size,
-                                           "make_generator": replica_factory(config.tp_size, generator_config.device)},
-                    batch_size=config.batch_size, batch_format="pyarrow",
-                    **pool_args,
-                )
-                .map_batches(archive_stage, batch_format="pyarrow", batch_size=1, num_cpus=0.5)
-            )
+    def collect(dataset: ray.data.Dataset, expected: list[RenderRequest]) -> None:
+        try:
+            for batch in dataset.iter_batches(batch_format="pyarrow", batch_size=None):
+                for row in batch.to_pylist():
+                    record(row)
+        except Exception as exc:  # noqa: BLE001 - retries spent: what never came back becomes failed rows
+            reason = f"the render stage stopped after {STAGE_RETRIES} retries: {describe_error(exc)}"
+            for request in expected:
+                if request.render_id not in manifest:
+                    manifest[request.render_id] = manifest_row(request, "failed", error=reason)
+                    merger.add(manifest[request.render_id])
 
-    rows = [manifest[r.render_id] for r in requests]
-    manifest_path, sheet_path = write_reports(rows, dam, config.workdir, planned=planned.requests)
+    with _merge_on_sigterm(merger):
+        for table in spooled.values():
+            for row in archive_stage(table).to_pylist():
+                record(row)
+        if redeliver:
+            blocks = [pa.Table.from_pylist([r.model_dump()], schema=RENDER_REQUEST_ARROW_SCHEMA) for r in redeliver]
+            collect(ray.data.from_arrow(blocks)
+                    .map_batches(RedeliverClips(dam, config.thresholds, profile), batch_format="pyarrow",
+                                 batch_size=1, max_retries=STAGE_RETRIES)
+                    .map_batches(archive_stage, batch_format="pyarrow", batch_size=1, num_cpus=0.5,
+                                 max_retries=STAGE_RETRIES), redeliver)
+        if todo:
+            generator_config = _generator_config(config, todo)
+            # One block per replica call, of one shape, so every replica of the pool gets work
+            # and each call is one batch of equal latent sizes.
+            blocks = [pa.Table.from_pylist([r.model_dump() for r in batch], schema=RENDER_REQUEST_ARROW_SCHEMA)
+                      for batch in shape_batches(todo, config.batch_size)]
+            with replica_pool(config.tp_size, config.replicas, generator_config.device) as pool_args:
+                collect(
+                    ray.data.from_arrow(blocks)
+                    .map_batches(
+                        RenderClips,
+                        fn_constructor_kwargs={"generator_config": generator_config, "thresholds": config.thresholds,
+                                               "profile": profile, "batch_size": config.batch_size,
+                                               "make_generator": replica_factory(config.tp_size,
+                                                                                 generator_config.device)},
+                        batch_size=config.batch_size, batch_format="pyarrow",
+                        max_restarts=STAGE_RETRIES, max_task_retries=STAGE_RETRIES,
+                        **pool_args,
+                    )
+                    .map_batches(archive_stage, batch_format="pyarrow", batch_size=1, num_cpus=0.5,
+                                 max_retries=STAGE_RETRIES), todo)
+
+        rows = [manifest[r.render_id] for r in requests]
+        manifest_path, sheet_path = write_reports(rows, dam, config.workdir, merger)
     return CampaignResult(planned, rows, manifest_path, sheet_path, dam.uri)
