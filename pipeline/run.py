@@ -343,8 +343,10 @@ def _run_campaign(config: CampaignConfig, dam: DAM, log: Callable[[str], None],
             for batch in dataset.iter_batches(batch_format="pyarrow", batch_size=None):
                 for row in batch.to_pylist():
                     record(row)
-        except Exception as exc:  # noqa: BLE001 - retries spent: what never came back becomes failed rows
-            reason = f"the render stage stopped after {STAGE_RETRIES} retries: {describe_error(exc)}"
+        except Exception as exc:  # noqa: BLE001 - retries spent (a process that died each time): rows, not a traceback
+            # Ray Data cannot drop one block of a dead actor pool and go on, so every render
+            # that did not come back fails with the reason; the next run makes them.
+            reason = f"not rendered: the render stage stopped after {STAGE_RETRIES} retries: {describe_error(exc)}"
             for request in expected:
                 if request.render_id not in manifest:
                     manifest[request.render_id] = manifest_row(request, "failed", error=reason)
