@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import tempfile
 import time
 from datetime import datetime, timezone
@@ -25,6 +26,9 @@ from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 from pipeline.dam import DAM, StoredObject
 from pipeline.dam.keys import EXTENSION, completion_key, file_sha256, render_key, render_key_prefix
 from pipeline.errors import describe_validation_error
+from pipeline.fingerprint import DeliveryFingerprint, ModelFingerprint, delivery_fingerprint
+from pipeline.mux import ChannelProfile
+from pipeline.render import RENDERED_SCHEMA
 from pipeline.review import ReviewResult, ReviewStatus
 from schemas.brief import MAIN_VARIANT_ID
 from schemas.render import RenderRequest
@@ -51,6 +55,10 @@ class RenderIdentity(BaseModel):
     review_status: ReviewStatus
     review: ReviewResult | None = None
     """the review tags, kept in the completion record so a skipped render's manifest row can be rebuilt"""
+    request: RenderRequest | None = None
+    """the whole request, so that a manifest can be rebuilt from the completion records alone"""
+    fingerprint: DeliveryFingerprint | None = None
+    """what made the files besides the request (pipeline/fingerprint.py); None: made before fingerprints"""
 
 
 class RenderAssets(RenderIdentity):
@@ -234,18 +242,30 @@ def archive_render(dam: DAM, render: RenderAssets) -> ArchiveResult:
     return result(sum(obj.size for obj in stored.values()), skipped=False)
 
 
+SPOOL_ROW = "row.json"
+
+
 class ArchiveRenders:
     """Batch stage: encoded deliverables in (column ``assets``: ext -> bytes), DAM objects out.
 
     Reads the render's identity columns (render_id, campaign_id, brief_id,
-    locale, aspect_ratio, model_id, seed), ``review_json`` and ``assets``;
+    locale, aspect_ratio, model_id, seed), ``request_json`` (optional), ``review_json`` and ``assets``;
     replaces ``assets`` by ``assets_bytes`` and adds ``archive_json`` (an
     ArchiveResult) or sets ``error``, and ``archive_s`` (seconds spent). Rows that arrive with no assets (a failed
     render) pass through.
+
+    With ``spool_dir``, a render's files wait in ``<spool_dir>/<render_id>/`` until they are
+    archived (its row, written last, in ``row.json``): a render the DAM refused after every
+    retry is not made again; the next run archives it from there (:func:`spooled_renders`).
     """
 
-    def __init__(self, dam: DAM):
+    def __init__(self, dam: DAM, made_with: ModelFingerprint | None = None, profile: ChannelProfile | None = None,
+                 spool_dir: Path | None = None):
+        # With made_with and profile, each completion record carries the render's delivery fingerprint.
         self.dam = dam
+        self.made_with = made_with
+        self.profile = profile
+        self.spool_dir = spool_dir
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         rows = batch.to_pylist()
@@ -260,7 +280,8 @@ class ArchiveRenders:
             try:
                 row["archive_json"] = self._archive(row, assets).model_dump_json()
             except Exception as exc:  # noqa: BLE001 - one render that cannot be archived is one failure row
-                row["error"] = f"archive: {exc}"
+                kept = f"; its files wait in {self.spool_dir / row['render_id']} for the next run" if self.spool_dir else ""
+                row["error"] = f"archive: {exc}{kept}"
             row["archive_s"] = time.perf_counter() - started
         schema = batch.schema.remove(batch.schema.get_field_index("assets"))
         for name, arrow_type in (("assets_bytes", pa.int64()), ("archive_json", pa.string()),
@@ -270,15 +291,51 @@ class ArchiveRenders:
 
     def _archive(self, row: dict, assets: dict[str, bytes]) -> ArchiveResult:
         review = ReviewResult.model_validate_json(row["review_json"])
-        with tempfile.TemporaryDirectory(prefix="paddock-archive-") as tmp:
-            files = {}
-            for ext, data in assets.items():
-                files[ext] = Path(tmp) / f"{row['render_id']}.{ext}"
-                files[ext].write_bytes(data)
-            render = RenderAssets(
-                render_id=row["render_id"], campaign_id=row["campaign_id"], brief_id=row["brief_id"],
-                locale=row["locale"], aspect_ratio=row["aspect_ratio"], model_id=row["model_id"],
-                seed=row["seed"], variant_id=row["variant_id"], take=row["take"],
-                review_status=review.review_status, review=review, files=files,
-            )
-            return archive_render(self.dam, render)
+        request = RenderRequest.model_validate_json(row["request_json"]) if row.get("request_json") else None
+        fingerprint = (delivery_fingerprint(self.made_with, self.profile, request)
+                       if request is not None and self.made_with is not None and self.profile is not None else None)
+        if self.spool_dir is None:
+            with tempfile.TemporaryDirectory(prefix="paddock-archive-") as tmp:
+                return self._archive_from(Path(tmp), row, assets, review, request, fingerprint)
+        folder = self.spool_dir / row["render_id"]
+        folder.mkdir(parents=True, exist_ok=True)
+        result = self._archive_from(folder, row, assets, review, request, fingerprint)
+        shutil.rmtree(folder, ignore_errors=True)
+        return result
+
+    def _archive_from(self, folder: Path, row: dict, assets: dict[str, bytes], review: ReviewResult,
+                      request: RenderRequest | None, fingerprint: DeliveryFingerprint | None) -> ArchiveResult:
+        files = {}
+        for ext, data in assets.items():
+            files[ext] = folder / f"{row['render_id']}.{ext}"
+            files[ext].write_bytes(data)
+        if self.spool_dir is not None:
+            spooled = {k: v for k, v in row.items() if k in RENDERED_SCHEMA.names and k != "assets"}
+            spooled["fingerprint"] = fingerprint.model_dump(mode="json") if fingerprint else None
+            (folder / SPOOL_ROW).write_text(json.dumps(spooled, default=str))
+        render = RenderAssets(
+            render_id=row["render_id"], campaign_id=row["campaign_id"], brief_id=row["brief_id"],
+            locale=row["locale"], aspect_ratio=row["aspect_ratio"], model_id=row["model_id"],
+            seed=row["seed"], variant_id=row["variant_id"], take=row["take"],
+            review_status=review.review_status, review=review, files=files, request=request, fingerprint=fingerprint,
+        )
+        return archive_render(self.dam, render)
+
+
+def spooled_renders(spool_dir: Path) -> dict[str, tuple[pa.Table, DeliveryFingerprint | None]]:
+    """render_id -> (its row as RenderClips gave it, assets included; the fingerprint it was
+    made under) for every render that waits in the spool; a folder cut off before its
+    row.json was written is not one."""
+    found = {}
+    for row_path in sorted(spool_dir.glob(f"*/{SPOOL_ROW}")) if spool_dir.is_dir() else []:
+        try:
+            row = json.loads(row_path.read_text())
+            fingerprint = DeliveryFingerprint.model_validate(row.pop("fingerprint")) if row.get("fingerprint") else None
+        except (OSError, ValueError, ValidationError):
+            continue
+        assets = [(path.suffix[1:], path.read_bytes()) for path in sorted(row_path.parent.iterdir())
+                  if path.name.startswith(f"{row['render_id']}.")]
+        row["assets"] = assets
+        row["timings_s"] = [tuple(pair) for pair in row.get("timings_s") or []]
+        found[row["render_id"]] = (pa.Table.from_pylist([row], schema=RENDERED_SCHEMA), fingerprint)
+    return found

@@ -2,9 +2,10 @@
 
 For a campaign that already ran, a content-ops team adds locales (and their
 `localized_dialogue`) to the briefs file and runs this job (`paddock localize`,
-or `python -m jobs.cli localize` as a Ray Job): every (brief, locale) pair the
-DAM's manifest already holds is left alone (not even checked again), and only
-the new pairs are rendered, reviewed, encoded and archived. The DAM's manifest
+or `python -m jobs.cli localize` as a Ray Job): every render the DAM's manifest
+already holds done is left alone (not even checked again), and only the others
+(the new locales' renders, and any render that failed or was never reached) are
+rendered, reviewed, encoded and archived. The DAM's manifest
 then lists the old renders and the new ones.
 """
 
@@ -23,11 +24,10 @@ def localize(config: CampaignConfig, log: Callable[[str], None] = print) -> Camp
     previous = read_dam_manifest(open_dam(config.dam, s3_endpoint=config.s3_endpoint))
     if not previous:
         raise DAMError(f"{config.dam}: no manifest.parquet from an earlier run; run `paddock run` first")
-    # A locale that failed last time is not rendered yet: it is tried again.
-    rendered_locales = {(row.campaign_id, row.brief_id, row.locale) for row in previous.values()
-                        if row.status != "failed"}
+    # Counted per render: a render that failed (or was never reached) is made; one done is left alone.
+    rendered = {row.render_id for row in previous.values() if row.status in ("done", "skipped")}
 
-    def is_new_locale(request: RenderRequest) -> bool:
-        return (request.campaign_id, request.brief_id, request.locale) not in rendered_locales
+    def is_new(request: RenderRequest) -> bool:
+        return request.render_id not in rendered
 
-    return run_campaign(config, log, job_type=JobType.LOCALIZATION, select=is_new_locale)
+    return run_campaign(config, log, job_type=JobType.LOCALIZATION, select=is_new)

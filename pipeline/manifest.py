@@ -11,8 +11,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from schemas.arrow import arrow_schema
 
-RenderStatus = Literal["done", "failed", "skipped"]
-"""done: made and archived in this run; skipped: already complete in the DAM; failed: see `error`."""
+RenderStatus = Literal["done", "failed", "skipped", "superseded"]
+"""done: made and archived in this run; skipped: already complete in the DAM; failed: see `error`;
+superseded: kept in the DAM, but a later plan of its brief no longer makes it (the brief was edited)."""
 
 
 class ManifestRow(BaseModel):
@@ -103,7 +104,7 @@ def summary_lines(rows: list[ManifestRow]) -> list[str]:
     by_review = Counter(r.review_status for r in rows if r.review_status)
     lines = [
         f"{'renders':<16}{len(rows):>6}",
-        *(f"  {status:<14}{by_status.get(status, 0):>6}" for status in ("done", "skipped", "failed")),
+        *(f"  {status:<14}{by_status.get(status, 0):>6}" for status in ("done", "skipped", "failed", "superseded")),
         f"{'review':<16}",
         *(f"  {status:<14}{by_review.get(status, 0):>6}" for status in ("auto_approved", "needs_review", "rejected")),
     ]
@@ -120,7 +121,7 @@ h2{margin-top:2rem;border-bottom:1px solid #ccc}
 .clip{border:1px solid #ddd;border-radius:6px;padding:.5rem;width:300px}
 .clip video{width:100%;max-height:300px;background:#000}
 .auto_approved{border-left:6px solid #2a2}.needs_review{border-left:6px solid #e90}
-.rejected,.failed{border-left:6px solid #d22}
+.rejected,.failed{border-left:6px solid #d22}.superseded{opacity:.55}
 table{font-size:.8rem;border-collapse:collapse}td{padding:0 .4rem}
 .best{box-shadow:0 0 0 3px #36c}.badge{background:#36c;color:#fff;border-radius:4px;padding:0 .3rem;font-size:.75rem}
 """
@@ -141,9 +142,10 @@ def contact_sheet_html(rows: list[ManifestRow], asset_base: str = "") -> str:
     ``asset_base`` is prefixed to DAM keys; "" gives links relative to the DAM root,
     where the sheet itself is stored.
     """
-    groups: dict[tuple[str, ...], list[ManifestRow]] = defaultdict(list)
-    for row in sorted(rows, key=lambda r: (*take_group(r), r.take)):
-        groups[take_group(row)].append(row)
+    groups: dict[tuple, list[ManifestRow]] = defaultdict(list)
+    # Superseded clips come last, apart: a later plan of their brief replaced them.
+    for row in sorted(rows, key=lambda r: (r.status == "superseded", *take_group(r), r.take)):
+        groups[(*take_group(row), row.status == "superseded")].append(row)
     esc = html.escape
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>paddock contact sheet</title>"
              f"<style>{_STYLE}</style></head><body><h1>Contact sheet</h1>"
@@ -152,7 +154,8 @@ def contact_sheet_html(rows: list[ManifestRow], asset_base: str = "") -> str:
         parts.append(f"<h2>{esc(brief_id)} · {esc(variant_id)} · {esc(locale)} · {esc(aspect_ratio)}</h2>"
                      f"<div class='clips'>")
         for row in clips:
-            css = (row.review_status or row.status) + (" best" if row.best_take else "")
+            css = ("superseded" if row.status == "superseded" else row.review_status or row.status) + (
+                " best" if row.best_take else "")
             badge = " <span class='badge'>best take</span>" if row.best_take else ""
             parts.append(f"<div class='clip {esc(css)}'><b>take {row.take}</b>{badge}"
                          f"<br><code>{esc(row.render_id)}</code>")

@@ -49,6 +49,7 @@ class RenderClips:
         rows = []
         for result in results:
             row = {**result.request.model_dump(include=set(RENDERED_SCHEMA.names)),
+                   "request_json": result.request.model_dump_json(),
                    "review_json": None, "assets": None, "timings_s": None, "error": None, "frame_fit": None}
             if isinstance(result, FailedRender):
                 row["error"] = result.error
@@ -101,6 +102,7 @@ def recording_for_delivery(recording: Recording, sample_rate: int, seconds: floa
 RENDERED_SCHEMA = pa.schema([
     *(RENDER_REQUEST_ARROW_SCHEMA.field(name) for name in
       ("render_id", "campaign_id", "brief_id", "locale", "aspect_ratio", "model_id", "seed", "variant_id", "take")),
+    ("request_json", pa.string()),
     ("review_json", pa.string()),
     ("assets", pa.map_(pa.string(), pa.binary())),
     ("timings_s", pa.map_(pa.string(), pa.float64())),

@@ -7,17 +7,25 @@ from __future__ import annotations
 
 import hashlib
 import io
+import logging
+import threading
+import time
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.archive import ArchiveResult
-from pipeline.dam import DAM
+from pipeline.archive import ArchiveResult, CompletionRecord
+from pydantic import ValidationError
+
+from pipeline.dam import DAM, DAMError
+from pipeline.dam.keys import COMPLETION_SUFFIX
 from pipeline.dam.local import LocalDAM
 from pipeline.manifest import MANIFEST_ARROW_SCHEMA, ManifestRow, contact_sheet_html, mark_best_takes
 from pipeline.review import ReviewResult
 from schemas.render import RenderRequest
+
+logger = logging.getLogger(__name__)
 
 MANIFEST_KEY = "manifest.parquet"
 CONTACT_SHEET_KEY = "contact_sheet.html"
@@ -56,13 +64,45 @@ def rendered_manifest_row(request: RenderRequest, row: dict) -> ManifestRow:
         bytes_from_render=row["assets_bytes"]).model_copy(update={"frame_fit": row.get("frame_fit")})
 
 
+def archived_manifest_row(request: RenderRequest, record: CompletionRecord, dam_uri: str,
+                          status: str = "skipped") -> ManifestRow:
+    """The row of a render the DAM holds complete, rebuilt from its completion record (the truth)."""
+    return manifest_row(request, status, review=record.review).model_copy(update={
+        "dam_uri": dam_uri, "keys": record.keys, "sha256": record.sha256, "sizes": record.sizes})
+
+
 def read_dam_manifest(dam: DAM) -> dict[str, ManifestRow]:
     """The manifest a previous run left in the DAM, by render_id (empty when there is none)."""
-    data = dam.get_bytes(MANIFEST_KEY)
+    return _parse_manifest(dam, dam.get_bytes(MANIFEST_KEY))
+
+
+def _parse_manifest(dam: DAM, data: bytes | None) -> dict[str, ManifestRow]:
     if data is None:
         return {}
-    table = pq.read_table(io.BytesIO(data))
-    return {row["render_id"]: ManifestRow.model_validate(row) for row in table.to_pylist()}
+    try:
+        return {row["render_id"]: ManifestRow.model_validate(row) for row in pq.read_table(io.BytesIO(data)).to_pylist()}
+    except (pa.ArrowException, ValidationError, KeyError, TypeError, ValueError) as exc:
+        logger.warning("%s/%s is not a paddock manifest (%s); rebuilding it from the completion records",
+                       dam.uri, MANIFEST_KEY, str(exc).splitlines()[0][:200])
+        return rows_from_records(dam)
+
+
+def rows_from_records(dam: DAM) -> dict[str, ManifestRow]:
+    """A manifest row for every completion record in the DAM that carries its request."""
+    rows, unusable = {}, 0
+    for key in dam.list_keys(COMPLETION_SUFFIX):
+        try:
+            record = CompletionRecord.model_validate_json(dam.get_bytes(key) or b"")
+        except ValidationError:
+            record = None
+        if record is None or record.request is None:
+            unusable += 1  # cut off, or written before records kept their request
+            continue
+        rows[record.render_id] = archived_manifest_row(record.request, record, dam.uri, status="done")
+    if unusable:
+        logger.warning("%s: %d completion records could not give a manifest row (unreadable, or written before "
+                       "records kept their request); a re-run of their briefs adds them back", dam.uri, unusable)
+    return rows
 
 
 def _manifest_bytes(rows: list[ManifestRow]) -> bytes:
@@ -78,24 +118,80 @@ def _put_if_changed(dam: DAM, key: str, data: bytes) -> None:
         dam.put_bytes(key, data)
 
 
-def write_reports(rows: list[ManifestRow], dam: DAM, workdir: Path) -> tuple[Path, Path]:
-    """This run's manifest.parquet and contact_sheet.html in the work directory; then, last, the
-    DAM's: every render the DAM holds, this run's merged into what earlier runs recorded."""
+def merge_manifest(previous: dict[str, ManifestRow], rows: list[ManifestRow],
+                   planned: pa.Table | None = None) -> list[ManifestRow]:
+    """The DAM's rows: ``previous`` with this run's ``rows`` in their place (a skipped row is
+    rebuilt from the completion record, so it corrects an earlier "failed" one). With ``planned``
+    (this run's whole plan), an earlier row of a planned brief that the plan no longer makes
+    (its brief was edited) is marked "superseded"; it stays in the DAM."""
+    merged = dict(previous)
+    merged.update((row.render_id, row) for row in rows)
+    if planned is not None:
+        planned_ids = set(planned.column("render_id").to_pylist())
+        planned_briefs = set(zip(planned.column("campaign_id").to_pylist(), planned.column("brief_id").to_pylist()))
+        for render_id, row in merged.items():
+            if (row.campaign_id, row.brief_id) in planned_briefs and render_id not in planned_ids:
+                merged[render_id] = row.model_copy(update={"status": "superseded"})
+    return sorted(mark_best_takes(list(merged.values())), key=lambda r: (
+        r.campaign_id, r.brief_id, r.locale, r.aspect_ratio, r.variant_id, r.take, r.render_id))
+
+
+class ManifestMerger:
+    """This run's rows, merged into the DAM's manifest as they come (every ``every_rows`` rows
+    or ``every_s`` seconds, and by :meth:`merge` at the end or on SIGTERM), so that a driver
+    killed after hours of renders leaves a DAM manifest that lists them. Each merge is a
+    conditional read-merge-write (DAM.update_bytes): jobs sharing a DAM keep each other's rows."""
+
+    def __init__(self, dam: DAM, planned: pa.Table | None = None, every_rows: int = 8, every_s: float = 60.0):
+        self.dam, self.planned, self.every_rows, self.every_s = dam, planned, every_rows, every_s
+        self.rows: dict[str, ManifestRow] = {}
+        self._unmerged, self._merged_at = 0, time.monotonic()
+        self._lock = threading.Lock()
+        self.merging = False
+        self.exit_after_merge: int | None = None  # a signal that came during a merge: exit once it is written
+
+    def add(self, row: ManifestRow) -> None:
+        self.rows[row.render_id] = row
+        self._unmerged += 1
+        if self._unmerged >= self.every_rows or time.monotonic() - self._merged_at >= self.every_s:
+            try:
+                self.merge()
+            except DAMError as exc:  # the next merge (at the latest the last one, which raises) tries again
+                logger.warning("manifest merge deferred: %s", exc)
+
+    def merge(self) -> list[ManifestRow]:
+        """Merge now; the DAM's rows as written."""
+        with self._lock:
+            self.merging = True
+            try:
+                rows, merged = list(self.rows.values()), []
+
+                def update(data: bytes | None) -> bytes | None:
+                    merged[:] = merge_manifest(_parse_manifest(self.dam, data), rows, self.planned)
+                    new = _manifest_bytes(merged)
+                    return None if data == new else new  # a re-run uploads nothing
+
+                self.dam.update_bytes(MANIFEST_KEY, update)
+                _put_if_changed(self.dam, CONTACT_SHEET_KEY, contact_sheet_html(merged).encode("utf-8"))
+                self._unmerged, self._merged_at = 0, time.monotonic()
+                return merged
+            finally:
+                self.merging = False
+                if self.exit_after_merge is not None:
+                    raise SystemExit(128 + self.exit_after_merge)
+
+
+def write_reports(rows: list[ManifestRow], dam: DAM, workdir: Path,
+                  merger: ManifestMerger | None = None) -> tuple[Path, Path]:
+    """The DAM's manifest and contact sheet first (every render the DAM holds, this run's
+    merged into what earlier runs recorded), then this run's in the work directory."""
+    merger = merger or ManifestMerger(dam)
+    for row in rows:
+        merger.rows[row.render_id] = row
+    merger.merge()
     manifest_path = workdir / "manifest.parquet"
     manifest_path.write_bytes(_manifest_bytes(rows))
     sheet_path = workdir / "contact_sheet.html"
     local_root = dam.root.resolve().as_uri() + "/" if isinstance(dam, LocalDAM) else ""
     sheet_path.write_text(contact_sheet_html(rows, asset_base=local_root), encoding="utf-8")
-
-    # Read again: another job may have written the DAM's manifest since this one started.
-    previous = read_dam_manifest(dam)
-    merged = dict(previous)
-    for row in rows:
-        # A render skipped here keeps the row of the run that made it.
-        if not (row.status == "skipped" and row.render_id in previous):
-            merged[row.render_id] = row
-    dam_rows = sorted(mark_best_takes(list(merged.values())), key=lambda r: (r.campaign_id, r.brief_id, r.locale, r.aspect_ratio,
-                                                      r.variant_id, r.take, r.render_id))
-    _put_if_changed(dam, MANIFEST_KEY, _manifest_bytes(dam_rows))
-    _put_if_changed(dam, CONTACT_SHEET_KEY, contact_sheet_html(dam_rows).encode("utf-8"))
     return manifest_path, sheet_path

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -28,11 +30,12 @@ from model.generator import AVGenerator, GeneratorConfig
 from model.presets import get_preset
 from model.placement import ReplicaShape
 from model.replica import make_replica
-from pipeline.archive import ArchiveRenders, find_archived
+from pipeline.archive import ArchiveRenders, spooled_renders
 from pipeline.dam import DAM, open_dam
 from pipeline.console import quiet_dependencies
 from pipeline.enhance import ENHANCED_SCHEMA, EnhancePrompts, PromptLLMConfig, apply_prompts, distinct_inputs
 from pipeline.expand import ExpandBriefs
+from pipeline.fingerprint import DeliveryFingerprint, delivery_fingerprint, model_fingerprint
 from pipeline.generate import shape_batches
 from pipeline.ingest import REJECTS_SCHEMA, ValidateBriefs, first_row_by_brief_id, read_briefs_table, reason_category
 from pipeline.lineage import (JobType, LineageConfig, LineageRun, briefs_dataset, checkpoint_dataset, dam_dataset,
@@ -41,7 +44,11 @@ from pipeline.manifest import ManifestRow, mark_best_takes
 from pipeline.media import check_ffmpeg
 from pipeline.mux import CHANNEL_PROFILES
 from pipeline.render import RenderClips
-from pipeline.reports import manifest_row, read_dam_manifest, rendered_manifest_row, write_reports
+from pipeline.errors import describe_error
+from pipeline.reports import (ManifestMerger, archived_manifest_row, manifest_row, read_dam_manifest,
+                             rendered_manifest_row, write_reports)
+from pipeline.rerun import RedeliverClips, RerunAction, decide_rerun, retag
+from pipeline.review import ReviewThresholds
 from pipeline.settings import RenderSettings
 from schemas.brief import BRIEF_ARROW_SCHEMA
 from schemas.render import RENDER_REQUEST_ARROW_SCHEMA, RenderRequest
@@ -49,6 +56,10 @@ from schemas.render import RENDER_REQUEST_ARROW_SCHEMA, RenderRequest
 # Rows per Ray Data block when planning: large enough to amortize task
 # overhead, small enough that both cores get work on a few thousand briefs.
 PLAN_BLOCK_ROWS = 5_000
+
+# Ray Data rebuilds a dead actor and retries a task without end by default: a batch that kills
+# its process (host OOM, a native crash) would reload the model until the job's deadline.
+STAGE_RETRIES = 2
 
 
 logger = logging.getLogger(__name__)
@@ -164,6 +175,8 @@ class CampaignConfig(RenderSettings):
     workdir: Path = Path("./work")
     batch_size: int = Field(2, ge=1, description="requests per call into a replica")
     prompt_llm: PromptLLMConfig | None = Field(None, description="the enhance stage's LLM; None: template prompts")
+    manifest_merge_rows: int = Field(16, ge=1, description="merge into the DAM's manifest every this many renders")
+    manifest_merge_s: float = Field(60.0, gt=0, description="... or at least this often (seconds), and on SIGTERM")
 
     @field_validator("briefs", mode="before")
     @classmethod
@@ -234,25 +247,44 @@ def _generator_config(config: CampaignConfig, todo: list[RenderRequest]) -> Gene
     return generator_config
 
 
-def _already_archived(dam: DAM, requests: list[RenderRequest]) -> dict[str, ManifestRow]:
-    """render_id -> its "skipped" manifest row, for renders a previous run finished. A
-    record that does not read as a CompletionRecord (its review included) counts as
-    not finished: the render is redone. The prompt it was made with is the one the DAM's
-    manifest recorded."""
-    previous = read_dam_manifest(dam)
+@contextmanager
+def _merge_on_sigterm(merger: ManifestMerger) -> Iterator[None]:
+    """SIGTERM (a Ray Job stopped, a pod evicted) merges the rows so far into the DAM's
+    manifest before the job ends; a merge under way finishes first."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
 
-    def check(request: RenderRequest) -> ManifestRow | None:
-        record = find_archived(dam, request)
-        if record is None:
-            return None
-        made = previous.get(request.render_id)
-        return manifest_row(request, "skipped", review=record.review).model_copy(update={
-            "dam_uri": dam.uri, "keys": record.keys, "sha256": record.sha256, "sizes": record.sizes,
-            **({"model_prompt": made.model_prompt, "prompt_source": made.prompt_source}
-               if made is not None and made.model_prompt is not None else {})})
+    def on_term(signum, frame):
+        if merger.merging:
+            merger.exit_after_merge = signum
+            return
+        merger.merge()
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, on_term)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _archived_renders(dam: DAM, requests: list[RenderRequest], fingerprints: dict[str, DeliveryFingerprint],
+                      thresholds: ReviewThresholds) -> dict[str, tuple[RerunAction, ManifestRow | None]]:
+    """render_id -> what this run does with a render a previous run archived (pipeline/rerun.py),
+    with the "skipped" manifest row of one it keeps (its review decided again first). A render
+    the DAM does not hold completely is absent."""
+    def check(request: RenderRequest):
+        archived = decide_rerun(dam, request, fingerprints[request.render_id])
+        if archived.record is None or archived.action == "render":
+            return request.render_id, None
+        if archived.action == "redeliver":
+            return request.render_id, ("redeliver", None)
+        record = retag(dam, archived.record, request, thresholds)
+        return request.render_id, ("skip", archived_manifest_row(request, record, dam.uri))
 
     with ThreadPoolExecutor(max_workers=16) as pool:
-        return {row.render_id: row for row in pool.map(check, requests) if row is not None}
+        return {render_id: found for render_id, found in pool.map(check, requests) if found is not None}
 
 
 def run_campaign(config: CampaignConfig, log: Callable[[str], None] = print, *,
@@ -313,45 +345,91 @@ def _run_campaign(config: CampaignConfig, dam: DAM, log: Callable[[str], None],
         requests = [r for r in requests if select(r)]
         log(f"{len(requests)} of {planned.requests.num_rows} renders selected")
     by_id = {r.render_id: r for r in requests}
-    archived = _already_archived(dam, requests)
-    manifest: dict[str, ManifestRow] = dict(archived)
-    todo = [r for r in requests if r.render_id not in archived]
-    log(f"{len(archived)} renders already in {dam.uri}, {len(todo)} to make")
+    profile = CHANNEL_PROFILES[config.profile]
+    made_with = model_fingerprint(GeneratorConfig(model=config.model, checkpoint_dir=config.checkpoint_dir))
+    fingerprints = {r.render_id: delivery_fingerprint(made_with, profile, r) for r in requests}
+    archived = _archived_renders(dam, requests, fingerprints, config.thresholds)
+    manifest: dict[str, ManifestRow] = {rid: row for rid, (action, row) in archived.items() if action == "skip"}
+    if manifest:  # a skipped render keeps the prompt it was made with, as the DAM's manifest recorded it
+        previous = read_dam_manifest(dam)
+        manifest.update({rid: row.model_copy(update={"model_prompt": made.model_prompt,
+                                                     "prompt_source": made.prompt_source})
+                         for rid, row in manifest.items()
+                         if (made := previous.get(rid)) is not None and made.model_prompt is not None})
+    redeliver = [r for r in requests if archived.get(r.render_id, ("render",))[0] == "redeliver"]
+    spool_dir = config.workdir.resolve() / "spool"
+    # Finished clips a previous run could not archive: archived from the spool, without the model.
+    spooled = {rid: table for rid, (table, made_under) in spooled_renders(spool_dir).items()
+               if rid in by_id and rid not in archived and made_under == fingerprints[rid]}
+    todo = [r for r in requests if r.render_id not in archived and r.render_id not in spooled]
+    log(f"{len(manifest)} renders already in {dam.uri}, {len(spooled)} to archive from {spool_dir}, "
+        f"{len(redeliver)} to re-deliver as {config.profile}, {len(todo)} to make")
+    archive_stage = ArchiveRenders(dam, made_with, profile, spool_dir=spool_dir)
+    merger = ManifestMerger(dam, planned.requests, config.manifest_merge_rows, config.manifest_merge_s)
+    merger.rows.update(manifest)
+    started, made = time.perf_counter(), 0
     if todo and config.prompt_llm is not None:
         todo = _enhance(todo, config.prompt_llm, dam, log)
         by_id.update({r.render_id: r for r in todo})
 
-    if todo:
-        generator_config = _generator_config(config, todo)
-        # One block per replica call, of one shape, so every replica of the pool gets work
-        # and each call is one batch of equal latent sizes.
-        blocks = [pa.Table.from_pylist([r.model_dump() for r in batch], schema=RENDER_REQUEST_ARROW_SCHEMA)
-                  for batch in shape_batches(todo, config.batch_size)]
-        with replica_pool(config.tp_size, config.replicas, generator_config.device) as pool_args:
-            rendered = (
-                ray.data.from_arrow(blocks)
-                .map_batches(
-                    RenderClips,
-                    fn_constructor_kwargs={"generator_config": generator_config, "thresholds": config.thresholds,
-                                           "profile": CHANNEL_PROFILES[config.profile],
-                                           "batch_size": config.batch_size,
-                                           "make_generator": replica_factory(config.tp_size, generator_config.device)},
-                    batch_size=config.batch_size, batch_format="pyarrow",
-                    **pool_args,
-                )
-                .map_batches(ArchiveRenders(dam), batch_format="pyarrow", batch_size=1, num_cpus=0.5)
-            )
-            started = time.perf_counter()
-            for batch in rendered.iter_batches(batch_format="pyarrow", batch_size=None):
-                for row in batch.to_pylist():
-                    request = by_id[row["render_id"]]
-                    made = manifest[request.render_id] = rendered_manifest_row(request, row)
-                    done = len(manifest) - len(archived)
-                    log(f"[{done}/{len(todo)}] {request.brief_id} {request.locale} {request.aspect_ratio} "
-                        f"{request.variant_id} t{request.take}: {made.status}"
-                        + (f", {made.review_status}" if made.review_status else "")
-                        + (f" ({made.error})" if made.error else "") + f"  {time.perf_counter() - started:.0f}s")
+    def record(row: dict) -> None:
+        nonlocal made
+        request = by_id[row["render_id"]]
+        this = manifest[request.render_id] = rendered_manifest_row(request, row)
+        merger.add(this)
+        made += 1
+        log(f"[{made}/{len(spooled) + len(todo) + len(redeliver)}] {request.brief_id} {request.locale} {request.aspect_ratio} "
+            f"{request.variant_id} t{request.take}: {this.status}"
+            + (f", {this.review_status}" if this.review_status else "")
+            + (f" ({this.error})" if this.error else "") + f"  {time.perf_counter() - started:.0f}s")
 
-    rows = mark_best_takes([manifest[r.render_id] for r in requests])
-    manifest_path, sheet_path = write_reports(rows, dam, config.workdir)
+    def collect(dataset: ray.data.Dataset, expected: list[RenderRequest]) -> None:
+        try:
+            for batch in dataset.iter_batches(batch_format="pyarrow", batch_size=None):
+                for row in batch.to_pylist():
+                    record(row)
+        except Exception as exc:  # noqa: BLE001 - retries spent (a process that died each time): rows, not a traceback
+            # Ray Data cannot drop one block of a dead actor pool and go on, so every render
+            # that did not come back fails with the reason; the next run makes them.
+            reason = f"not rendered: the render stage stopped after {STAGE_RETRIES} retries: {describe_error(exc)}"
+            for request in expected:
+                if request.render_id not in manifest:
+                    manifest[request.render_id] = manifest_row(request, "failed", error=reason)
+                    merger.add(manifest[request.render_id])
+
+    with _merge_on_sigterm(merger):
+        for table in spooled.values():
+            for row in archive_stage(table).to_pylist():
+                record(row)
+        if redeliver:
+            blocks = [pa.Table.from_pylist([r.model_dump()], schema=RENDER_REQUEST_ARROW_SCHEMA) for r in redeliver]
+            collect(ray.data.from_arrow(blocks)
+                    .map_batches(RedeliverClips(dam, config.thresholds, profile), batch_format="pyarrow",
+                                 batch_size=1, max_retries=STAGE_RETRIES)
+                    .map_batches(archive_stage, batch_format="pyarrow", batch_size=1, num_cpus=0.5,
+                                 max_retries=STAGE_RETRIES), redeliver)
+        if todo:
+            generator_config = _generator_config(config, todo)
+            # One block per replica call, of one shape, so every replica of the pool gets work
+            # and each call is one batch of equal latent sizes.
+            blocks = [pa.Table.from_pylist([r.model_dump() for r in batch], schema=RENDER_REQUEST_ARROW_SCHEMA)
+                      for batch in shape_batches(todo, config.batch_size)]
+            with replica_pool(config.tp_size, config.replicas, generator_config.device) as pool_args:
+                collect(
+                    ray.data.from_arrow(blocks)
+                    .map_batches(
+                        RenderClips,
+                        fn_constructor_kwargs={"generator_config": generator_config, "thresholds": config.thresholds,
+                                               "profile": profile, "batch_size": config.batch_size,
+                                               "make_generator": replica_factory(config.tp_size,
+                                                                                 generator_config.device)},
+                        batch_size=config.batch_size, batch_format="pyarrow",
+                        max_restarts=STAGE_RETRIES, max_task_retries=STAGE_RETRIES,
+                        **pool_args,
+                    )
+                    .map_batches(archive_stage, batch_format="pyarrow", batch_size=1, num_cpus=0.5,
+                                 max_retries=STAGE_RETRIES), todo)
+
+        rows = mark_best_takes([manifest[r.render_id] for r in requests])
+        manifest_path, sheet_path = write_reports(rows, dam, config.workdir, merger)
     return CampaignResult(planned, rows, manifest_path, sheet_path, dam.uri)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Mapping
+from typing import Callable, Iterator, Mapping
 
 
 class DAMError(RuntimeError):
@@ -68,6 +68,21 @@ class DAM(ABC):
     @abstractmethod
     def head(self, key: str) -> StoredObject | None:
         """Size and checksums of an object, or None when there is no such object."""
+
+    @abstractmethod
+    def update_bytes(self, key: str, update: Callable[[bytes | None], bytes | None]) -> None:
+        """Read-modify-write ``key`` safely against other writers: ``update`` gets the
+        current bytes (None: no object) and returns the new ones (None: leave it). It may
+        be called more than once, when another writer got in between (S3: a conditional
+        PUT on the ETag; a directory: an O_EXCL lock file)."""
+
+    @abstractmethod
+    def list_keys(self, suffix: str = "") -> Iterator[str]:
+        """Every key in the DAM ending with ``suffix``."""
+
+    @abstractmethod
+    def set_tags(self, key: str, tags: Mapping[str, str]) -> None:
+        """Replace an existing object's tags (a directory keeps none: a no-op there)."""
 
     @abstractmethod
     def delete(self, key: str) -> None:

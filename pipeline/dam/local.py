@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import os
+import socket
+import time
 import uuid
 from pathlib import Path
-from typing import BinaryIO, Callable
+from typing import BinaryIO, Callable, Iterator
 
 from pipeline.dam.base import DAM, DAMError, StoredObject
 from pipeline.dam.keys import check_key, file_sha256
@@ -84,6 +86,23 @@ class LocalDAM(DAM):
             return None
         return StoredObject(key=key, size=path.stat().st_size, sha256=file_sha256(path))
 
+    def update_bytes(self, key, update) -> None:
+        with self._lock(key):
+            new = update(self.get_bytes(key))
+            if new is not None:
+                self.put_bytes(key, new)
+
+    def _lock(self, key: str) -> "_LockFile":
+        return _LockFile(self._path(key).with_name(f".{self._path(key).name}.lock"), self.uri)
+
+    def list_keys(self, suffix: str = "") -> Iterator[str]:
+        for path in sorted(self.root.rglob(f"*{suffix}")):
+            if path.is_file() and not path.name.startswith("."):
+                yield path.relative_to(self.root).as_posix()
+
+    def set_tags(self, key, tags) -> None:
+        pass  # the review tags live in the completion record, which retag rewrites
+
     def delete(self, key: str) -> None:
         try:
             self._path(key).unlink(missing_ok=True)
@@ -92,3 +111,50 @@ class LocalDAM(DAM):
 
     def url(self, key: str, expires_s: int) -> str:
         return self._path(key).as_uri()
+
+
+class _LockFile:
+    """An O_EXCL lock file holding its owner's host and pid. A lock whose owner on this host
+    is gone (a killed job) is taken over at once; one held longer than ``stale_s`` too."""
+
+    def __init__(self, path: Path, where: str, wait_s: float = 120.0, stale_s: float = 300.0):
+        self.path, self.where, self.wait_s, self.stale_s = path, where, wait_s, stale_s
+
+    def _owner_gone(self) -> bool:
+        try:
+            host, pid = self.path.read_text().split()[:2]
+            if time.time() - self.path.stat().st_mtime > self.stale_s:
+                return True
+        except (OSError, ValueError):
+            return False  # being written or just removed: look again
+        if host != socket.gethostname():
+            return False
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            return False
+        return False
+
+    def __enter__(self) -> "_LockFile":
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        deadline = time.monotonic() + self.wait_s
+        while True:
+            try:
+                fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+            except FileExistsError:
+                if self._owner_gone():
+                    self.path.unlink(missing_ok=True)
+                    continue
+                if time.monotonic() > deadline:
+                    raise DAMError(f"DAM {self.where}: {self.path} has been held by another job for over "
+                                   f"{self.wait_s:.0f} s; if no paddock job is running, delete it") from None
+                time.sleep(0.05)
+                continue
+            with os.fdopen(fd, "w") as handle:
+                handle.write(f"{socket.gethostname()} {os.getpid()}\n")
+            return self
+
+    def __exit__(self, *exc) -> None:
+        self.path.unlink(missing_ok=True)

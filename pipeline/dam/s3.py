@@ -7,7 +7,9 @@ import hashlib
 import logging
 import mimetypes
 import os
+import random
 import re
+import time
 from pathlib import Path
 from urllib.parse import urlencode
 
@@ -267,6 +269,55 @@ class S3DAM(DAM):
             storage_checksum=head.get("ChecksumSHA256"),
             metadata=metadata,
         )
+
+    def update_bytes(self, key, update, *, attempts: int = 30) -> None:
+        full_key = self._full_key(key)
+        for attempt in range(attempts):
+            try:
+                current = self.client.get_object(Bucket=self.bucket, Key=full_key)
+                data, condition = current["Body"].read(), {"IfMatch": current["ETag"]}
+            except Exception as exc:
+                if not _is_not_found(exc):
+                    raise self._error(f"read {full_key}", exc) from exc
+                data, condition = None, {"IfNoneMatch": "*"}
+            new = update(data)
+            if new is None:
+                return
+            digest = hashlib.sha256(new)
+            try:
+                self.client.put_object(
+                    Bucket=self.bucket, Key=full_key, Body=new, ChecksumAlgorithm="SHA256",
+                    ChecksumSHA256=base64.b64encode(digest.digest()).decode(),
+                    **self._extra_args(digest.hexdigest(), None, None, content_type_for(key)), **condition)
+                return
+            except Exception as exc:
+                # 412: another writer got in since the read; 409: a concurrent conditional write; 404: deleted.
+                if not (isinstance(exc, ClientError) and exc.response.get("Error", {}).get("Code") in (
+                        "PreconditionFailed", "ConditionalRequestConflict", "NoSuchKey", "412", "409", "404")):
+                    raise self._error(f"write {full_key}", exc) from exc
+            time.sleep(min(2.0, 0.05 * 2 ** attempt) * random.random())
+        raise DAMError(f"{self._where()}: {full_key} kept changing under {attempts} conditional writes; "
+                       "too many jobs write this DAM prefix at once: run fewer, or give them their own prefixes")
+
+    def list_keys(self, suffix: str = ""):
+        prefix = f"{self.prefix}/" if self.prefix else ""
+        try:
+            for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix):
+                for obj in page.get("Contents", []):
+                    if obj["Key"].endswith(suffix):
+                        yield obj["Key"].removeprefix(prefix)
+        except Exception as exc:
+            raise self._error(f"list {prefix or 'the bucket'}", exc) from exc
+
+    def set_tags(self, key, tags) -> None:
+        full_key = self._full_key(key)
+        tag_set = urlencode({str(k): str(v) for k, v in tags.items()})
+        self._extra_args("", None, tags, "")  # the same checks as on upload
+        try:
+            self.client.put_object_tagging(Bucket=self.bucket, Key=full_key, Tagging={"TagSet": [
+                {"Key": str(k), "Value": str(v)} for k, v in tags.items()]})
+        except Exception as exc:
+            raise self._error(f"tag {full_key} ({tag_set})", exc) from exc
 
     def delete(self, key: str) -> None:
         full_key = self._full_key(key)

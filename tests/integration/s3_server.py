@@ -12,6 +12,7 @@ from __future__ import annotations
 import http.client
 import logging
 import socket
+import struct
 import threading
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -65,15 +66,42 @@ class Fault:
     injected: int = 0
 
 
+RESET = 0
+"""Fault.status of a connection reset: the proxy closes the socket with no answer."""
+
+RANDOM_FAULTS = (
+    Fault("*", 503, "SlowDown"),
+    Fault("*", 500, "InternalError"),
+    Fault("*", RESET, "reset before forwarding"),
+    Fault("*", RESET, "reset after forwarding"),  # the store did it; the client never hears
+)
+
+
 @dataclass
 class FaultProxy:
     url: str
     faults: list[Fault] = field(default_factory=list)
     forwarded: list[tuple[str, str]] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    random_share: float = 0.0
+    """answer this share of all requests with one of RANDOM_FAULTS, drawn with ``random_seed``"""
+    random_seed: int = 0
+    random_injected: dict[str, int] = field(default_factory=dict)
+
+    def __post_init__(self):
+        import random
+
+        self._random = random.Random(self.random_seed)
 
     def take_fault(self, method: str, path: str) -> Fault | None:
         with self.lock:
+            if self.random_share and self._random.random() < self.random_share:
+                fault = self._random.choice(RANDOM_FAULTS)
+                self.random_injected[fault.code] = self.random_injected.get(fault.code, 0) + 1
+                if fault.code != "reset after forwarding":
+                    return fault
+                self.forwarded.append((method, path))
+                return fault
             for fault in self.faults:
                 if fault.method == method and fault.path_contains in path and fault.injected < fault.times:
                     fault.injected += 1
@@ -112,6 +140,11 @@ def _handler(proxy: FaultProxy, upstream: str):
             # Read the whole request first so the connection stays usable after an injected error.
             body = self._read_body()
             fault = proxy.take_fault(self.command, self.path)
+            if fault is not None and fault.status == RESET:
+                if fault.code == "reset after forwarding":
+                    self._forward(body)
+                self._reset()
+                return
             if fault is not None:
                 payload = (
                     f'<?xml version="1.0" encoding="UTF-8"?><Error><Code>{fault.code}</Code>'
@@ -124,15 +157,7 @@ def _handler(proxy: FaultProxy, upstream: str):
                 if self.command != "HEAD":
                     self.wfile.write(payload)
                 return
-            headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP_BY_HOP}
-            headers["Content-Length"] = str(len(body))
-            conn = http.client.HTTPConnection(target.hostname, target.port, timeout=30)
-            try:
-                conn.request(self.command, self.path, body=body, headers=headers)
-                response = conn.getresponse()
-                data = response.read()
-            finally:
-                conn.close()
+            response, data = self._forward(body)
             self.send_response(response.status)
             for name, value in response.getheaders():
                 # HEAD keeps the upstream Content-Length (the object's size); others get the body's.
@@ -144,17 +169,35 @@ def _handler(proxy: FaultProxy, upstream: str):
             if self.command != "HEAD":
                 self.wfile.write(data)
 
+        def _forward(self, body: bytes):
+            headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP_BY_HOP}
+            headers["Content-Length"] = str(len(body))
+            conn = http.client.HTTPConnection(target.hostname, target.port, timeout=30)
+            try:
+                conn.request(self.command, self.path, body=body, headers=headers)
+                response = conn.getresponse()
+                return response, response.read()
+            finally:
+                conn.close()
+
+        def _reset(self):
+            # SO_LINGER 0: close() sends a TCP RST, as a dropped connection does.
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            self.close_connection = True
+            self.connection.close()
+
         do_GET = do_PUT = do_POST = do_HEAD = do_DELETE = _handle
 
     return Handler
 
 
 @contextmanager
-def start_fault_proxy(upstream: str) -> Iterator[FaultProxy]:
+def start_fault_proxy(upstream: str, random_share: float = 0.0, random_seed: int = 0) -> Iterator[FaultProxy]:
     """A reverse proxy on 127.0.0.1 in front of ``upstream``; add :class:`Fault`
-    entries to ``proxy.faults`` to make chosen requests fail."""
+    entries to ``proxy.faults`` to make chosen requests fail, or give ``random_share``."""
     server = ThreadingHTTPServer(("127.0.0.1", 0), None)
-    proxy = FaultProxy(url=f"http://127.0.0.1:{server.server_address[1]}")
+    proxy = FaultProxy(url=f"http://127.0.0.1:{server.server_address[1]}", random_share=random_share,
+                       random_seed=random_seed)
     server.RequestHandlerClass = _handler(proxy, upstream)
     server.daemon_threads = True
     thread = threading.Thread(target=server.serve_forever, daemon=True)
