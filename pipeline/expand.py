@@ -62,6 +62,22 @@ def render_identity(request_fields: dict, variant_id: str, negative_prompt: str 
     return request_fields | {name: value for name, (value, default) in added.items() if value != default}
 
 
+def request_render_id(request: RenderRequest) -> str:
+    """The render id of a request, from its own fields (what expand_brief hashes)."""
+    return make_render_id(render_identity(
+        request.model_dump(include={"campaign_id", "brief_id", "prompt", "locale", "aspect_ratio", "duration_s",
+                                    "resolution", "seed", "model_id", "reference_image_uri"}),
+        request.variant_id, request.negative_prompt, request.audio))
+
+
+def with_take(request: RenderRequest, take: int) -> RenderRequest:
+    """The same request as another take: the seed moves with the take (the brief's seed + take),
+    and so does the render id; the clip joins the same group (brief, variant, locale, aspect)."""
+    seed = (request.seed - request.take + take) % SEED_LIMIT
+    retake = request.model_copy(update={"take": take, "seed": seed, "render_id": ""})
+    return retake.model_copy(update={"render_id": request_render_id(retake)})
+
+
 def expand_brief(brief: CampaignBrief, row_index: int, model_id: str) -> list[RenderRequest]:
     """All render requests of one brief whose locales and variants were already checked by ingest:
     variants x locales x aspect ratios x takes."""

@@ -46,6 +46,13 @@ class ManifestRow(BaseModel):
     review_true_peak_dbtp: float | None = None
     review_av_offset_ms: float | None = None
     review_av_offset_confidence: float | None = None
+    review_decision: str | None = None
+    """a person's last decision (approved, rejected, retake; pipeline/decisions.py); approved and rejected
+    replace review_status"""
+    reviewed_by: str | None = None
+    reviewed_at: str | None = None
+    """ISO 8601, UTC"""
+    review_note: str | None = None
     dam_uri: str | None = None
     keys: dict[str, str] = {}
     sha256: dict[str, str] = {}
@@ -70,6 +77,16 @@ class ManifestRow(BaseModel):
         return dict(value) if isinstance(value, list) else value
 
 
+    def keeping_decision_of(self, previous: ManifestRow | None) -> ManifestRow:
+        """This row, with the person's decision an earlier row of the same render carries:
+        ``paddock run`` and ``localize`` never overwrite a person's decision."""
+        if previous is None or previous.reviewed_by is None or self.reviewed_by is not None:
+            return self
+        return self.model_copy(update={name: getattr(previous, name) for name in DECISION_FIELDS} | (
+            {"review_status": previous.review_status} if previous.review_decision in ("approved", "rejected") else {}))
+
+
+DECISION_FIELDS = ("review_decision", "reviewed_by", "reviewed_at", "review_note")
 MANIFEST_ARROW_SCHEMA = arrow_schema(ManifestRow)
 
 

@@ -85,6 +85,14 @@ def write_reports(rows: list[ManifestRow], dam: DAM, workdir: Path) -> tuple[Pat
     local_root = dam.root.resolve().as_uri() + "/" if isinstance(dam, LocalDAM) else ""
     sheet_path.write_text(contact_sheet_html(rows, asset_base=local_root), encoding="utf-8")
 
+    merge_into_dam_manifest(dam, rows)
+    return manifest_path, sheet_path
+
+
+def merge_into_dam_manifest(dam: DAM, rows: list[ManifestRow], *, decided: bool = False) -> list[ManifestRow]:
+    """Merge ``rows`` into the DAM's manifest.parquet and rewrite its contact_sheet.html (the batch
+    jobs, the ad-hoc server and review decisions all merge through here); returns the DAM's rows.
+    ``decided``: the rows carry a person's decision, which replaces the one recorded."""
     # Read again: another job may have written the DAM's manifest since this one started.
     previous = read_dam_manifest(dam)
     merged = dict(previous)
@@ -92,8 +100,11 @@ def write_reports(rows: list[ManifestRow], dam: DAM, workdir: Path) -> tuple[Pat
         # A render skipped here keeps the row of the run that made it.
         if not (row.status == "skipped" and row.render_id in previous):
             merged[row.render_id] = row
+        # A person's decision is never overwritten by a run.
+        if not decided:
+            merged[row.render_id] = merged[row.render_id].keeping_decision_of(previous.get(row.render_id))
     dam_rows = sorted(merged.values(), key=lambda r: (r.campaign_id, r.brief_id, r.locale, r.aspect_ratio,
                                                       r.variant_id, r.take, r.render_id))
     _put_if_changed(dam, MANIFEST_KEY, _manifest_bytes(dam_rows))
     _put_if_changed(dam, CONTACT_SHEET_KEY, contact_sheet_html(dam_rows).encode("utf-8"))
-    return manifest_path, sheet_path
+    return dam_rows

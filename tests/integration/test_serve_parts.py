@@ -13,23 +13,26 @@ from pydantic import ValidationError
 from s3_server import start_s3_server
 
 from jobs.args import ServeSetupError
-from jobs.auth import TOKEN_ENV, client_for_token, is_loopback, parse_api_tokens
+from jobs.auth import TOKEN_ENV, ClientToken, client_for_token, is_loopback, parse_api_tokens
 from jobs.serve_app import AdHocBrief, Renderer, ServeConfig, build_app, plan_renders, renderer_options, run_server
 from pipeline.dam.local import LocalDAM
 from pipeline.dam.s3 import S3DAM
 
 
 def test_one_token_or_client_token_pairs():
-    assert parse_api_tokens(" s3cret ") == {"default": "s3cret"}
-    assert parse_api_tokens("alice:a-1, bob:b-2") == {"alice": "a-1", "bob": "b-2"}
+    assert parse_api_tokens(" s3cret ") == {"default": ClientToken(token="s3cret", roles={"render"})}
+    assert parse_api_tokens("alice:a-1, bob:b-2:review, carol:c-3:render+review") == {
+        "alice": ClientToken(token="a-1", roles={"render"}), "bob": ClientToken(token="b-2", roles={"review"}),
+        "carol": ClientToken(token="c-3", roles={"render", "review"})}
     for spec, words in [(None, TOKEN_ENV), ("  ", "--insecure-local"), ("alice:a-1,b-2", "client_id:token"),
-                        ("alice:a-1,alice:a-2", "twice"), ("alice:same,bob:same", "own"), ("alice:", "client_id:token")]:
+                        ("alice:a-1,alice:a-2", "twice"), ("alice:same,bob:same", "own"), ("alice:", "client_id:token"),
+                        ("alice:a-1:admin", "roles are render and review"), ("alice:a-1:", "client_id:token")]:
         with pytest.raises(ServeSetupError, match=words):
             parse_api_tokens(spec)
 
 
 def test_token_lookup_is_exact():
-    tokens = {"alice": "a-1", "bob": "b-2"}
+    tokens = parse_api_tokens("alice:a-1,bob:b-2")
     assert client_for_token(tokens, "b-2") == "bob"
     for wrong in ("a-", "a-12", "A-1", "", "alice"):
         assert client_for_token(tokens, wrong) is None
