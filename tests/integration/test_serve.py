@@ -20,6 +20,7 @@ from jobs.serve_app import MAX_BODY_BYTES, ServeConfig, run_server
 
 TOKENS = {"alice": "tok-alice-3f9a", "bob": "tok-bob-77c1"}
 RENDER_WAIT_S = 180
+WORKDIR = {"path": Path("./work")}  # the module's server writes lineage.jsonl here (set by the fixture)
 
 
 def brief(brief_id: str = "adhoc-talk", **overrides) -> dict:
@@ -40,7 +41,7 @@ def free_port() -> int:
 
 def start(dam: Path | str, port: int, **settings) -> str:
     """(Re)deploy the app; Serve replaces the deployments whose arguments changed."""
-    config = ServeConfig(model="tiny", device="cpu", dam=str(dam), **settings)
+    config = ServeConfig(model="tiny", device="cpu", dam=str(dam), workdir=WORKDIR["path"], **settings)
     tokens = ",".join(f"{client}:{token}" for client, token in TOKENS.items())
     return run_server(config, port=port, api_tokens=tokens, blocking=False, log=lambda line: None)
 
@@ -50,6 +51,7 @@ def server(ray_session, tmp_path_factory):
     from ray import serve
 
     dam, port = tmp_path_factory.mktemp("serve-dam"), free_port()
+    WORKDIR["path"] = tmp_path_factory.mktemp("serve-work")
     url = start(dam, port, queue_limit=1)
     yield {"url": url, "dam": dam, "port": port}
     serve.shutdown()
