@@ -1,5 +1,7 @@
-"""Who may call the ad-hoc endpoint: the tokens of ``PADDOCK_API_TOKEN`` and the
-loopback rule of ``--insecure-local`` (jobs/serve_app.py applies them)."""
+"""Who may call the ad-hoc endpoint and the review page: the tokens and roles of
+``PADDOCK_API_TOKEN`` (``client_id:token[:role+role]``; ``render`` posts renders, ``review``
+decides), the loopback rule of ``--insecure-local`` (the bind address, the peer, and no proxy
+in between), and the FastAPI dependencies the routes of jobs/ use."""
 
 from __future__ import annotations
 

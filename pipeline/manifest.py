@@ -152,6 +152,7 @@ def contact_sheet_html(rows: list[ManifestRow], asset_base: str = "") -> str:
             tags = {
                 "status": row.status,
                 "review": row.review_status,
+                "decided": f"{row.review_decision} by {row.reviewed_by}" if row.reviewed_by else None,
                 "reasons": "; ".join(row.review_reasons) or None,
                 "error": row.error,
                 "duration s": row.review_duration_s,

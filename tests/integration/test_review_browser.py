@@ -4,6 +4,7 @@ then `paddock review --dam` alone over the same DAM. Screenshots go to the test'
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -164,6 +165,13 @@ def test_paddock_review_serves_the_page_alone(rendered, tmp_path):
         assert requests.get(base + first["assets"]["mp4"], timeout=30).content[4:8] == b"ftyp"
         forged = first["assets"]["mp4"].replace("sig=", "sig=0")
         assert requests.get(base + forged, timeout=30).status_code == 403
+        # No renderer here: a retake leaves a queued job record for the next `paddock serve` on this DAM.
+        retake = requests.post(f"{base}/v1/renders/{first['render_id']}/review", json={"decision": "retake"},
+                               headers={"Authorization": "Bearer tok-r-6262"}, timeout=30)
+        assert retake.status_code == 200, retake.text
+        record = json.loads((rendered["dam"] / "jobs" / f"{retake.json()['retake_render_id']}.json").read_text())
+        assert record["status"] == "queued" and record["request"]["take"] == 1
+        assert record["request"]["brief_id"] == "gate" and "rita" in record["clients"]
     finally:
         process.terminate()
         process.wait(timeout=30)
