@@ -6,6 +6,11 @@ archived keys once done, and every webhook attempt. The server writes it before 
 answers 202, updates it as the render runs, and reads it to answer
 ``GET /v1/renders/{id}``, so every ingress replica gives the same answer and a restarted
 or redeployed service resumes what was queued or running (:meth:`JobStore.active`).
+
+Limits: the DAM offers no lock, so two ingress replicas that start at the same moment may both
+resume one record; a worker re-reads the record and checks the DAM for the render's completion
+record before it renders, so a render is made twice at worst, never lost, and its archive is
+idempotent. The per-client quota counts the renders queued in one replica.
 """
 
 from __future__ import annotations

@@ -156,7 +156,10 @@ class Api:
         self.renderer = renderer
         tokens = {} if config.insecure_local else parse_api_tokens(
             api_tokens if api_tokens is not None else os.environ.get(TOKEN_ENV))
-        self.auth = Authenticator(tokens, insecure_local=config.insecure_local, bind_host=config.host)
+        # insecure_local: the address Serve's proxy really binds (a RayService sets it in http_options), not
+        # only the one the app args claim; behind a sidecar proxy every peer would look like loopback.
+        bind_host = (proxy_host() or config.host) if config.insecure_local else config.host
+        self.auth = Authenticator(tokens, insecure_local=config.insecure_local, bind_host=bind_host)
         self.dam = open_dam(config.dam, s3_endpoint=config.s3_endpoint)
         self.jobs = JobStore(self.dam)
         self.loop = asyncio.get_running_loop()
@@ -366,9 +369,23 @@ class Api:
             await asyncio.to_thread(self.jobs.put, record)
 
         for client, url in record.callbacks.items():
+            if client not in self.auth.tokens:  # the client's token was removed since it asked
+                await keep(WebhookAttempt(client_id=client, url=url, at=now(), error="the client has no token now"))
+                continue
             body = status_document(record, self.dam, client, self.config.presign_expires_s).model_dump_json().encode()
             await deliver(url, body, self.auth.tokens[client].token, client, allow=self.config.callback_allow,
                           deadline_s=self.config.webhook_deadline_s, record=keep)
+
+
+def proxy_host() -> str | None:
+    """The host Serve's HTTP proxies bind, from the Serve controller; None when it cannot be asked."""
+    try:
+        from ray.serve.context import _get_global_client
+
+        return _get_global_client().http_config.host
+    except Exception as exc:  # noqa: BLE001 - then the app args' host is all there is to check
+        logger.warning("cannot read Serve's HTTP options (%s); checking the app args' host only", exc)
+        return None
 
 
 # --------------------------------------------------------------------------- entry points
