@@ -157,9 +157,21 @@ def _serve(args: argparse.Namespace) -> int:
 
     config = ServeConfig(model=args.model, checkpoint_dir=args.checkpoint_dir, device=args.device, dam=args.dam,
                          s3_endpoint=args.s3_endpoint, tp_size=args.tp, replicas=args.replicas,
-                         queue_limit=args.queue_limit, insecure_local=args.insecure_local, profile=args.profile,
-                         decoder=args.decoder)
+                         queue_limit=args.queue_limit, client_queue_limit=args.client_queue_limit,
+                         insecure_local=args.insecure_local, profile=args.profile, host=args.host,
+                         callback_allow=tuple(h.strip() for h in (args.callback_allow or "").split(",") if h.strip()),
+                         ingress_replicas=args.ingress_replicas, workdir=args.workdir, decoder=args.decoder)
     run_server(config, port=args.port, host=args.host)  # a ServeSetupError is a user error: one line
+    return 0
+
+
+def _review(args: argparse.Namespace) -> int:
+    from jobs.auth import TOKEN_ENV
+    from jobs.review_page import ReviewService, serve_review
+
+    service = ReviewService(args.dam, s3_endpoint=args.s3_endpoint, api_tokens=os.environ.get(TOKEN_ENV),
+                            insecure_local=args.insecure_local, host=args.host, workdir=args.workdir)
+    serve_review(service, host=args.host, port=args.port)
     return 0
 
 
@@ -220,9 +232,31 @@ def build_parser() -> argparse.ArgumentParser:
     serve_cmd.add_argument("--queue-limit", type=int, default=32,
                            help="renders waiting at most; more get 503 + Retry-After (default: %(default)s)")
     serve_cmd.add_argument("--profile", default="web", choices=PROFILES, help="(default: %(default)s)")
+    serve_cmd.add_argument("--client-queue-limit", type=int, default=8,
+                           help="renders one client may have waiting; more get 429 + Retry-After (default: %(default)s)")
+    serve_cmd.add_argument("--ingress-replicas", type=int, default=1,
+                           help="HTTP ingress replicas; they share queue and statuses through the DAM (default: %(default)s)")
+    serve_cmd.add_argument("--callback-allow", default=None, metavar="HOST[,HOST...]",
+                           help="webhook hosts allowed although loopback or private (plain http allowed for them)")
+    serve_cmd.add_argument("--workdir", type=Path, default=Path("./work"),
+                           help="where lineage.jsonl goes without OPENLINEAGE_URL (default: %(default)s)")
     serve_cmd.add_argument("--insecure-local", action="store_true",
                            help="no authentication; only allowed on a loopback host")
     serve_cmd.set_defaults(handler=_serve)
+
+    review_cmd = add_command(
+        "review", help="the review page (/review) and decision API over a DAM, without a renderer",
+        description="Reviewers authenticate with a token of $PADDOCK_API_TOKEN that has the review role "
+                    "(client_id:token:review), unless --insecure-local.")
+    review_cmd.add_argument("--dam", required=True, help="./dir or s3://bucket/prefix")
+    review_cmd.add_argument("--s3-endpoint", default=None, help="endpoint URL of an S3-compatible store")
+    review_cmd.add_argument("--port", type=int, default=8001, help="(default: %(default)s)")
+    review_cmd.add_argument("--host", default="127.0.0.1", help="(default: %(default)s)")
+    review_cmd.add_argument("--workdir", type=Path, default=Path("./work"),
+                            help="where lineage.jsonl goes without OPENLINEAGE_URL (default: %(default)s)")
+    review_cmd.add_argument("--insecure-local", action="store_true",
+                            help="no authentication; only allowed on a loopback host")
+    review_cmd.set_defaults(handler=_review)
 
     doctor_cmd = add_command(
         "doctor", help="check ffmpeg, torch/GPUs, Ray, the model folders, the DAM and lineage before a job")

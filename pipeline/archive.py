@@ -198,6 +198,17 @@ def is_archived(
     return record
 
 
+# A person's decision (pipeline/decisions.py) tags every object of the render with these.
+REVIEW_STATUS_TAG, REVIEWED_BY_TAG = "review_status", "reviewed_by"
+
+
+def person_decision_tags(dam: DAM, done_key: str) -> dict[str, str]:
+    """The tags a person's decision left on a render's completion record, which a re-archive
+    keeps: ``paddock run`` and ``localize`` never overwrite a person's decision."""
+    tags = dam.get_tags(done_key) or {}
+    return {name: tags[name] for name in (REVIEW_STATUS_TAG, REVIEWED_BY_TAG)} if REVIEWED_BY_TAG in tags else {}
+
+
 def archive_render(dam: DAM, render: RenderAssets) -> ArchiveResult:
     """Write a render's files to the DAM, then its completion record; skip it
     when the DAM already holds exactly these files (same SHA-256)."""
@@ -226,7 +237,8 @@ def archive_render(dam: DAM, render: RenderAssets) -> ArchiveResult:
     # A record left from an earlier version of this render stays until the new
     # one replaces it; it cannot vouch for a mix of old and new objects, since
     # is_archived checks every object against it.
-    metadata, tags = render.object_metadata(), render.object_tags()
+    metadata = render.object_metadata()
+    tags = {**render.object_tags(), **person_decision_tags(dam, done_key)}
     stored: dict[str, StoredObject] = {}
     for ext, path in render.files.items():
         stored[ext] = dam.put_file(keys[ext], path, sha256=sha256[ext], metadata=metadata, tags=tags)

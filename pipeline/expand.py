@@ -161,6 +161,24 @@ def render_identity(request_fields: dict, variant_id: str, negative_prompt: str 
     return request_fields | {name: value for name, (value, default) in added.items() if value != default}
 
 
+def request_render_id(request: RenderRequest) -> str:
+    """The render id of a template-prompted request, from its own fields (what expand_brief hashes)."""
+    fields = request.model_dump(include={"campaign_id", "brief_id", "prompt", "locale", "aspect_ratio", "duration_s",
+                                         "resolution", "seed", "model_id", "reference_image_uri"})
+    if request.voiceover is not None:
+        fields["duration_s"] = request.voiceover.frames / FPS
+    return make_render_id(render_identity(fields, request.variant_id, request.negative_prompt, request.audio,
+                                          request.voiceover.sha256 if request.voiceover is not None else None))
+
+
+def with_take(request: RenderRequest, take: int) -> RenderRequest:
+    """The same request as another take: the seed moves with the take (the brief's seed + take),
+    and so does the render id; the clip joins the same group (brief, variant, locale, aspect)."""
+    seed = (request.seed - request.take + take) % SEED_LIMIT
+    retake = request.model_copy(update={"take": take, "seed": seed, "render_id": ""})
+    return retake.model_copy(update={"render_id": request_render_id(retake)})
+
+
 def expand_brief(brief: CampaignBrief, row_index: int, model_id: str,
                  voiceovers: Mapping[str, VoiceoverAudio] | None = None,
                  prompt_llm: Mapping[str, str] | None = None) -> list[RenderRequest]:

@@ -53,6 +53,13 @@ class ManifestRow(BaseModel):
     best_take: bool = Field(False, description="the highest quality score of its (brief, variant, locale, aspect) group")
     frame_fit: str | None = Field(None, description="exact | dropped_1 | held_1 | held_2: decoded frames vs the request")
     review_voiceover_correlation: float | None = None
+    review_decision: str | None = None
+    """a person's last decision (approved, rejected, retake; pipeline/decisions.py); approved and rejected
+    replace review_status"""
+    reviewed_by: str | None = None
+    reviewed_at: str | None = None
+    """ISO 8601, UTC"""
+    review_note: str | None = None
     dam_uri: str | None = None
     keys: dict[str, str] = {}
     sha256: dict[str, str] = {}
@@ -77,6 +84,16 @@ class ManifestRow(BaseModel):
         return dict(value) if isinstance(value, list) else value
 
 
+    def keeping_decision_of(self, previous: ManifestRow | None) -> ManifestRow:
+        """This row, with the person's decision an earlier row of the same render carries:
+        ``paddock run`` and ``localize`` never overwrite a person's decision."""
+        if previous is None or previous.reviewed_by is None or self.reviewed_by is not None:
+            return self
+        return self.model_copy(update={name: getattr(previous, name) for name in DECISION_FIELDS} | (
+            {"review_status": previous.review_status} if previous.review_decision in ("approved", "rejected") else {}))
+
+
+DECISION_FIELDS = ("review_decision", "reviewed_by", "reviewed_at", "review_note")
 MANIFEST_ARROW_SCHEMA = arrow_schema(ManifestRow)
 
 
@@ -167,6 +184,7 @@ def contact_sheet_html(rows: list[ManifestRow], asset_base: str = "") -> str:
                 "quality score": row.review_quality_score,
                 "status": row.status,
                 "review": row.review_status,
+                "decided": f"{row.review_decision} by {row.reviewed_by}" if row.reviewed_by else None,
                 "reasons": "; ".join(row.review_reasons) or None,
                 "error": row.error,
                 "duration s": row.review_duration_s,

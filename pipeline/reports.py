@@ -119,13 +119,15 @@ def _put_if_changed(dam: DAM, key: str, data: bytes) -> None:
 
 
 def merge_manifest(previous: dict[str, ManifestRow], rows: list[ManifestRow],
-                   planned: pa.Table | None = None) -> list[ManifestRow]:
+                   planned: pa.Table | None = None, decided: bool = False) -> list[ManifestRow]:
     """The DAM's rows: ``previous`` with this run's ``rows`` in their place (a skipped row is
     rebuilt from the completion record, so it corrects an earlier "failed" one). With ``planned``
     (this run's whole plan), an earlier row of a planned brief that the plan no longer makes
     (its brief was edited) is marked "superseded"; it stays in the DAM."""
     merged = dict(previous)
-    merged.update((row.render_id, row) for row in rows)
+    # A person's decision is never overwritten by a run (``decided``: these rows carry a new one).
+    merged.update((row.render_id, row if decided else row.keeping_decision_of(previous.get(row.render_id)))
+                  for row in rows)
     if planned is not None:
         planned_ids = set(planned.column("render_id").to_pylist())
         planned_briefs = set(zip(planned.column("campaign_id").to_pylist(), planned.column("brief_id").to_pylist()))
@@ -164,15 +166,7 @@ class ManifestMerger:
         with self._lock:
             self.merging = True
             try:
-                rows, merged = list(self.rows.values()), []
-
-                def update(data: bytes | None) -> bytes | None:
-                    merged[:] = merge_manifest(_parse_manifest(self.dam, data), rows, self.planned)
-                    new = _manifest_bytes(merged)
-                    return None if data == new else new  # a re-run uploads nothing
-
-                self.dam.update_bytes(MANIFEST_KEY, update)
-                _put_if_changed(self.dam, CONTACT_SHEET_KEY, contact_sheet_html(merged).encode("utf-8"))
+                merged = merge_into_dam_manifest(self.dam, list(self.rows.values()), planned=self.planned)
                 self._unmerged, self._merged_at = 0, time.monotonic()
                 return merged
             finally:
@@ -195,3 +189,22 @@ def write_reports(rows: list[ManifestRow], dam: DAM, workdir: Path,
     local_root = dam.root.resolve().as_uri() + "/" if isinstance(dam, LocalDAM) else ""
     sheet_path.write_text(contact_sheet_html(rows, asset_base=local_root), encoding="utf-8")
     return manifest_path, sheet_path
+
+
+def merge_into_dam_manifest(dam: DAM, rows: list[ManifestRow], *, planned: pa.Table | None = None,
+                            decided: bool = False) -> list[ManifestRow]:
+    """Merge ``rows`` into the DAM's manifest.parquet with a conditional read-merge-write
+    (DAM.update_bytes: jobs sharing a DAM keep each other's rows) and rewrite its
+    contact_sheet.html; returns the DAM's rows. The batch jobs, the ad-hoc server and review
+    decisions all merge through here. ``decided``: the rows carry a person's decision, which
+    replaces the one recorded; otherwise a recorded decision is kept."""
+    merged: list[ManifestRow] = []
+
+    def update(data: bytes | None) -> bytes | None:
+        merged[:] = merge_manifest(_parse_manifest(dam, data), rows, planned, decided=decided)
+        new = _manifest_bytes(merged)
+        return None if data == new else new  # a re-run uploads nothing
+
+    dam.update_bytes(MANIFEST_KEY, update)
+    _put_if_changed(dam, CONTACT_SHEET_KEY, contact_sheet_html(merged).encode("utf-8"))
+    return merged

@@ -89,6 +89,18 @@ class DAM(ABC):
         """Remove the object under ``key`` (no error when there is none)."""
 
     @abstractmethod
+    def list_keys(self, prefix: str) -> list[str]:
+        """The keys of the objects under the folder ``prefix`` (no trailing '/'), sorted."""
+
+    @abstractmethod
+    def get_tags(self, key: str) -> dict[str, str] | None:
+        """The object's tags, or None when there is no such object."""
+
+    @abstractmethod
+    def put_tags(self, key: str, tags: Mapping[str, str]) -> None:
+        """Replace the tags of the existing object ``key`` with ``tags``."""
+
+    @abstractmethod
     def url(self, key: str, expires_s: int) -> str:
         """Where a client fetches the object: a presigned GET URL valid ``expires_s``
         seconds (S3), or a ``file://`` URI (local; it does not expire)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import socket
 import time
@@ -18,9 +19,10 @@ class LocalDAM(DAM):
     """A directory. Files are written to a temporary name in the target folder
     and renamed into place, so a partial file never appears under its key.
 
-    A directory has no per-file metadata or tags: the ``metadata`` and ``tags``
-    arguments are not stored here; a render's metadata and review tags live in
-    its completion record, which both backends write.
+    A directory has no per-file metadata: the ``metadata`` argument is not
+    stored here (a render's metadata lives in its completion record, which both
+    backends write). Tags are kept as JSON beside the tree, under
+    ``.tags/<key>.json``; keys never start with '.', so no object shadows them.
     """
 
     def __init__(self, root: str | os.PathLike):
@@ -69,10 +71,14 @@ class LocalDAM(DAM):
                 raise DAMError(f"DAM {self.uri}: {source} changed while it was archived as {key}; archive it again")
 
         target = self._write(key, copy)
+        if tags:
+            self.put_tags(key, tags)
         return StoredObject(key=key, size=target.stat().st_size, sha256=digest.hexdigest())
 
     def put_bytes(self, key, data, *, metadata=None, tags=None, content_type=None) -> StoredObject:
         self._write(key, lambda handle: handle.write(data))
+        if tags:
+            self.put_tags(key, tags)
         return StoredObject(key=key, size=len(data), sha256=hashlib.sha256(data).hexdigest())
 
     def get_bytes(self, key: str) -> bytes | None:
@@ -108,6 +114,27 @@ class LocalDAM(DAM):
             self._path(key).unlink(missing_ok=True)
         except OSError as exc:
             raise DAMError(f"DAM {self.uri}: cannot delete {key}: {exc}; check that the directory is writable") from exc
+
+    def list_keys(self, prefix: str) -> list[str]:
+        folder = self._path(prefix)
+        if not folder.is_dir():
+            return []
+        return sorted(path.relative_to(self.root).as_posix() for path in folder.rglob("*")
+                      if path.is_file() and not any(part.startswith(".") for part in path.relative_to(folder).parts))
+
+    def _tags_path(self, key: str) -> Path:
+        return self.root / ".tags" / f"{check_key(key)}.json"
+
+    def get_tags(self, key: str) -> dict[str, str] | None:
+        if not self._path(key).is_file():
+            return None
+        path = self._tags_path(key)
+        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+
+    def put_tags(self, key: str, tags) -> None:
+        if not self._path(key).is_file():
+            raise DAMError(f"DAM {self.uri}: cannot tag {key}: there is no such object; archive it first")
+        self._write(f".tags/{key}.json", lambda handle: handle.write(json.dumps(dict(tags), sort_keys=True).encode()))
 
     def url(self, key: str, expires_s: int) -> str:
         return self._path(key).as_uri()

@@ -10,6 +10,7 @@ import os
 import random
 import re
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 from urllib.parse import urlencode
 
@@ -109,6 +110,7 @@ class S3DAM(DAM):
         self.max_attempts = max_attempts
         self.retry_mode = retry_mode
         self._client = None
+        self._presign_client = None
         if check_bucket:
             self.check_bucket()
 
@@ -121,7 +123,7 @@ class S3DAM(DAM):
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
-        state["_client"] = None
+        state["_client"] = state["_presign_client"] = None
         return state
 
     @property
@@ -181,13 +183,16 @@ class S3DAM(DAM):
                 raise DAMError(f"{self._where()}: metadata {name}={value!r} is not ASCII, which S3 metadata requires")
         args = {"Metadata": {str(k): str(v) for k, v in meta.items()}, "ContentType": content_type}
         if tags:
-            if len(tags) > 10:
-                raise DAMError(f"{self._where()}: {len(tags)} tags given; S3 allows at most 10 per object")
-            for name, value in tags.items():
-                if not _TAG_VALUE.match(str(name)) or not _TAG_VALUE.match(str(value)) or not name:
-                    raise DAMError(f"{self._where()}: tag {name}={value!r} has characters S3 tags do not allow (letters, digits, spaces, + - = . _ : / @)")
+            self._check_tags(tags)
             args["Tagging"] = urlencode({str(k): str(v) for k, v in tags.items()})
         return args
+
+    def _check_tags(self, tags) -> None:
+        if len(tags) > 10:
+            raise DAMError(f"{self._where()}: {len(tags)} tags given; S3 allows at most 10 per object")
+        for name, value in tags.items():
+            if not _TAG_VALUE.match(str(name)) or not _TAG_VALUE.match(str(value)) or not name:
+                raise DAMError(f"{self._where()}: tag {name}={value!r} has characters S3 tags do not allow (letters, digits, spaces, + - = . _ : / @)")
 
     def _expected_storage_checksum(self, path: Path, sha256: str, size: int, etag: str) -> tuple[str, int]:
         # A multipart upload's ETag ends in "-<parts>"; its checksum is composite over the parts.
@@ -326,10 +331,63 @@ class S3DAM(DAM):
         except Exception as exc:
             raise self._error(f"delete {full_key}", exc) from exc
 
+    def list_keys(self, prefix: str) -> list[str]:
+        folder = self._full_key(prefix) + "/"
+        start = len(self.prefix) + 1 if self.prefix else 0
+        try:
+            pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=folder)
+            return sorted(obj["Key"][start:] for page in pages for obj in page.get("Contents", []))
+        except Exception as exc:
+            raise self._error(f"list {folder}", exc) from exc
+
+    def get_tags(self, key: str) -> dict[str, str] | None:
+        full_key = self._full_key(key)
+        try:
+            tag_set = self.client.get_object_tagging(Bucket=self.bucket, Key=full_key)["TagSet"]
+        except Exception as exc:
+            if _is_not_found(exc):
+                return None
+            raise self._error(f"read the tags of {full_key}", exc) from exc
+        return {tag["Key"]: tag["Value"] for tag in tag_set}
+
+    def put_tags(self, key: str, tags) -> None:
+        full_key = self._full_key(key)
+        self._check_tags(tags)
+        tag_set = [{"Key": str(k), "Value": str(v)} for k, v in tags.items()]
+        try:
+            self.client.put_object_tagging(Bucket=self.bucket, Key=full_key, Tagging={"TagSet": tag_set})
+        except Exception as exc:
+            raise self._error(f"tag {full_key}", exc) from exc
+
     def url(self, key: str, expires_s: int) -> str:
-        """A presigned (SigV4) GET URL; signing is local, no request is sent."""
-        return self.client.generate_presigned_url(
-            "get_object", Params={"Bucket": self.bucket, "Key": self._full_key(key)}, ExpiresIn=expires_s)
+        """A presigned (SigV4) GET URL, signed for the bucket's own region (a URL signed for
+        another region is refused) and valid ``expires_s`` seconds at most, and never longer
+        than the temporary credentials that sign it. Signing is local once the region is known."""
+        return self._presigner().generate_presigned_url(
+            "get_object", Params={"Bucket": self.bucket, "Key": self._full_key(key)},
+            ExpiresIn=self._presign_lifetime(expires_s))
+
+    def _presigner(self):
+        if self._presign_client is None:
+            region = self.region_name
+            if region is None:
+                try:
+                    location = self.client.get_bucket_location(Bucket=self.bucket).get("LocationConstraint")
+                except Exception as exc:
+                    raise self._error(f"find the region of bucket {self.bucket!r}", exc) from exc
+                region = {None: "us-east-1", "": "us-east-1", "EU": "eu-west-1"}.get(location, location)
+            self._presign_client = boto3.session.Session().client(
+                "s3", endpoint_url=self.endpoint_url, region_name=region,
+                config=Config(signature_version="s3v4"))
+        return self._presign_client
+
+    def _presign_lifetime(self, expires_s: int) -> int:
+        credentials = self._presigner()._request_signer._credentials
+        expiry = getattr(credentials, "_expiry_time", None)  # RefreshableCredentials (roles, SSO, STS)
+        if expiry is None:
+            return expires_s
+        left = int((expiry - datetime.now(timezone.utc)).total_seconds())
+        return max(1, min(expires_s, left))
 
 
 def _is_not_found(exc: Exception) -> bool:

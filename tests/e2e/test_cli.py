@@ -103,6 +103,13 @@ def test_serve_insecure_local_binds_loopback_only(tmp_path):
     assert_one_line_error(proc, "loopback only", "0.0.0.0")
 
 
+def test_review_refuses_to_start_without_a_token_or_insecure_wide(tmp_path):
+    proc = paddock("review", "--dam", "dam", cwd=tmp_path)
+    assert_one_line_error(proc, "PADDOCK_API_TOKEN is not set", "--insecure-local")
+    proc = paddock("review", "--dam", "dam", "--insecure-local", "--host", "0.0.0.0", cwd=tmp_path)
+    assert_one_line_error(proc, "loopback only", "0.0.0.0")
+
+
 def test_run_with_a_model_it_cannot_build_is_one_clear_error(tmp_path):
     proc = paddock("run", str(ROOT / "examples" / "briefs.parquet"), "--model", "magihuman-distill",
                    "--checkpoint-dir", "weights", "--dam", "dam", "--workdir", "work", cwd=tmp_path)

@@ -20,6 +20,7 @@ from jobs.serve_app import MAX_BODY_BYTES, ServeConfig, run_server
 
 TOKENS = {"alice": "tok-alice-3f9a", "bob": "tok-bob-77c1"}
 RENDER_WAIT_S = 180
+WORKDIR = {"path": Path("./work")}  # the module's server writes lineage.jsonl here (set by the fixture)
 
 
 def brief(brief_id: str = "adhoc-talk", **overrides) -> dict:
@@ -40,7 +41,7 @@ def free_port() -> int:
 
 def start(dam: Path | str, port: int, **settings) -> str:
     """(Re)deploy the app; Serve replaces the deployments whose arguments changed."""
-    config = ServeConfig(model="tiny", device="cpu", dam=str(dam), **settings)
+    config = ServeConfig(model="tiny", device="cpu", dam=str(dam), workdir=WORKDIR["path"], **settings)
     tokens = ",".join(f"{client}:{token}" for client, token in TOKENS.items())
     return run_server(config, port=port, api_tokens=tokens, blocking=False, log=lambda line: None)
 
@@ -50,6 +51,7 @@ def server(ray_session, tmp_path_factory):
     from ray import serve
 
     dam, port = tmp_path_factory.mktemp("serve-dam"), free_port()
+    WORKDIR["path"] = tmp_path_factory.mktemp("serve-work")
     url = start(dam, port, queue_limit=1)
     yield {"url": url, "dam": dam, "port": port}
     serve.shutdown()
@@ -220,8 +222,9 @@ def test_a_render_that_cannot_be_archived_fails_and_a_repost_retries_it(server):
     assert done["status"] == "done" and done["error"] is None and set(done["assets"]) == {"mp4", "wav", "jpg", "vtt"}
 
 
-def test_a_restarted_server_forgets_statuses_but_answers_from_the_dam(server):
-    """Restarted as --insecure-local: no token needed, loopback only."""
+def test_a_restarted_server_answers_a_new_client_from_the_dam(server):
+    """Restarted as --insecure-local: no token needed, loopback only; the anonymous client did not ask for
+    the render, so it is not among its renders until it posts the brief."""
     url = server["url"]
     render_id = server.get("render_id")
     if render_id is None:

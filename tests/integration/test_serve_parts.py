@@ -3,33 +3,39 @@ brief planning, asset URLs and the settings that must stop the server before it 
 
 from __future__ import annotations
 
-from urllib.parse import unquote, urlparse
+from datetime import datetime, timedelta, timezone
+from urllib.parse import parse_qs, unquote, urlparse
 
 import boto3
 import pytest
 import requests
+from fastapi import HTTPException
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 from s3_server import start_s3_server
 
 from jobs.args import ServeSetupError
-from jobs.auth import TOKEN_ENV, client_for_token, is_loopback, parse_api_tokens
+from jobs.auth import (TOKEN_ENV, Authenticator, ClientToken, client_for_token, is_loopback, parse_api_tokens,
+                       require_role)
 from jobs.serve_app import AdHocBrief, Renderer, ServeConfig, build_app, plan_renders, renderer_options, run_server
 from pipeline.dam.local import LocalDAM
 from pipeline.dam.s3 import S3DAM
 
 
 def test_one_token_or_client_token_pairs():
-    assert parse_api_tokens(" s3cret ") == {"default": "s3cret"}
-    assert parse_api_tokens("alice:a-1, bob:b-2") == {"alice": "a-1", "bob": "b-2"}
+    assert parse_api_tokens(" s3cret ") == {"default": ClientToken(token="s3cret", roles={"render"})}
+    assert parse_api_tokens("alice:a-1, bob:b-2:review, carol:c-3:render+review") == {
+        "alice": ClientToken(token="a-1", roles={"render"}), "bob": ClientToken(token="b-2", roles={"review"}),
+        "carol": ClientToken(token="c-3", roles={"render", "review"})}
     for spec, words in [(None, TOKEN_ENV), ("  ", "--insecure-local"), ("alice:a-1,b-2", "client_id:token"),
-                        ("alice:a-1,alice:a-2", "twice"), ("alice:same,bob:same", "own"), ("alice:", "client_id:token")]:
+                        ("alice:a-1,alice:a-2", "twice"), ("alice:same,bob:same", "own"), ("alice:", "client_id:token"),
+                        ("alice:a-1:admin", "roles are render and review"), ("alice:a-1:", "client_id:token")]:
         with pytest.raises(ServeSetupError, match=words):
             parse_api_tokens(spec)
 
 
 def test_token_lookup_is_exact():
-    tokens = {"alice": "a-1", "bob": "b-2"}
+    tokens = parse_api_tokens("alice:a-1,bob:b-2")
     assert client_for_token(tokens, "b-2") == "bob"
     for wrong in ("a-", "a-12", "A-1", "", "alice"):
         assert client_for_token(tokens, wrong) is None
@@ -118,3 +124,51 @@ def test_settings_that_stop_the_server_before_it_starts(monkeypatch, tmp_path):
         build_app({"dam": str(tmp_path), "port": 8000})
     with pytest.raises(ValidationError, match="profile"):
         ServeConfig(profile="cinema")
+
+
+def test_insecure_local_checks_the_bind_address_and_refuses_proxies(tmp_path):
+    with pytest.raises(ServeSetupError, match="host must be loopback"):
+        build_app({"dam": str(tmp_path), "insecure_local": True, "host": "0.0.0.0"})
+    auth = Authenticator({}, insecure_local=True, bind_host="127.0.0.1")
+    local = auth.caller("127.0.0.1", {}, None)
+    assert local.client_id == "local" and local.roles == {"render", "review"}
+    for peer, headers in (("10.0.0.4", {}), ("127.0.0.1", {"x-forwarded-for": "203.0.113.9"}),
+                          ("127.0.0.1", {"forwarded": "for=203.0.113.9"})):
+        with pytest.raises(HTTPException) as refused:
+            auth.caller(peer, headers, None)
+        assert refused.value.status_code == 403
+    with pytest.raises(ServeSetupError, match="loopback"):
+        Authenticator({}, insecure_local=True, bind_host="0.0.0.0")
+
+
+def test_roles_decide_what_a_token_may_do():
+    auth = Authenticator(parse_api_tokens("alice:a-1,rita:r-2:review"), insecure_local=False, bind_host="0.0.0.0")
+    alice, rita = auth.caller("10.0.0.4", {}, "a-1"), auth.caller("10.0.0.4", {}, "r-2")
+    assert require_role(alice, "render") == alice and alice.token == "a-1"
+    with pytest.raises(HTTPException) as forbidden:
+        require_role(alice, "review")
+    assert forbidden.value.status_code == 403 and "alice:<token>:render+review" in forbidden.value.detail
+    assert require_role(rita, "review") == rita
+    with pytest.raises(HTTPException) as unknown:
+        auth.caller("10.0.0.4", {}, "r-3")
+    assert unknown.value.status_code == 401
+
+
+def test_presigned_urls_are_signed_for_the_buckets_region_and_end_with_the_credentials():
+    from botocore.credentials import RefreshableCredentials
+
+    with start_s3_server() as endpoint:
+        boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(
+            Bucket="far", CreateBucketConfiguration={"LocationConstraint": "ap-southeast-2"})
+        dam = S3DAM("far", "adhoc", endpoint_url=endpoint)
+        dam.put_bytes("campaign=c/r1.vtt", b"WEBVTT\n")
+        url = dam.url("campaign=c/r1.vtt", 3600)
+        assert "%2Fap-southeast-2%2Fs3%2Faws4_request" in url and "X-Amz-Expires=3600" in url
+        assert requests.get(url, timeout=30).content == b"WEBVTT\n"
+        # Temporary credentials that end in 20 minutes: the URL ends with them, not an hour later.
+        frozen = dam._presigner()._request_signer._credentials.get_frozen_credentials()
+        expiry = datetime.now(timezone.utc) + timedelta(minutes=20)
+        dam._presigner()._request_signer._credentials = RefreshableCredentials(
+            frozen.access_key, frozen.secret_key, "session-token", expiry, refresh_using=lambda: {}, method="sts")
+        expires = int(parse_qs(urlparse(dam.url("campaign=c/r1.vtt", 3600)).query)["X-Amz-Expires"][0])
+        assert 1150 <= expires <= 1200

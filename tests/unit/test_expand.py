@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.expand import compose_prompt, expand_brief, space_cjk
+from pipeline.expand import compose_prompt, expand_brief, request_render_id, space_cjk, with_take
 from schemas.brief import CampaignBrief, DialogueLine
 from schemas.locales import canonical_locale, language_for_locale
 
@@ -280,3 +280,13 @@ def test_fan_out_summary_per_brief():
     assert hero.clip_seconds == 18 * 5
     (warning,) = hero.warnings
     assert "negative_prompt is ignored" in warning and "magihuman-distill" in warning
+
+
+def test_another_take_of_a_request_is_the_take_expand_would_plan():
+    planned = expand_brief(CampaignBrief.model_validate({
+        "brief_id": "b-takes", "campaign_id": "c", "prompt": "A dog runs on the beach.", "source_locale": "en-US",
+        "duration_s": 2, "resolution": "256p", "seed": 5, "takes": 3}), 0, "tiny")
+    assert [request_render_id(r) for r in planned] == [r.render_id for r in planned]
+    assert with_take(planned[0], 2) == planned[2]
+    fourth = with_take(planned[1], 3)
+    assert (fourth.take, fourth.seed) == (3, 8) and fourth.render_id not in {r.render_id for r in planned}
