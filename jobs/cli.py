@@ -55,7 +55,7 @@ def _campaign_config(args: argparse.Namespace):
     return CampaignConfig(
         briefs=args.briefs, dam=args.dam, s3_endpoint=args.s3_endpoint, model=args.model,
         checkpoint_dir=args.checkpoint_dir, device=args.device, tp_size=args.tp, replicas=args.replicas,
-        workdir=args.workdir, batch_size=args.batch_size, profile=args.profile,
+        text_encoder_device=args.text_encoder_device, workdir=args.workdir, batch_size=args.batch_size, profile=args.profile,
     )
 
 
@@ -113,6 +113,7 @@ def _generate(args: argparse.Namespace) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     check_ffmpeg()
     config = GeneratorConfig(model=args.model, checkpoint_dir=args.checkpoint_dir, device=resolve_device(args.device),
+                             text_encoder_device=args.text_encoder_device,
                              sr_resolutions=(args.resolution,) if args.resolution != "256p" else ())
     spec = ClipSpec(prompt=args.prompt, duration_s=args.seconds, aspect_ratio=args.aspect,
                     resolution=args.resolution, seed=args.seed, reference_image=args.image)
@@ -141,7 +142,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     config = ServeConfig(model=args.model, checkpoint_dir=args.checkpoint_dir, device=args.device, dam=args.dam,
                          s3_endpoint=args.s3_endpoint, tp_size=args.tp, replicas=args.replicas,
-                         queue_limit=args.queue_limit, insecure_local=args.insecure_local, profile=args.profile)
+                         text_encoder_device=args.text_encoder_device, queue_limit=args.queue_limit, insecure_local=args.insecure_local, profile=args.profile)
     run_server(config, port=args.port, host=args.host)  # a ServeSetupError is a user error: one line
     return 0
 
@@ -150,7 +151,8 @@ def _doctor(args: argparse.Namespace) -> int:
     from jobs.doctor import DoctorSettings, doctor
 
     return doctor(DoctorSettings(model=args.model, device=args.device, checkpoint_dir=args.checkpoint_dir,
-                                 dam=args.dam, s3_endpoint=args.s3_endpoint, address=args.address))
+                                 dam=args.dam, s3_endpoint=args.s3_endpoint, address=args.address, tp=args.tp,
+                                 text_encoder_device=args.text_encoder_device))
 
 
 def build_parser() -> argparse.ArgumentParser:

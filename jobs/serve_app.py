@@ -373,7 +373,8 @@ def build_application(config: ServeConfig, api_tokens: str | None = None) -> ser
     """The Serve application. ``api_tokens`` None: each Api replica reads PADDOCK_API_TOKEN
     from its own environment (how RayService pods get it, from a Secret)."""
     device = resolve_device(config.device)
-    generator_config = GeneratorConfig(model=config.model, checkpoint_dir=config.checkpoint_dir, device=device)
+    generator_config = GeneratorConfig(model=config.model, checkpoint_dir=config.checkpoint_dir, device=device,
+                                       text_encoder_device=config.text_encoder_device)
     renderer = Renderer.options(**renderer_options(config.tp_size, config.replicas, device)).bind(
         generator_config, config.thresholds, config.profile, config.tp_size)
     return Api.bind(config, renderer, api_tokens)

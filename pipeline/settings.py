@@ -29,6 +29,8 @@ class RenderSettings(BaseModel):
     dam: str = Field("./dam", description="a directory, file:///abs/path or s3://bucket/prefix")
     s3_endpoint: str | None = Field(None, description="endpoint URL of an S3-compatible store")
     tp_size: int = Field(1, ge=1, description="tensor-parallel ranks per model replica")
+    text_encoder_device: Literal["cpu", "cuda"] | None = Field(
+        None, description="where each replica's one text encoder runs (GeneratorConfig.text_encoder_device); default: device")
     replicas: int = Field(1, ge=1, description="model replicas")
     profile: str = Field("web", description="loudness profile of the deliverables: web | broadcast")
     thresholds: ReviewThresholds = ReviewThresholds()
