@@ -33,10 +33,10 @@ from model.magihuman.audio_vae import AudioVAE, TinyOobleckConfig  # noqa: E402
 from model.magihuman.config import PRESETS as ARCH_PRESETS  # noqa: E402
 from model.magihuman.dit import TokenLayout  # noqa: E402
 from model.magihuman.sizes import BASE_SIZES, SR_SIZES, clip_geometry  # noqa: E402
-from model.magihuman.text_encoder import TextEncoder, TinyT5GemmaConfig, byte_level_tokenizer, tiny_t5gemma_encoder  # noqa: E402
-from model.magihuman.turbo_vae import WAN22_LATENTS_MEAN, WAN22_LATENTS_STD, TurboVAED, TurboVAEDConfig  # noqa: E402
+from model.magihuman.text_encoder import TextEncoder, byte_level_tokenizer, tiny_t5gemma_encoder  # noqa: E402
+from model.magihuman.turbo_vae import TurboVAED, TurboVAEDConfig  # noqa: E402
 from model.magihuman.video_vae import VideoVAE  # noqa: E402
-from model.presets import NEGATIVE_PROMPT, get_preset  # noqa: E402
+from model.presets import NEGATIVE_PROMPT, OOBLECK_RELEASED, T5GEMMA_9B, T5GEMMA_VOCAB, WAN22_VAE, get_preset  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "gpu_check.json"
 SIZES = ("256p", "540p", "1080p")
@@ -48,20 +48,6 @@ REFERENCE_H100 = {
     "540p": {"total": 8.0},
     "1080p": {"total": 38.4, "base": 1.6, "super_resolution": 31.0, "decode": 5.8},
 }
-
-# Encoder of google/t5gemma-9b-9b-ul2: Gemma 2 9B's shape (the tiny builder takes any widths).
-T5GEMMA_9B = TinyT5GemmaConfig(
-    hidden_size=3584, intermediate_size=14336, num_hidden_layers=42, num_attention_heads=16, num_key_value_heads=8, head_dim=256
-)
-T5GEMMA_VOCAB = 256000
-OOBLECK_RELEASED = TinyOobleckConfig(encoder_hidden_size=128, decoder_channels=128, channel_multiples=(1, 2, 4, 8, 16))
-# Wan-AI/Wan2.2-TI2V-5B-Diffusers vae/config.json
-WAN22_VAE = dict(
-    base_dim=160, decoder_base_dim=256, z_dim=48, dim_mult=[1, 2, 4, 4], num_res_blocks=2, temperal_downsample=[False, True, True],
-    is_residual=True, in_channels=12, out_channels=12, patch_size=2, scale_factor_temporal=4, scale_factor_spatial=16,
-    latents_mean=list(WAN22_LATENTS_MEAN), latents_std=list(WAN22_LATENTS_STD),
-)
-
 
 @dataclass(frozen=True)
 class Stack:

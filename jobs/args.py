@@ -42,6 +42,9 @@ def add_model_args(cmd: argparse.ArgumentParser) -> None:
     cmd.add_argument("--decoder", default="auto", choices=("auto", "turbo", "full"),
                      help="video decoder: turbo (TurboVAED, the reference's), full (Wan2.2 VAE), auto: turbo when "
                           "<checkpoint-dir>/turbo_vae exists (default: %(default)s)")
+    cmd.add_argument("--text-encoder-device", default=None, choices=("cpu", "cuda"),
+                     help="where each replica's one text encoder runs; cpu frees ~18 GB of GPU memory on rank 0 "
+                          "(default: the --device)")
 
 
 def add_campaign_args(cmd: argparse.ArgumentParser) -> None:

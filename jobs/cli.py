@@ -70,7 +70,7 @@ def _campaign_config(args: argparse.Namespace):
         briefs=args.briefs, dam=args.dam, s3_endpoint=args.s3_endpoint, model=args.model,
         checkpoint_dir=args.checkpoint_dir, device=args.device, tp_size=args.tp, replicas=args.replicas,
         workdir=args.workdir, batch_size=args.batch_size, profile=args.profile, decoder=args.decoder,
-        prompt_llm=prompt_llm,
+        prompt_llm=prompt_llm, text_encoder_device=args.text_encoder_device,
     )
 
 
@@ -129,7 +129,7 @@ def _generate(args: argparse.Namespace) -> int:
     check_ffmpeg()
     config = GeneratorConfig(model=args.model, checkpoint_dir=args.checkpoint_dir, device=resolve_device(args.device),
                              sr_resolutions=(args.resolution,) if args.resolution != "256p" else (),
-                             decoder=args.decoder)
+                             decoder=args.decoder, text_encoder_device=args.text_encoder_device)
     spec = ClipSpec(prompt=args.prompt, duration_s=args.seconds, aspect_ratio=args.aspect,
                     resolution=args.resolution, seed=args.seed, reference_image=args.image)
     print(f"paddock generate: building the {args.model} generator on {config.device}"
@@ -160,7 +160,8 @@ def _serve(args: argparse.Namespace) -> int:
                          queue_limit=args.queue_limit, client_queue_limit=args.client_queue_limit,
                          insecure_local=args.insecure_local, profile=args.profile, host=args.host,
                          callback_allow=tuple(h.strip() for h in (args.callback_allow or "").split(",") if h.strip()),
-                         ingress_replicas=args.ingress_replicas, workdir=args.workdir, decoder=args.decoder)
+                         ingress_replicas=args.ingress_replicas, workdir=args.workdir, decoder=args.decoder,
+                         text_encoder_device=args.text_encoder_device)
     run_server(config, port=args.port, host=args.host)  # a ServeSetupError is a user error: one line
     return 0
 
@@ -179,7 +180,8 @@ def _doctor(args: argparse.Namespace) -> int:
     from jobs.doctor import DoctorSettings, doctor
 
     return doctor(DoctorSettings(model=args.model, device=args.device, checkpoint_dir=args.checkpoint_dir,
-                                 dam=args.dam, s3_endpoint=args.s3_endpoint, address=args.address))
+                                 dam=args.dam, s3_endpoint=args.s3_endpoint, address=args.address, tp=args.tp,
+                                 text_encoder_device=args.text_encoder_device))
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -3,6 +3,9 @@
 One row per check: what was found, and the fix where it fails. A row fails
 only where the job as configured would fail (no GPU is a note for the tiny
 model or `--device cpu`; no RAY_ADDRESS means a local instance, which is fine).
+Then the memory table of one replica at `--tp` (model/memory.py, from the
+architecture alone): one line per rank, `rank N  weights X.X GB ...`, and the
+estimated peak per resolution and duration with the GPU sizes it fits.
 """
 
 from __future__ import annotations
@@ -36,6 +39,8 @@ class DoctorSettings(BaseModel):
     dam: str | None = None
     s3_endpoint: str | None = None
     address: str | None = None
+    tp: int = 1
+    text_encoder_device: str | None = None
 
 
 @dataclass
@@ -202,6 +207,41 @@ def check_lineage_row() -> Row:
     return Row("lineage", "ok", f"{url}: answers (HTTP {response.status_code})")
 
 
+def memory_table(settings: DoctorSettings) -> tuple[Row, list[str]]:
+    """The memory row and table of one replica as the job would build it (no weights read)."""
+    from model.generator import GeneratorConfig
+    from model.memory import CONTEXT_BYTES, GPU_SIZES_GB, clip_peaks, replica_memory
+
+    device = "cuda" if _needs_gpu(settings) else "cpu"
+    try:
+        config = GeneratorConfig(model=settings.model, checkpoint_dir=settings.checkpoint_dir, device=device,
+                                 text_encoder_device=settings.text_encoder_device)
+        ranks = replica_memory(config, settings.tp)
+    except ValueError as exc:
+        return Row("memory", "FAIL", str(exc).splitlines()[0], "fix --tp or --text-encoder-device"), []
+    peaks = clip_peaks(config, settings.tp, ranks)
+    text_where = "host (CPU)" if any(r.host_bytes for r in ranks) else device
+    lines = [f"memory per rank: {settings.model} at --tp {settings.tp}, {str(config.torch_dtype()).removeprefix('torch.')} "
+             f"on {device}, text encoder on rank 0's {text_where}; from the architecture alone, no weights read"]
+    for r in ranks:
+        parts = ", ".join(f"{name} {b / 1e9:.2f}" for name, b in r.device_bytes.items())
+        host = "".join(f"; on the host: {name} {b / 1e9:.2f} GB" for name, b in r.host_bytes.items())
+        lines.append(f"rank {r.rank}  weights {r.weights() / 1e9:.1f} GB  ({parts}{host})")
+    lines.append(f"peak of the heaviest rank per 16:9 clip (weights it loads for that size + activations estimate + "
+                 f"{CONTEXT_BYTES / 2**30:.1f} GiB context), GB:")
+    lines.append(f"{'resolution':<10}  {'length':>6}  {'DiT act':>7}  {'decode act':>10}  {'peak':>6}  fits on (GB cards)")
+    for p in peaks:
+        fits = " ".join(str(g) for g in GPU_SIZES_GB if p.fits(g)) or "none"
+        lines.append(f"{p.resolution:<10}  {p.duration_s:>4} s  {p.dit_bytes / 1e9:>7.1f}  {p.decode_bytes / 1e9:>10.1f}  "
+                     f"{p.peak_bytes / 1e9:>6.1f}  {fits}")
+    worst = max(peaks, key=lambda p: p.peak_bytes)
+    smallest = next((g for g in GPU_SIZES_GB if worst.fits(g)), None)
+    found = (f"--tp {settings.tp}: every size fits on {smallest} GB cards" if smallest else
+             f"--tp {settings.tp}: {worst.resolution} {worst.duration_s} s fits none of {GPU_SIZES_GB} GB")
+    return Row("memory", "ok" if smallest else "note", found,
+               "" if smallest else "raise --tp or set --text-encoder-device cpu"), lines
+
+
 def run_checks(settings: DoctorSettings) -> list[Row]:
     ray_row, cluster_gpus = check_ray_row(settings)
     return [
@@ -227,7 +267,11 @@ def format_table(rows: list[Row]) -> str:
 def doctor(settings: DoctorSettings, out: Callable[[str], None] = print) -> int:
     """Print the table; 0 when no row failed, 1 otherwise."""
     rows = run_checks(settings)
+    memory_row, memory_lines = memory_table(settings)
+    rows.append(memory_row)
     out(format_table(rows))
+    if memory_lines:
+        out("\n" + "\n".join(memory_lines))
     failed = [r for r in rows if r.status == "FAIL"]
     out(f"\n{len(rows) - len(failed)} of {len(rows)} checks passed" + (f"; {len(failed)} failed" if failed else ""))
     return 1 if failed else 0

@@ -47,7 +47,6 @@ from typing import Any
 import pyarrow as pa
 from fastapi import Depends, FastAPI, HTTPException
 from fastapi import status as http_status
-from fastapi.exceptions import RequestValidationError
 from pydantic import ConfigDict, Field, ValidationError
 from ray import serve
 from ray.serve.handle import DeploymentHandle
@@ -396,7 +395,8 @@ def build_application(config: ServeConfig, api_tokens: str | None = None) -> ser
     from its own environment (how RayService pods get it, from a Secret)."""
     device = resolve_device(config.device)
     generator_config = GeneratorConfig(model=config.model, checkpoint_dir=config.checkpoint_dir, device=device,
-                                       decoder=config.decoder, s3_endpoint=config.s3_endpoint)
+                                       decoder=config.decoder, s3_endpoint=config.s3_endpoint,
+                                       text_encoder_device=config.text_encoder_device)
     renderer = Renderer.options(**renderer_options(config.tp_size, config.replicas, device)).bind(
         generator_config, config.thresholds, config.profile, config.tp_size)
     return Api.options(num_replicas=config.ingress_replicas).bind(config, renderer, api_tokens)

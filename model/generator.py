@@ -1,7 +1,7 @@
 """AVGenerator: clip parameters in, decoded frames and audio out.
 
-One instance per replica holds the whole stack (text encoder, DiT, SR DiTs loaded on first use,
-video and audio VAEs). `generate` batches clips of the same shape through one denoise call; every
+One instance per rank holds the stack (DiT or its TP shard, SR DiTs loaded on first use, video
+and audio VAEs; the replica's one text encoder on rank 0, on the GPU or the CPU). `generate` batches clips of the same shape through one denoise call; every
 clip draws its noise from its own CPU generator seeded by the clip's seed, so a clip does not
 depend on what it was batched with, and the same seed gives the same clip on the same device.
 
@@ -12,19 +12,17 @@ distilled TurboVAED or the full Wan2.2 VAE, and the audio VAE; trim and resize t
 
 from __future__ import annotations
 
-import io
 import logging
 import os
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Literal
+from typing import Iterator
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from PIL import Image
 
 from model.magihuman import ArchConfig, denoise, load_dit, prepare_sr_latents
 from model.magihuman.checkpoint import checkpoint_arch
@@ -41,105 +39,15 @@ from model.magihuman.sizes import (
 from model.magihuman.text_encoder import TextEncoder
 from model.magihuman.turbo_vae import TurboVAED
 from model.magihuman.video_vae import VideoVAE, fit_frame_count, fit_frames
-from model.parallel import TPGroup
-from model.presets import SR_COMPONENT, Component, ModelName, ModelPreset, get_preset
+from model.memory import module_bytes
+from model.parallel import TPGroup, audio_rank, broadcast_from_rank0, gather_to_rank0, split_decode
+from model.generator_config import GeneratorConfig
+from model.presets import SR_COMPONENT, get_preset
+from model.reference_image import load_reference_image
 
 log = logging.getLogger(__name__)
 
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 PHASES = ("text", "denoise", "super_resolution", "decode")
-
-
-class GeneratorConfig(BaseModel):
-    """How to build one replica's generator."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    model: ModelName = "tiny"
-    checkpoint_dir: Path | None = Field(
-        default=None, description="folder holding the released components (see model/presets.py); not used by 'tiny'"
-    )
-    paths: dict[Component, Path] = Field(
-        default_factory=dict, description="per-component folders overriding <checkpoint_dir>/<default folder>"
-    )
-    device: str = "cpu"
-    dtype: str | None = Field(default=None, description="float32 | bfloat16; default bf16 on CUDA, fp32 else")
-    decoder: Literal["auto", "turbo", "full"] = Field(
-        default="auto",
-        description="video decoder: the distilled TurboVAED (<checkpoint_dir>/turbo_vae/, as the reference), the full "
-        "Wan2.2 VAE, or 'auto': TurboVAED when its folder exists (the tiny preset always has one)",
-    )
-    text_cache_size: int = Field(default=256, ge=1)
-    sample_rate: int = Field(default=44100, description="delivered audio rate: 44100 or 48000")
-    steps: int | None = Field(default=None, ge=1, description="override the preset's base denoising steps")
-    sr_steps: int | None = Field(default=None, ge=1, description="override the preset's super-resolution steps")
-    sr_resolutions: tuple[Literal["540p", "720p", "1080p"], ...] = Field(
-        default=("540p", "720p", "1080p"),
-        description="resolutions this replica serves by super-resolution (their models are checked at start)"
-    )
-    return_latents: bool = Field(default=False, description="keep the final latents on each ClipOutput")
-    s3_endpoint: str | None = Field(
-        default=None, description="S3 endpoint URL for s3:// reference images; default AWS_ENDPOINT_URL, else AWS"
-    )
-
-    @field_validator("dtype")
-    @classmethod
-    def _dtype(cls, value: str | None) -> str | None:
-        if value == "float16":  # fp16's range is too small for these activations
-            raise ValueError(
-                "GeneratorConfig.dtype='float16' is refused: the reference computes in bfloat16 and the T5Gemma text "
-                "encoder overflows in float16; set dtype to 'bfloat16' (the default on CUDA) or 'float32'"
-            )
-        if value is not None and value not in _DTYPES:
-            raise ValueError(f"dtype={value!r} must be one of {sorted(_DTYPES)}")
-        return value
-
-    @field_validator("sample_rate")
-    @classmethod
-    def _rate(cls, value: int) -> int:
-        if value not in (44100, 48000):
-            raise ValueError(f"sample_rate={value} must be 44100 or 48000")
-        return value
-
-    def torch_dtype(self) -> torch.dtype:
-        if self.dtype is not None:
-            return _DTYPES[self.dtype]
-        return torch.bfloat16 if self.device.startswith("cuda") else torch.float32
-
-    def released_paths(self) -> dict[str, Path]:
-        """Every component folder of a released preset, checked up front (by a replica, and by a
-        job's driver before any work) so a missing one fails before anything loads."""
-        preset = get_preset(self.model)
-        components = ["dit", "text_encoder", "video_vae", "audio_vae"]
-        components += [SR_COMPONENT[r] for r in self.sr_resolutions]
-        if self.video_decoder() == "turbo":
-            components.append("turbo_vae")
-        paths = {c: self.component_path(preset, c) for c in components}
-        missing = [f"{c}: {p}" for c, p in paths.items() if not p.is_dir()]
-        if missing:
-            raise FileNotFoundError(
-                f"model {preset.name!r} is missing components (expected folders): {'; '.join(missing)}. "
-                "See model/presets.py for the repositories they come from."
-            )
-        return paths
-
-    def video_decoder(self) -> Literal["turbo", "full"]:
-        """The decoder `decoder` resolves to: 'auto' takes TurboVAED when its folder is there."""
-        preset = get_preset(self.model)
-        if self.decoder != "auto":
-            return self.decoder
-        if preset.tiny is not None:
-            return "turbo"
-        return "turbo" if self.component_path(preset, "turbo_vae").is_dir() else "full"
-
-    def component_path(self, preset: ModelPreset, component: str) -> Path:
-        if component in self.paths:
-            return Path(self.paths[component])
-        if self.checkpoint_dir is None:
-            raise ValueError(
-                f"model {preset.name!r} needs checkpoint_dir (or paths[{component!r}]) pointing at the released weights"
-            )
-        return Path(self.checkpoint_dir) / preset.folders[component]
 
 
 @dataclass(frozen=True)
@@ -181,86 +89,45 @@ class ClipOutput:
     latents: ClipLatents | None = None
 
 
-def read_s3_object(uri: str, s3_endpoint: str | None, what: str = "reference_image") -> bytes:
-    """The bytes of s3://bucket/key (a reference image, a voice-over); errors name ``what``."""
-    import boto3
-    from botocore.exceptions import BotoCoreError, ClientError
-
-    bucket, _, key = uri.removeprefix("s3://").partition("/")
-    if not bucket or not key:
-        raise ValueError(f"{what} {uri!r}: give an S3 object as s3://bucket/path/file")
-    # endpoint_url=None lets boto3 take AWS_ENDPOINT_URL(_S3) or the AWS default.
-    try:
-        return boto3.client("s3", endpoint_url=s3_endpoint).get_object(Bucket=bucket, Key=key)["Body"].read()
-    except ClientError as exc:
-        code = exc.response.get("Error", {}).get("Code", "")
-        raise FileNotFoundError(f"{what} {uri}: cannot read it from S3 ({code or exc})") from None
-    except BotoCoreError as exc:
-        raise OSError(f"{what} {uri}: cannot read it from S3 ({exc}); check the S3 endpoint") from None
-
-
-def load_reference_image(
-    image: str | os.PathLike | np.ndarray | Image.Image, s3_endpoint: str | None = None
-) -> Image.Image:
-    """The RGB image of a reference: an array (uint8 [H, W, 3]), a PIL image, a local path, a
-    file:// URI or an s3:// object. Files are read as the reference's diffusers load_image does:
-    EXIF orientation applied, then converted to RGB."""
-    if isinstance(image, Image.Image):
-        return ImageOps.exif_transpose(image).convert("RGB")
-    if isinstance(image, np.ndarray):
-        if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-            raise ValueError(f"reference_image must be uint8 [H, W, 3], got {image.dtype} {image.shape}")
-        return Image.fromarray(image)
-    location = os.fspath(image)
-    if location.startswith("s3://"):
-        source = io.BytesIO(read_s3_object(location, s3_endpoint))
-    else:
-        if location.startswith("file://"):
-            location = location[len("file://") :]
-        elif "://" in location:
-            raise ValueError(
-                f"reference_image {location!r}: only local paths, file:// and s3:// URIs are read"
-            )
-        if not Path(location).is_file():
-            raise FileNotFoundError(f"reference_image: no file at {location}")
-        source = location
-    with Image.open(source) as img:
-        return ImageOps.exif_transpose(img).convert("RGB")
-
-
 class AVGenerator:
     """The whole generator stack of one replica."""
 
     def __init__(self, config: GeneratorConfig, tp: TPGroup | None = None):
-        # Under tensor parallelism (model/replica.py) every DiT is this rank's shard; text encoding
-        # and decoding run on every rank alike.
+        # Under tensor parallelism (model/replica.py) every DiT is this rank's shard; the replica's one
+        # text encoder (and its prompt cache) lives on rank 0, which broadcasts the embeddings; every
+        # rank decodes its share of the video, one rank the audio, and rank 0 assembles the clip.
         self.tp = tp
         self.config = config
         self.preset = get_preset(config.model)
         self.device = torch.device(config.device)
         self.dtype = config.torch_dtype()
         preset = self.preset
+        holds_text = tp is None or tp.rank == 0
+        text_device = self.device if config.text_encoder_device in (None, self.device.type) else torch.device("cpu")
+        self.text_encoder: TextEncoder | None = None
         if preset.tiny is not None:
             tiny = preset.tiny
-            self.text_encoder = TextEncoder.tiny(
-                preset.negative_prompt, tiny.text_encoder, device=self.device, cache_size=config.text_cache_size
-            )
+            if holds_text:
+                self.text_encoder = TextEncoder.tiny(
+                    preset.negative_prompt, tiny.text_encoder, device=text_device, cache_size=config.text_cache_size
+                )
             self.video_vae = VideoVAE.tiny(tiny.video_vae, device=self.device)
             self.audio_vae = AudioVAE.tiny(tiny.audio_vae, device=self.device)
             turbo = TurboVAED.tiny(tiny.turbo_vae, device=self.device) if config.video_decoder() == "turbo" else None
             self.dit = load_dit(None, arch=preset.dit_arch, device=self.device, compute_dtype=self.dtype, seed=0, tp=tp)
         else:
             paths = config.released_paths()
-            self.text_encoder = TextEncoder.from_pretrained(
-                paths["text_encoder"], preset.negative_prompt, self.device, self.dtype, config.text_cache_size
-            )
+            if holds_text:
+                self.text_encoder = TextEncoder.from_pretrained(
+                    paths["text_encoder"], preset.negative_prompt, text_device, self.dtype, config.text_cache_size
+                )
             self.video_vae = VideoVAE.from_pretrained(paths["video_vae"], self.device, self.dtype)
             self.audio_vae = AudioVAE.from_pretrained(paths["audio_vae"], self.device, torch.float32)
             self.dit = self._load_released_dit(paths["dit"], preset.dit_arch)
             turbo = TurboVAED.from_pretrained(paths["turbo_vae"], self.device, self.dtype) if "turbo_vae" in paths else None
         # The Wan2.2 VAE stays loaded either way: it encodes reference images.
         self.video_decoder: TurboVAED | VideoVAE = turbo if turbo is not None else self.video_vae
-        if self.text_encoder.hidden_size != self.dit.arch.text_in_channels:
+        if self.text_encoder is not None and self.text_encoder.hidden_size != self.dit.arch.text_in_channels:
             raise ValueError(
                 f"text encoder width {self.text_encoder.hidden_size} != DiT text_in_channels "
                 f"{self.dit.arch.text_in_channels}"
@@ -313,7 +180,8 @@ class AVGenerator:
         timings[name] = timings.get(name, 0.0) + time.perf_counter() - start
 
     def generate(self, specs: list[ClipSpec]) -> list[ClipOutput]:
-        """Clips for `specs`, in order. Clips of equal shape share one batch."""
+        """Clips for `specs`, in order. Clips of equal shape share one batch. On ranks other than 0
+        of a TP group, a list of None: rank 0 answers for the replica."""
         groups: dict[tuple, list[int]] = {}
         for i, spec in enumerate(specs):
             geometry = self.geometry(spec)
@@ -335,12 +203,7 @@ class AVGenerator:
             images = [load_reference_image(s.reference_image, config.s3_endpoint) for s in specs]
 
         with self._phase(timings, "text"):
-            text, text_lens = self.text_encoder.encode_batch([s.prompt for s in specs])
-            null_text = null_lens = None
-            if preset.uses_cfg:
-                nulls = [self.text_encoder.encode(s.negative_prompt) if s.negative_prompt
-                         else self.text_encoder.null_embedding() for s in specs]
-                null_text, null_lens = torch.stack([n.embedding for n in nulls]), [n.length for n in nulls]
+            text, text_lens, null_text, null_lens = self._text([s.prompt for s in specs], [s.negative_prompt for s in specs])
 
         with self._phase(timings, "denoise"):
             latent_h, latent_w = geometry.base_latent_hw
@@ -355,7 +218,7 @@ class AVGenerator:
                 video,
                 audio,
                 text,
-                text_lens.tolist(),
+                text_lens,
                 steps=config.steps or preset.steps,
                 mode=preset.mode,
                 shift=preset.shift,
@@ -378,7 +241,7 @@ class AVGenerator:
                     sr_video,
                     sr_audio,
                     text,
-                    text_lens.tolist(),
+                    text_lens,
                     steps=config.sr_steps or preset.sr_steps,
                     mode="sr",
                     shift=preset.shift,
@@ -387,10 +250,11 @@ class AVGenerator:
                 )
 
         with self._phase(timings, "decode"):
+            decoded, waveforms = self._decode(video, audio, geometry)
+            if decoded is None:  # a rank other than 0: rank 0 answers for the replica
+                return []
             width, height = geometry.final_size
-            frames = [fit_frame_count(fit_frames(clip, width, height), geometry.frames)
-                      for clip in self.video_decoder.decode(video)]
-            waveforms = self.audio_vae.decode(audio, config.sample_rate)[:, : geometry.audio_samples(config.sample_rate)]
+            frames = [fit_frame_count(fit_frames(clip, width, height), geometry.frames) for clip in decoded]
 
         per_clip = {name: seconds / len(specs) for name, seconds in timings.items()}
         outputs = []
@@ -413,6 +277,61 @@ class AVGenerator:
                 )
             )
         return outputs
+
+    def _text(self, prompts: list[str], negative_prompts: list[str | None] | None = None
+              ) -> tuple[torch.Tensor, list[int], torch.Tensor | None, list[int] | None]:
+        """(embeddings, lengths, negative-prompt embeddings and lengths under CFG) on this rank's device:
+        rank 0 encodes (cached), the other ranks of a TP group receive them. A clip's own negative
+        prompt replaces the preset's; the preset's is encoded once per replica."""
+        encoded = None
+        if self.text_encoder is not None:
+            text, lens = self.text_encoder.encode_batch(prompts)
+            null = None
+            if self.preset.uses_cfg:
+                nulls = [self.text_encoder.encode(n) if n else self.text_encoder.null_embedding()
+                         for n in (negative_prompts or [None] * len(prompts))]
+                null = (torch.stack([n.embedding for n in nulls]).cpu(), [n.length for n in nulls])
+            encoded = (text.cpu(), lens.tolist(), null)
+        if self.tp is not None:
+            encoded = broadcast_from_rank0(encoded, self.tp)
+        text, lens, null = encoded
+        if null is None:
+            return text.to(self.device), lens, None, None
+        return text.to(self.device), lens, null[0].to(self.device), null[1]
+
+    def _decode(self, video: torch.Tensor, audio: torch.Tensor,
+                geometry: ClipGeometry) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """(uint8 frames, waveforms) on rank 0, (None, None) on the others: every rank decodes its
+        share of the video (parallel.split_decode); one rank decodes the audio first."""
+        rate, tp = self.config.sample_rate, self.tp
+        waveforms = None
+        if tp is None or tp.rank == audio_rank(tp):
+            waveforms = self.audio_vae.decode(audio, rate)[:, : geometry.audio_samples(rate)]
+        frames = split_decode(self.video_decoder, video, tp)
+        if tp is not None and tp.world_size > 1 and audio_rank(tp) != 0:
+            gathered = gather_to_rank0(waveforms, tp)
+            waveforms = None if gathered is None else gathered[audio_rank(tp)]
+        return frames, waveforms
+
+    def prepare_text(self, specs: list[ClipSpec]) -> None:
+        """Encode a coming batch's prompts into the cache (on the rank holding the encoder), called
+        while the replica still denoises the batch before, so that batch's text phase hits the cache."""
+        if self.text_encoder is None:
+            return
+        for spec in specs:
+            self.text_encoder.encode(spec.prompt)
+        if self.preset.uses_cfg:
+            self.text_encoder.null_embedding()
+
+    def weight_bytes(self) -> dict[str, int]:
+        """Bytes of the weights this rank holds, per component (model/memory.py predicts them)."""
+        modules = {"dit": self.dit, **{SR_COMPONENT[r]: m for r, m in self._sr_dits.items()},
+                   "video_vae": self.video_vae.vae, "audio_vae": self.audio_vae.vae}
+        if self.text_encoder is not None:
+            modules["text_encoder"] = self.text_encoder.model
+        if isinstance(self.video_decoder, TurboVAED):
+            modules["turbo_vae"] = self.video_decoder
+        return {name: module_bytes(module) for name, module in modules.items()}
 
     def _initial_noise(
         self, generators: list[torch.Generator], geometry: ClipGeometry, latent_h: int, latent_w: int

@@ -37,11 +37,13 @@ Range = tuple[int, int]  # [start, stop) along one dim of a full tensor
 
 @dataclass(frozen=True)
 class TPGroup:
-    """Where this process sits in its tensor-parallel group. `group` None is the default process group."""
+    """Where this process sits in its tensor-parallel group. `group` None is the default process group;
+    `cpu_group` carries Python objects (embeddings, decoded pieces) and is `group` when None (gloo)."""
 
     rank: int = 0
     world_size: int = 1
     group: Any = None
+    cpu_group: Any = None
 
     def __post_init__(self) -> None:
         if not 0 <= self.rank < self.world_size:
@@ -204,8 +206,53 @@ def sliced_weights(model: MagiHumanDiT) -> dict[str, ColumnParallelLinear | RowP
 
 def init_process_group(tp_size: int, rank: int, init_method: str, backend: str | None = None,
                        timeout_s: float = 600.0) -> TPGroup:
-    """Join the default process group (NCCL when CUDA is usable, else gloo) and return this rank's TPGroup."""
+    """Join the default process group (NCCL when CUDA is usable, else gloo) and return this rank's TPGroup.
+    Under NCCL a gloo group of the same ranks carries the CPU-side objects."""
     backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
     dist.init_process_group(backend, init_method=init_method, rank=rank, world_size=tp_size,
                             timeout=timedelta(seconds=timeout_s))
-    return TPGroup(rank=rank, world_size=tp_size)
+    cpu_group = dist.new_group(backend="gloo", timeout=timedelta(seconds=timeout_s)) if backend == "nccl" else None
+    return TPGroup(rank=rank, world_size=tp_size, cpu_group=cpu_group)
+
+
+# --------------------------------------------------------------------------------------------
+# The replica's other work: what rank 0 computes alone, and the decode split across ranks
+# --------------------------------------------------------------------------------------------
+
+# The rank that decodes the clip's audio while the others decode video; rank 0 gathers and assembles.
+def audio_rank(tp: TPGroup) -> int:
+    return tp.world_size - 1
+
+
+def broadcast_from_rank0(value: Any, tp: TPGroup) -> Any:
+    """Rank 0's `value` on every rank (tensors inside must be on the CPU); others pass None."""
+    if tp.world_size == 1:
+        return value
+    box = [value if tp.rank == 0 else None]
+    dist.broadcast_object_list(box, group=tp.cpu_group or tp.group, group_src=0)
+    return box[0]
+
+
+def gather_to_rank0(value: Any, tp: TPGroup) -> list[Any] | None:
+    """Every rank's `value` (CPU tensors inside), in rank order, on rank 0; None on the others."""
+    if tp.world_size == 1:
+        return [value]
+    out = [None] * tp.world_size if tp.rank == 0 else None
+    dist.gather_object(value, out, group=tp.cpu_group or tp.group, group_dst=0)
+    return out
+
+
+def split_decode(decoder: Any, latents: torch.Tensor, tp: TPGroup | None) -> torch.Tensor | None:
+    """`decoder.decode(latents)` computed by all ranks of `tp`: the decoder's independent work items
+    (TurboVAED: a clip's temporal windows; the Wan2.2 VAE: its spatial tiles, or whole clips below
+    the tiling size) are cut into contiguous runs, one per rank, and rank 0 assembles the gathered
+    pieces into what one rank would have decoded. Rank 0 gets the frames, the others None."""
+    if tp is None or tp.world_size == 1:
+        return decoder.decode(latents)
+    items = decoder.work_items(latents)
+    start, stop = even_range(len(items), tp.world_size, tp.rank)
+    mine = dict(zip(items[start:stop], decoder.decode_items(latents, items[start:stop])))
+    gathered = gather_to_rank0(mine, tp)
+    if gathered is None:
+        return None
+    return decoder.assemble(latents, {item: piece for part in gathered for item, piece in part.items()})

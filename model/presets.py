@@ -32,7 +32,7 @@ from model.magihuman.config import TINY_TEXT_CHANNELS, ArchConfig
 from model.magihuman.sizes import BASE_SIZES, SR_SIZES
 from schemas.formats import GENERATION_SIZES
 from model.magihuman.text_encoder import TinyT5GemmaConfig
-from model.magihuman.turbo_vae import TurboVAEDConfig
+from model.magihuman.turbo_vae import WAN22_LATENTS_MEAN, WAN22_LATENTS_STD, TurboVAEDConfig
 from model.magihuman.video_vae import TINY_LATENTS_MEAN, TINY_LATENTS_STD, TinyWanVAEConfig
 
 ModelName = Literal["tiny", "magihuman-distill", "magihuman-base"]
@@ -72,6 +72,22 @@ RELEASED_FOLDERS: dict[str, str] = {
     "audio_vae": "stable-audio-open-1.0",
     "turbo_vae": "turbo_vae",
 }
+
+
+# The released components' shapes, for building them without their weights (model/memory.py's
+# accounting on the meta device, bench/gpu_check.py's random-weight stack); loading reads the
+# folders' own configs. The encoder of google/t5gemma-9b-9b-ul2 has Gemma 2 9B's shape:
+T5GEMMA_9B = TinyT5GemmaConfig(
+    hidden_size=3584, intermediate_size=14336, num_hidden_layers=42, num_attention_heads=16, num_key_value_heads=8, head_dim=256
+)
+T5GEMMA_VOCAB = 256000
+OOBLECK_RELEASED = TinyOobleckConfig(encoder_hidden_size=128, decoder_channels=128, channel_multiples=(1, 2, 4, 8, 16))
+# Wan-AI/Wan2.2-TI2V-5B-Diffusers vae/config.json
+WAN22_VAE = dict(
+    base_dim=160, decoder_base_dim=256, z_dim=48, dim_mult=[1, 2, 4, 4], num_res_blocks=2, temperal_downsample=[False, True, True],
+    is_residual=True, in_channels=12, out_channels=12, patch_size=2, scale_factor_temporal=4, scale_factor_spatial=16,
+    latents_mean=list(WAN22_LATENTS_MEAN), latents_std=list(WAN22_LATENTS_STD),
+)
 
 
 @dataclass(frozen=True)

@@ -113,12 +113,20 @@ class RankWorker:
                                 collective_timeout_s)
         self.runner = model.build(tp, device)
         report = getattr(self.runner, "load_report", None)
+        weight_bytes = getattr(self.runner, "weight_bytes", None)
         return {
             "rank": self.rank,
             "node_id": ray.get_runtime_context().get_node_id(),
             "device": str(device),
             "bytes_read": getattr(report, "bytes_read", None),
+            "weight_bytes": weight_bytes() if weight_bytes else None,
         }
+
+    def prepare_text(self, requests: list) -> None:
+        """Rank 0's runner encodes a coming call's prompts while a call may still run (a second actor thread)."""
+        prepare = getattr(self.runner, "prepare_text", None)
+        if prepare is not None:
+            prepare(requests)
 
     def generate(self, requests: list) -> list | None:
         results = self.runner.generate(requests)
@@ -187,6 +195,7 @@ class TPReplica(Generic[Request, Result]):
             actor_cls.options(
                 **cfg.shape.rank_actor_options(),
                 max_restarts=0,  # a dead rank means a dead group: the handle rebuilds all of it
+                max_concurrency=2,  # prepare_text beside a running generate
                 scheduling_strategy=PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=offset + i),
             ).remote(i, tp_size)
             for i in range(tp_size)
@@ -199,7 +208,9 @@ class TPReplica(Generic[Request, Result]):
         except (RayActorError, RayTaskError, GetTimeoutError) as err:
             self._kill_ranks()
             raise ReplicaError(f"TP group of {tp_size} ranks failed to start: {_reason(err)}") from err
-        log.info("replica up: %d ranks on node %s", tp_size, self.rank_info[0]["node_id"][:12])
+        weights = [sum((info.get("weight_bytes") or {}).values()) / 1e9 for info in self.rank_info]
+        log.info("replica up: %d ranks on node %s, weights per rank %s GB", tp_size, self.rank_info[0]["node_id"][:12],
+                 ", ".join(f"{w:.2f}" for w in weights))
 
     def _kill_ranks(self) -> None:
         for actor in self.ranks:
@@ -260,6 +271,15 @@ class TPReplica(Generic[Request, Result]):
                 raise errors[0].as_instanceof_cause()
             raise _RankFailure(f"{len(errors)} of {len(refs)} ranks raised: {_reason(errors[0])}")
         return results[0]
+
+    def prepare_text(self, requests: Sequence[Request]) -> None:
+        """Have rank 0 encode the prompts of a coming call now, outside the call lock, so they overlap
+        the call in flight; a rank failure here is left to the call itself to find."""
+        if self.ranks:
+            try:
+                ray.get(self.ranks[0].prepare_text.remote(list(requests)), timeout=self.config.call_timeout_s)
+            except (RayActorError, RayTaskError, GetTimeoutError) as err:
+                log.warning("text prefetch failed (the call will encode): %s", _reason(err))
 
     def node_ids(self) -> list[str]:
         return [info["node_id"] for info in self.rank_info]

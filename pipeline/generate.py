@@ -124,6 +124,17 @@ class GenerateClips:
         self.max_batch = max_batch
         self.config = config
 
+    def prepare_text(self, requests: Sequence[RenderRequest]) -> None:
+        """Encode the prompts of a coming call while the replica may still be busy with another
+        (RenderClips calls it before taking the model); a replica without it encodes in the call."""
+        prepare = getattr(self.generator, "prepare_text", None)
+        if prepare is None:
+            return
+        try:
+            prepare([clip_spec(r) for r in requests])
+        except Exception as exc:  # noqa: BLE001 - the call itself meets the fault and makes it a failure row
+            logger.warning("text prefetch of %d requests failed: %s", len(requests), describe_error(exc))
+
     def __call__(self, requests: Sequence[RenderRequest]) -> list[GeneratedClip | FailedRender]:
         results: dict[str, GeneratedClip | FailedRender] = {}
         for chunk in shape_batches(requests, self.max_batch):

@@ -231,7 +231,7 @@ def read_uri_bytes(uri: str, s3_endpoint: str | None = None, what: str = "file")
     name ``what`` (the field) and the fix."""
     scheme, sep, rest = uri.partition("://")
     if sep and scheme == "s3":
-        from model.generator import read_s3_object  # imported here: it brings in the model stack
+        from model.reference_image import read_s3_object  # imported here: it brings in boto3
 
         return read_s3_object(uri, s3_endpoint, what)
     if sep and scheme != "file":

@@ -44,6 +44,9 @@ class RenderClips:
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         requests = [RenderRequest.model_validate(row) for row in batch.to_pylist()]
+        # Before the lock: the text encoder (rank 0's, on the CPU or the GPU) encodes this call's
+        # prompts while the other call still denoises.
+        self.generate.prepare_text(requests)
         with self.model_lock:
             results = self.generate(requests)
         rows = []

@@ -90,7 +90,7 @@ def _parse_manifest(dam: DAM, data: bytes | None) -> dict[str, ManifestRow]:
 def rows_from_records(dam: DAM) -> dict[str, ManifestRow]:
     """A manifest row for every completion record in the DAM that carries its request."""
     rows, unusable = {}, 0
-    for key in dam.list_keys(COMPLETION_SUFFIX):
+    for key in dam.list_keys(suffix=COMPLETION_SUFFIX):
         try:
             record = CompletionRecord.model_validate_json(dam.get_bytes(key) or b"")
         except ValidationError:

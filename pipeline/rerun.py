@@ -75,7 +75,7 @@ def retag(dam: DAM, record: CompletionRecord, request: RenderRequest,
     updated = record.model_copy(update={"review": review, "review_status": review.review_status})
     tags = {"review_status": review.review_status, "model": record.model_id, "seed": str(record.seed)}
     for obj in record.objects.values():
-        dam.set_tags(obj.key, tags)
+        dam.put_tags(obj.key, tags)
     prefix = record.objects[next(iter(record.objects))].key.rsplit("/", 1)[0]
     dam.put_bytes(completion_key(prefix, record.render_id),
                   json.dumps(updated.model_dump(mode="json"), indent=2, sort_keys=True).encode(), tags=tags)

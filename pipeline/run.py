@@ -27,6 +27,7 @@ from pydantic import Field, field_validator
 from ray.data.expressions import col
 
 from model.generator import AVGenerator, GeneratorConfig
+from model.memory import check_replica_fits
 from model.presets import get_preset
 from model.placement import ReplicaShape
 from model.replica import make_replica
@@ -231,11 +232,18 @@ def _generator_config(config: CampaignConfig, todo: list[RenderRequest]) -> Gene
     try:
         generator_config = GeneratorConfig(
             model=config.model, checkpoint_dir=config.checkpoint_dir, device=device, decoder=config.decoder,
-            s3_endpoint=config.s3_endpoint, sr_resolutions=tuple(sorted({r.resolution for r in todo} - {"256p"})))
+            s3_endpoint=config.s3_endpoint, text_encoder_device=config.text_encoder_device,
+            sr_resolutions=tuple(sorted({r.resolution for r in todo} - {"256p"})))
         if get_preset(config.model).tiny is None:
             generator_config.released_paths()
     except (ValueError, FileNotFoundError) as exc:
         raise RunSetupError(f"--model {config.model}: {exc}") from None
+    if device.startswith("cuda") and torch.cuda.is_available():  # the GPUs' size is known here: check the fit
+        try:
+            check_replica_fits(generator_config, config.tp_size, torch.cuda.get_device_properties(0).total_memory,
+                               sorted({r.resolution for r in todo}), sorted({r.duration_s for r in todo})[-1:])
+        except ValueError as exc:
+            raise RunSetupError(str(exc)) from None
     if device.startswith("cuda"):
         gpus = ray.cluster_resources().get("GPU", 0)
         if gpus < config.tp_size:

@@ -31,6 +31,8 @@ class RenderSettings(BaseModel):
     decoder: Literal["auto", "turbo", "full"] = Field(
         "auto", description="video decoder: TurboVAED (turbo_vae/), the full Wan2.2 VAE, or auto (turbo when present)")
     tp_size: int = Field(1, ge=1, description="tensor-parallel ranks per model replica")
+    text_encoder_device: Literal["cpu", "cuda"] | None = Field(
+        None, description="where each replica's one text encoder runs (GeneratorConfig.text_encoder_device); default: device")
     replicas: int = Field(1, ge=1, description="model replicas")
     profile: str = Field("web", description="loudness profile of the deliverables: web | broadcast")
     thresholds: ReviewThresholds = ReviewThresholds()

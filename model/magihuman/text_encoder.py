@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -114,6 +115,8 @@ class TextEncoder:
         self.forward_calls = 0
         self._cache: OrderedDict[str, TextEmbedding] = OrderedDict()
         self._null: TextEmbedding | None = None
+        # The next batch's prompts may be encoded (GeneratorConfig.text_encoder_device) while this one's are read.
+        self._lock = threading.RLock()
 
     @property
     def hidden_size(self) -> int:
@@ -169,6 +172,10 @@ class TextEncoder:
         return TextEmbedding(padded, length)
 
     def encode(self, prompt: str) -> TextEmbedding:
+        with self._lock:
+            return self._encode_cached(prompt)
+
+    def _encode_cached(self, prompt: str) -> TextEmbedding:
         cached = self._cache.get(prompt)
         if cached is not None:
             self.hits += 1
@@ -190,9 +197,10 @@ class TextEncoder:
 
     def null_embedding(self) -> TextEmbedding:
         """The negative-prompt embedding used for CFG; computed on first use, once per replica."""
-        if self._null is None:
-            self._null = self._encode(self.negative_prompt)
-        return self._null
+        with self._lock:
+            if self._null is None:
+                self._null = self._encode(self.negative_prompt)
+            return self._null
 
     def cache_info(self) -> dict[str, int]:
         return {"hits": self.hits, "misses": self.misses, "size": len(self._cache), "max_size": self.cache_size}

@@ -387,31 +387,62 @@ class TurboVAED(nn.Module):
     def device(self) -> torch.device:
         return self.decoder.conv_out.conv.weight.device
 
-    @torch.inference_mode()
-    def decode_pixels(self, z: torch.Tensor) -> torch.Tensor:
-        """One sample's normalized latent [1, C, T, h, w] -> pixels [1, 3, 4(T-1)+1, 16h, 16w] in the
-        decoder's dtype, on its device, window by window."""
+    def _prepared(self, sample: torch.Tensor) -> tuple[torch.Tensor, int, list[tuple[int, int]]]:
+        """Normalized [1, C, T, h, w] -> (padded latent in the decoder's dtype and device, padding, windows)."""
         cfg = self.config
-        z = z.to(self.device).float() * self.latents_std.to(self.device) + self.latents_mean.to(self.device)
+        z = sample.to(self.device).float() * self.latents_std.to(self.device) + self.latents_mean.to(self.device)
         z = z.to(self.dtype)
         padding, windows = window_plan(z.shape[2], cfg.first_chunk_size, cfg.step_size)
         if padding:
             z = torch.cat([z, z[:, :, -1:].expand(-1, -1, padding, -1, -1)], dim=2)
-        context = cfg.temporal_compression_ratio  # pixels of one latent frame of context
-        pieces = []
-        for i, (start, stop) in enumerate(windows):
-            out = self.decoder(z[:, :, start:stop], is_first_chunk=i == 0)
-            left = 0 if i == 0 else context
-            right = out.shape[2] - (0 if i == len(windows) - 1 else context)
-            pieces.append(out[:, :, left:right])
-        video = torch.cat(pieces, dim=2)
-        return video[:, :, : video.shape[2] - padding * cfg.temporal_compression_ratio]
+        return z, padding, windows
+
+    def _window_pixels(self, z: torch.Tensor, windows: list[tuple[int, int]], i: int, padding: int) -> torch.Tensor:
+        """Window i's own pixels [1, 3, t, H, W]: its context frames dropped, and after the last
+        window the padding frames too."""
+        context = self.config.temporal_compression_ratio  # pixels of one latent frame of context
+        start, stop = windows[i]
+        out = self.decoder(z[:, :, start:stop], is_first_chunk=i == 0)
+        left = 0 if i == 0 else context
+        right = out.shape[2] - (0 if i == len(windows) - 1 else context)
+        if i == len(windows) - 1:
+            right -= padding * self.config.temporal_compression_ratio
+        return out[:, :, left:right]
+
+    @torch.inference_mode()
+    def decode_pixels(self, z: torch.Tensor) -> torch.Tensor:
+        """One sample's normalized latent [1, C, T, h, w] -> pixels [1, 3, 4(T-1)+1, 16h, 16w] in the
+        decoder's dtype, on its device, window by window."""
+        z, padding, windows = self._prepared(z)
+        return torch.cat([self._window_pixels(z, windows, i, padding) for i in range(len(windows))], dim=2)
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Normalized latents [B, 48, T, h, w] -> uint8 frames [B, 4(T-1)+1, 16h, 16w, 3] on the CPU,
         one sample at a time (bounded memory, and a sample's pixels do not depend on its batch)."""
-        clips = []
-        for sample in latents.split(1):
-            video = self.decode_pixels(sample)
-            clips.append(((video.float() + 1.0) * 127.5).round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 4, 1).cpu())
-        return torch.cat(clips)
+        return torch.cat([pixels_to_frames(self.decode_pixels(sample)) for sample in latents.split(1)])
+
+    def work_items(self, latents: torch.Tensor) -> list[tuple[int, int]]:
+        """(sample, window) pairs, each decoded from its own latent slice alone (parallel.split_decode)."""
+        _, windows = window_plan(latents.shape[2], self.config.first_chunk_size, self.config.step_size)
+        return [(b, i) for b in range(latents.shape[0]) for i in range(len(windows))]
+
+    @torch.inference_mode()
+    def decode_items(self, latents: torch.Tensor, items: list[tuple[int, int]]) -> list[torch.Tensor]:
+        """uint8 frames [1, t, H, W, 3] (CPU) of each (sample, window) item."""
+        prepared: dict[int, tuple] = {}  # one sample's latent at a time
+        pieces = []
+        for b, i in items:
+            prepared = prepared if b in prepared else {b: self._prepared(latents[b : b + 1])}
+            z, padding, windows = prepared[b]
+            pieces.append(pixels_to_frames(self._window_pixels(z, windows, i, padding)))
+        return pieces
+
+    def assemble(self, latents: torch.Tensor, pieces: dict[tuple[int, int], torch.Tensor]) -> torch.Tensor:
+        """The pieces in (sample, window) order: what `decode(latents)` returns."""
+        frames = torch.cat([piece for _, piece in sorted(pieces.items())], dim=1)
+        return frames.view(latents.shape[0], -1, *frames.shape[2:])
+
+
+def pixels_to_frames(video: torch.Tensor) -> torch.Tensor:
+    """Pixels [B, 3, T, H, W] in [-1, 1] -> uint8 frames [B, T, H, W, 3] on the CPU (both decoders)."""
+    return ((video.float() + 1.0) * 127.5).round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 4, 1).cpu()

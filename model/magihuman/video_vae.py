@@ -26,6 +26,7 @@ from diffusers import AutoencoderKLWan
 from PIL import Image
 
 from .sizes import VAE_STRIDE, VIDEO_LATENT_CHANNELS
+from .turbo_vae import pixels_to_frames
 
 
 @dataclass(frozen=True)
@@ -298,6 +299,76 @@ class VideoVAE:
             self.vae.enable_tiling()
         else:
             self.vae.disable_tiling()
-        video = self.vae.decode(self.denormalize(latents).to(self.dtype)).sample  # [B,3,T,H,W] in [-1,1]
-        video = ((video.float() + 1.0) * 127.5).round_().clamp_(0, 255).to(torch.uint8)
-        return video.permute(0, 2, 3, 4, 1).cpu()
+        return pixels_to_frames(self.vae.decode(self.denormalize(latents).to(self.dtype)).sample)
+
+    # The decode as independent work items (model/parallel.py split_decode runs them on all ranks):
+    # at sizes `decode` tiles, diffusers' own spatial tiles (blended on assembly as diffusers blends
+    # them, so the result is the one-rank decode); below, whole samples.
+
+    def _tiling(self, latents: torch.Tensor) -> tuple[int, int, int, int] | None:
+        """(tile rows, tile cols, row stride, col stride) in latent pixels when `decode` tiles, else None."""
+        vae, ratio = self.vae, self.vae.spatial_compression_ratio
+        h, w = latents.shape[-2:]
+        rows, cols = vae.tile_sample_min_height // ratio, vae.tile_sample_min_width // ratio
+        if h * w * ratio * ratio <= self.tile_above_pixels or (h <= rows and w <= cols):
+            return None
+        return rows, cols, vae.tile_sample_stride_height // ratio, vae.tile_sample_stride_width // ratio
+
+    def work_items(self, latents: torch.Tensor) -> list[tuple[int, int, int]]:
+        """(sample, tile row start, tile col start); (sample, -1, -1) decodes the whole sample."""
+        tiling = self._tiling(latents)
+        if tiling is None:
+            return [(b, -1, -1) for b in range(latents.shape[0])]
+        h, w = latents.shape[-2:]
+        return [(b, i, j) for b in range(latents.shape[0]) for i in range(0, h, tiling[2]) for j in range(0, w, tiling[3])]
+
+    @torch.inference_mode()
+    def decode_items(self, latents: torch.Tensor, items: list[tuple[int, int, int]]) -> list[torch.Tensor]:
+        """Per item: a whole sample's uint8 frames, or a tile's raw decoder output (CPU), as diffusers' tiled_decode makes it."""
+        vae, tiling, pieces = self.vae, self._tiling(latents), []
+        for b, i, j in items:
+            z = self.denormalize(latents[b : b + 1].to(self.device)).to(self.dtype)
+            if tiling is None:
+                vae.disable_tiling()
+                pieces.append(pixels_to_frames(vae.decode(z).sample))
+                continue
+            vae.clear_cache()
+            frames = []
+            for k in range(z.shape[2]):
+                vae._conv_idx = [0]
+                tile = vae.post_quant_conv(z[:, :, k : k + 1, i : i + tiling[0], j : j + tiling[1]])
+                frames.append(vae.decoder(tile, feat_cache=vae._feat_map, feat_idx=vae._conv_idx, first_chunk=k == 0))
+            vae.clear_cache()
+            pieces.append(torch.cat(frames, dim=2).cpu())
+        return pieces
+
+    def assemble(self, latents: torch.Tensor, pieces: dict[tuple[int, int, int], torch.Tensor]) -> torch.Tensor:
+        """What `decode(latents)` returns, from every item's piece (tiles blended as diffusers blends them)."""
+        tiling = self._tiling(latents)
+        if tiling is None:
+            return torch.cat([pieces[(b, -1, -1)] for b in range(latents.shape[0])])
+        from diffusers.models.autoencoders.autoencoder_kl_wan import unpatchify
+
+        vae, patch = self.vae, self.vae.config.patch_size or 1
+        h, w = latents.shape[-2:]
+        out_h, out_w = h * vae.spatial_compression_ratio // patch, w * vae.spatial_compression_ratio // patch
+        stride_h, stride_w = vae.tile_sample_stride_height // patch, vae.tile_sample_stride_width // patch
+        blend_h, blend_w = vae.tile_sample_min_height // patch - stride_h, vae.tile_sample_min_width // patch - stride_w
+        clips = []
+        for b in range(latents.shape[0]):
+            rows = [[pieces[(b, i, j)].to(self.device) for j in range(0, w, tiling[3])] for i in range(0, h, tiling[2])]
+            result_rows = []
+            for i, row in enumerate(rows):
+                result_row = []
+                for j, tile in enumerate(row):
+                    if i > 0:
+                        tile = vae.blend_v(rows[i - 1][j], tile, blend_h)
+                    if j > 0:
+                        tile = vae.blend_h(row[j - 1], tile, blend_w)
+                    result_row.append(tile[:, :, :, :stride_h, :stride_w])
+                result_rows.append(torch.cat(result_row, dim=-1))
+            video = torch.cat(result_rows, dim=3)[:, :, :, :out_h, :out_w]
+            video = unpatchify(video, patch_size=patch) if vae.config.patch_size is not None else video
+            clips.append(pixels_to_frames(video.clamp(-1.0, 1.0)))
+        return torch.cat(clips)
+

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, Mapping
+from typing import Callable, Mapping
 
 
 class DAMError(RuntimeError):
@@ -77,20 +77,13 @@ class DAM(ABC):
         PUT on the ETag; a directory: an O_EXCL lock file)."""
 
     @abstractmethod
-    def list_keys(self, suffix: str = "") -> Iterator[str]:
-        """Every key in the DAM ending with ``suffix``."""
-
-    @abstractmethod
-    def set_tags(self, key: str, tags: Mapping[str, str]) -> None:
-        """Replace an existing object's tags (a directory keeps none: a no-op there)."""
-
-    @abstractmethod
     def delete(self, key: str) -> None:
         """Remove the object under ``key`` (no error when there is none)."""
 
     @abstractmethod
-    def list_keys(self, prefix: str) -> list[str]:
-        """The keys of the objects under the folder ``prefix`` (no trailing '/'), sorted."""
+    def list_keys(self, prefix: str = "", suffix: str = "") -> list[str]:
+        """The keys of the objects under the folder ``prefix`` (no trailing '/'; "" is the whole
+        DAM) that end with ``suffix``, sorted; a directory's hidden files (".name") are not objects."""
 
     @abstractmethod
     def get_tags(self, key: str) -> dict[str, str] | None:

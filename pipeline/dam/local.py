@@ -9,7 +9,7 @@ import socket
 import time
 import uuid
 from pathlib import Path
-from typing import BinaryIO, Callable, Iterator
+from typing import BinaryIO, Callable
 
 from pipeline.dam.base import DAM, DAMError, StoredObject
 from pipeline.dam.keys import check_key, file_sha256
@@ -101,26 +101,18 @@ class LocalDAM(DAM):
     def _lock(self, key: str) -> "_LockFile":
         return _LockFile(self._path(key).with_name(f".{self._path(key).name}.lock"), self.uri)
 
-    def list_keys(self, suffix: str = "") -> Iterator[str]:
-        for path in sorted(self.root.rglob(f"*{suffix}")):
-            if path.is_file() and not path.name.startswith("."):
-                yield path.relative_to(self.root).as_posix()
-
-    def set_tags(self, key, tags) -> None:
-        pass  # the review tags live in the completion record, which retag rewrites
-
     def delete(self, key: str) -> None:
         try:
             self._path(key).unlink(missing_ok=True)
         except OSError as exc:
             raise DAMError(f"DAM {self.uri}: cannot delete {key}: {exc}; check that the directory is writable") from exc
 
-    def list_keys(self, prefix: str) -> list[str]:
-        folder = self._path(prefix)
+    def list_keys(self, prefix: str = "", suffix: str = "") -> list[str]:
+        folder = self._path(prefix) if prefix else self.root
         if not folder.is_dir():
             return []
-        return sorted(path.relative_to(self.root).as_posix() for path in folder.rglob("*")
-                      if path.is_file() and not any(part.startswith(".") for part in path.relative_to(folder).parts))
+        return sorted(path.relative_to(self.root).as_posix() for path in folder.rglob(f"*{suffix}")
+                      if path.is_file() and not any(part.startswith(".") for part in path.relative_to(self.root).parts))
 
     def _tags_path(self, key: str) -> Path:
         return self.root / ".tags" / f"{check_key(key)}.json"

@@ -304,26 +304,6 @@ class S3DAM(DAM):
         raise DAMError(f"{self._where()}: {full_key} kept changing under {attempts} conditional writes; "
                        "too many jobs write this DAM prefix at once: run fewer, or give them their own prefixes")
 
-    def list_keys(self, suffix: str = ""):
-        prefix = f"{self.prefix}/" if self.prefix else ""
-        try:
-            for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix):
-                for obj in page.get("Contents", []):
-                    if obj["Key"].endswith(suffix):
-                        yield obj["Key"].removeprefix(prefix)
-        except Exception as exc:
-            raise self._error(f"list {prefix or 'the bucket'}", exc) from exc
-
-    def set_tags(self, key, tags) -> None:
-        full_key = self._full_key(key)
-        tag_set = urlencode({str(k): str(v) for k, v in tags.items()})
-        self._extra_args("", None, tags, "")  # the same checks as on upload
-        try:
-            self.client.put_object_tagging(Bucket=self.bucket, Key=full_key, Tagging={"TagSet": [
-                {"Key": str(k), "Value": str(v)} for k, v in tags.items()]})
-        except Exception as exc:
-            raise self._error(f"tag {full_key} ({tag_set})", exc) from exc
-
     def delete(self, key: str) -> None:
         full_key = self._full_key(key)
         try:
@@ -331,14 +311,15 @@ class S3DAM(DAM):
         except Exception as exc:
             raise self._error(f"delete {full_key}", exc) from exc
 
-    def list_keys(self, prefix: str) -> list[str]:
-        folder = self._full_key(prefix) + "/"
-        start = len(self.prefix) + 1 if self.prefix else 0
+    def list_keys(self, prefix: str = "", suffix: str = "") -> list[str]:
+        root = f"{self.prefix}/" if self.prefix else ""
+        folder = f"{self._full_key(prefix)}/" if prefix else root
         try:
             pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=folder)
-            return sorted(obj["Key"][start:] for page in pages for obj in page.get("Contents", []))
+            return sorted(obj["Key"][len(root):] for page in pages for obj in page.get("Contents", [])
+                          if obj["Key"].endswith(suffix))
         except Exception as exc:
-            raise self._error(f"list {folder}", exc) from exc
+            raise self._error(f"list {folder or 'the bucket'}", exc) from exc
 
     def get_tags(self, key: str) -> dict[str, str] | None:
         full_key = self._full_key(key)

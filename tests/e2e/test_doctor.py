@@ -118,3 +118,26 @@ def test_a_read_only_dam_prefix_fails_its_row(tmp_path):
     assert proc.returncode == 1
     status, found = rows(proc.stdout)["DAM"]
     assert status == "FAIL" and "cannot write" in found and "writable" in found
+
+
+def test_memory_table_of_the_full_size_model_at_tp4_needs_no_weights(tmp_path):
+    """From the architecture alone: one `rank N  weights X.X GB` line per rank; rank 0 carries the
+    text encoder (the T5Gemma 9B encoder, about 18.5 GB in bf16) and the DiT slices are a quarter of
+    the 15B DiTs; --text-encoder-device cpu moves the encoder off rank 0's GPU."""
+    import re
+
+    out = doctor("--model", "magihuman-distill", "--tp", "4", "--dam", str(tmp_path / "dam"), cwd=tmp_path).stdout
+    weights = {int(m[1]): float(m[2]) for m in re.finditer(r"^rank (\d+)  weights (\d+\.\d) GB", out, re.M)}
+    assert sorted(weights) == [0, 1, 2, 3]
+    assert weights[1] == weights[2] == weights[3]
+    assert 18.0 < weights[0] - weights[1] < 19.0
+    dit = float(re.search(r"^rank 1  weights .*\(dit (\d+\.\d+)", out, re.M)[1])
+    assert 7.0 < dit < 8.5  # about 15.4e9 parameters in bf16, a quarter per rank
+    assert re.search(r"^1080p\s+15 s .* 80 141$", out, re.M)
+    assert rows(out)["memory"][0] == "ok"
+
+    cpu = doctor("--model", "magihuman-distill", "--tp", "4", "--text-encoder-device", "cpu", "--dam",
+                 str(tmp_path / "dam"), cwd=tmp_path).stdout
+    on_host = {int(m[1]): float(m[2]) for m in re.finditer(r"^rank (\d+)  weights (\d+\.\d) GB", cpu, re.M)}
+    assert on_host[0] == on_host[1] == weights[1]
+    assert "on the host: text_encoder" in cpu

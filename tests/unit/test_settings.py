@@ -22,7 +22,7 @@ def test_both_jobs_validate_the_shared_settings_alike(config, field, value):
 def test_the_shared_settings_have_one_name_each():
     shared = set(RenderSettings.model_fields)
     assert {"tp_size", "replicas", "dam", "s3_endpoint", "model", "checkpoint_dir", "device", "profile",
-            "thresholds", "decoder"} == shared
+            "thresholds", "decoder", "text_encoder_device"} == shared
     assert shared <= set(CampaignConfig.model_fields) and shared <= set(ServeConfig.model_fields)
     with pytest.raises(ValidationError, match="tp"):
         ServeConfig(tp=2)  # the old name is an unknown field now
