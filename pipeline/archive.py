@@ -272,12 +272,14 @@ class ArchiveRenders:
     """
 
     def __init__(self, dam: DAM, made_with: ModelFingerprint | None = None, profile: ChannelProfile | None = None,
-                 spool_dir: Path | None = None):
+                 spool_dir: Path | None = None, hold: bool = False):
         # With made_with and profile, each completion record carries the render's delivery fingerprint.
+        # hold (--deliver best): renders only wait in the spool (column held); the job archives the best take.
         self.dam = dam
         self.made_with = made_with
         self.profile = profile
         self.spool_dir = spool_dir
+        self.hold = hold and spool_dir is not None
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         rows = batch.to_pylist()
@@ -286,45 +288,60 @@ class ArchiveRenders:
             row["assets_bytes"] = sum(len(data) for data in assets.values())
             row["archive_json"] = None
             row["archive_s"] = None
+            row["held"] = False
             if not assets:
                 continue
             started = time.perf_counter()
             try:
-                row["archive_json"] = self._archive(row, assets).model_dump_json()
+                if self.hold:
+                    self._spool(self.spool_dir / row["render_id"], row, assets)
+                    row["held"] = True
+                else:
+                    row["archive_json"] = self._archive(row, assets).model_dump_json()
             except Exception as exc:  # noqa: BLE001 - one render that cannot be archived is one failure row
                 kept = f"; its files wait in {self.spool_dir / row['render_id']} for the next run" if self.spool_dir else ""
                 row["error"] = f"archive: {exc}{kept}"
             row["archive_s"] = time.perf_counter() - started
         schema = batch.schema.remove(batch.schema.get_field_index("assets"))
         for name, arrow_type in (("assets_bytes", pa.int64()), ("archive_json", pa.string()),
-                                 ("archive_s", pa.float64())):
+                                 ("archive_s", pa.float64()), ("held", pa.bool_())):
             schema = schema.append(pa.field(name, arrow_type))
         return pa.Table.from_pylist(rows, schema=schema)
 
     def _archive(self, row: dict, assets: dict[str, bytes]) -> ArchiveResult:
-        review = ReviewResult.model_validate_json(row["review_json"])
-        request = RenderRequest.model_validate_json(row["request_json"]) if row.get("request_json") else None
-        fingerprint = (delivery_fingerprint(self.made_with, self.profile, request)
-                       if request is not None and self.made_with is not None and self.profile is not None else None)
         if self.spool_dir is None:
             with tempfile.TemporaryDirectory(prefix="paddock-archive-") as tmp:
-                return self._archive_from(Path(tmp), row, assets, review, request, fingerprint)
+                return self._archive_from(Path(tmp), row, assets)
         folder = self.spool_dir / row["render_id"]
-        folder.mkdir(parents=True, exist_ok=True)
-        result = self._archive_from(folder, row, assets, review, request, fingerprint)
+        result = self._archive_from(folder, row, assets)
         shutil.rmtree(folder, ignore_errors=True)
         return result
 
-    def _archive_from(self, folder: Path, row: dict, assets: dict[str, bytes], review: ReviewResult,
-                      request: RenderRequest | None, fingerprint: DeliveryFingerprint | None) -> ArchiveResult:
+    def _fingerprint(self, request: RenderRequest | None) -> DeliveryFingerprint | None:
+        if request is None or self.made_with is None or self.profile is None:
+            return None
+        return delivery_fingerprint(self.made_with, self.profile, request)
+
+    def _spool(self, folder: Path, row: dict, assets: dict[str, bytes]) -> dict[str, Path]:
+        """The render's files in ``folder``; in the spool, its row last (row.json: it is complete)."""
+        folder.mkdir(parents=True, exist_ok=True)
         files = {}
         for ext, data in assets.items():
             files[ext] = folder / f"{row['render_id']}.{ext}"
             files[ext].write_bytes(data)
         if self.spool_dir is not None:
+            request = RenderRequest.model_validate_json(row["request_json"]) if row.get("request_json") else None
+            fingerprint = self._fingerprint(request)
             spooled = {k: v for k, v in row.items() if k in RENDERED_SCHEMA.names and k != "assets"}
             spooled["fingerprint"] = fingerprint.model_dump(mode="json") if fingerprint else None
             (folder / SPOOL_ROW).write_text(json.dumps(spooled, default=str))
+        return files
+
+    def _archive_from(self, folder: Path, row: dict, assets: dict[str, bytes]) -> ArchiveResult:
+        review = ReviewResult.model_validate_json(row["review_json"])
+        request = RenderRequest.model_validate_json(row["request_json"]) if row.get("request_json") else None
+        fingerprint = self._fingerprint(request)
+        files = self._spool(folder, row, assets)
         render = RenderAssets(
             render_id=row["render_id"], campaign_id=row["campaign_id"], brief_id=row["brief_id"],
             locale=row["locale"], aspect_ratio=row["aspect_ratio"], model_id=row["model_id"],

@@ -102,17 +102,29 @@ def take_group(row: ManifestRow) -> tuple[str, str, str, str, str]:
     return (row.campaign_id, row.brief_id, row.variant_id, row.locale, row.aspect_ratio)
 
 
-def mark_best_takes(rows: list[ManifestRow]) -> list[ManifestRow]:
-    """Every row with ``best_take`` set on exactly one archived row per take group: the highest
-    quality score (a tie goes to the lower take); a group with nothing archived has none."""
+def _best_per_group(rows: list[ManifestRow], statuses: tuple[str, ...]) -> list[ManifestRow]:
+    """The row of each take group with the highest quality score (a tie goes to the lower take),
+    among the rows in ``statuses`` that were reviewed."""
     best: dict[tuple, ManifestRow] = {}
     for row in rows:
-        if row.status in ("done", "skipped") and row.keys and row.review_quality_score is not None:
+        if row.status in statuses and row.review_quality_score is not None:
             current = best.get(take_group(row))
             if current is None or (row.review_quality_score, -row.take) > (current.review_quality_score, -current.take):
                 best[take_group(row)] = row
-    chosen = {row.render_id for row in best.values()}
+    return list(best.values())
+
+
+def mark_best_takes(rows: list[ManifestRow]) -> list[ManifestRow]:
+    """Every row with ``best_take`` set on exactly one archived row per take group (none in a
+    group with nothing archived)."""
+    chosen = {row.render_id for row in _best_per_group([r for r in rows if r.keys], ("done", "skipped"))}
     return [row.model_copy(update={"best_take": row.render_id in chosen}) for row in rows]
+
+
+def best_held_takes(rows: list[ManifestRow]) -> list[str]:
+    """``--deliver best``: the render ids of the held takes (rendered, waiting in the work
+    directory's spool) that beat every other take of their group, archived ones included."""
+    return [row.render_id for row in _best_per_group(rows, ("held", "done", "skipped")) if row.status == "held"]
 
 
 def summary_lines(rows: list[ManifestRow]) -> list[str]:
@@ -167,8 +179,9 @@ def contact_sheet_html(rows: list[ManifestRow], asset_base: str = "") -> str:
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>paddock contact sheet</title>"
              f"<style>{_STYLE}</style></head><body><h1>Contact sheet</h1>"
              f"<p>{esc(' · '.join(line.strip() for line in summary_lines(rows)[:4]))}</p>"]
-    for (_, brief_id, variant_id, locale, aspect_ratio), clips in groups.items():
-        parts.append(f"<h2>{esc(brief_id)} · {esc(variant_id)} · {esc(locale)} · {esc(aspect_ratio)}</h2>"
+    for (_, brief_id, variant_id, locale, aspect_ratio, superseded), clips in groups.items():
+        apart = " (superseded)" if superseded else ""
+        parts.append(f"<h2>{esc(brief_id)} · {esc(variant_id)} · {esc(locale)} · {esc(aspect_ratio)}{apart}</h2>"
                      f"<div class='clips'>")
         for row in clips:
             css = ("superseded" if row.status == "superseded" else row.review_status or row.status) + (

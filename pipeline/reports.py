@@ -8,8 +8,11 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
+import signal
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pyarrow as pa
@@ -58,8 +61,9 @@ def rendered_manifest_row(request: RenderRequest, row: dict) -> ManifestRow:
     """The row of a render this run made, from the archive stage's output row (ArchiveRenders)."""
     review = ReviewResult.model_validate_json(row["review_json"]) if row["review_json"] else None
     archive = ArchiveResult.model_validate_json(row["archive_json"]) if row["archive_json"] else None
+    status = "done" if archive is not None else "held" if row.get("held") else "failed"
     return manifest_row(
-        request, "done" if archive is not None else "failed", error=row["error"], review=review, archive=archive,
+        request, status, error=row["error"], review=review, archive=archive,
         timings={**dict(row["timings_s"] or []), **({"archive": row["archive_s"]} if row["archive_s"] is not None else {})},
         bytes_from_render=row["assets_bytes"]).model_copy(update={"frame_fit": row.get("frame_fit")})
 
@@ -208,3 +212,25 @@ def merge_into_dam_manifest(dam: DAM, rows: list[ManifestRow], *, planned: pa.Ta
     dam.update_bytes(MANIFEST_KEY, update)
     _put_if_changed(dam, CONTACT_SHEET_KEY, contact_sheet_html(merged).encode("utf-8"))
     return merged
+
+
+@contextmanager
+def merge_on_sigterm(merger: ManifestMerger) -> Iterator[None]:
+    """SIGTERM (a Ray Job stopped, a pod evicted) merges the rows so far into the DAM's
+    manifest before the job ends; a merge under way finishes first."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def on_term(signum, frame):
+        if merger.merging:
+            merger.exit_after_merge = signum
+            return
+        merger.merge()
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, on_term)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

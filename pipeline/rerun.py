@@ -20,7 +20,7 @@ import av
 import numpy as np
 import pyarrow as pa
 
-from pipeline.archive import CompletionRecord, find_archived
+from pipeline.archive import REVIEW_STATUS_TAG, REVIEWED_BY_TAG, CompletionRecord, find_archived
 from pipeline.dam import DAM
 from pipeline.dam.keys import completion_key
 from pipeline.errors import describe_error
@@ -57,7 +57,7 @@ def decide_rerun(dam: DAM, request: RenderRequest, fingerprint: DeliveryFingerpr
 
 def review_again(review: ReviewResult, request: RenderRequest, thresholds: ReviewThresholds) -> ReviewResult:
     """The review decided again from the recorded measures, with the request's forbidden terms as they are now."""
-    signals = ReviewSignals(**review.model_dump(exclude={"review_status", "review_reasons"}))
+    signals = ReviewSignals(**review.model_dump(include=set(ReviewSignals.model_fields)))
     found = find_forbidden_terms([line.line for line in request.dialogue], request.forbidden_terms)
     return decide_review(signals.model_copy(update={"forbidden_terms_found": found}),
                          ReviewExpectation.from_request(request), thresholds)
@@ -73,9 +73,12 @@ def retag(dam: DAM, record: CompletionRecord, request: RenderRequest,
     if (review.review_status, review.review_reasons) == (record.review.review_status, record.review.review_reasons):
         return record
     updated = record.model_copy(update={"review": review, "review_status": review.review_status})
-    tags = {"review_status": review.review_status, "model": record.model_id, "seed": str(record.seed)}
+    tags = {REVIEW_STATUS_TAG: review.review_status, "model": record.model_id, "seed": str(record.seed)}
     for obj in record.objects.values():
-        dam.put_tags(obj.key, tags)
+        current = dam.get_tags(obj.key) or {}
+        # A person's decision (tagged with who made it) stays: only the automatic status follows the re-check.
+        kept = {REVIEW_STATUS_TAG: current[REVIEW_STATUS_TAG]} if REVIEWED_BY_TAG in current else {}
+        dam.put_tags(obj.key, {**current, **tags, **kept})
     prefix = record.objects[next(iter(record.objects))].key.rsplit("/", 1)[0]
     dam.put_bytes(completion_key(prefix, record.render_id),
                   json.dumps(updated.model_dump(mode="json"), indent=2, sort_keys=True).encode(), tags=tags)

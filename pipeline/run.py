@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
-import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -17,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -41,12 +39,12 @@ from pipeline.generate import shape_batches
 from pipeline.ingest import REJECTS_SCHEMA, ValidateBriefs, first_row_by_brief_id, read_briefs_table, reason_category
 from pipeline.lineage import (JobType, LineageConfig, LineageRun, briefs_dataset, checkpoint_dataset, dam_dataset,
                               prompt_model_dataset)
-from pipeline.manifest import ManifestRow, mark_best_takes
+from pipeline.manifest import ManifestRow, best_held_takes, mark_best_takes
 from pipeline.media import check_ffmpeg
 from pipeline.mux import CHANNEL_PROFILES
 from pipeline.render import RenderClips
 from pipeline.errors import describe_error
-from pipeline.reports import (ManifestMerger, archived_manifest_row, manifest_row, read_dam_manifest,
+from pipeline.reports import (ManifestMerger, merge_on_sigterm, archived_manifest_row, manifest_row, read_dam_manifest,
                              rendered_manifest_row, write_reports)
 from pipeline.rerun import RedeliverClips, RerunAction, decide_rerun, retag
 from pipeline.review import ReviewThresholds
@@ -178,6 +176,8 @@ class CampaignConfig(RenderSettings):
     prompt_llm: PromptLLMConfig | None = Field(None, description="the enhance stage's LLM; None: template prompts")
     manifest_merge_rows: int = Field(16, ge=1, description="merge into the DAM's manifest every this many renders")
     manifest_merge_s: float = Field(60.0, gt=0, description="... or at least this often (seconds), and on SIGTERM")
+    deliver: Literal["all", "best"] = Field(
+        "all", description="best: archive only the best take of each group; the others wait in <workdir>/spool")
 
     @field_validator("briefs", mode="before")
     @classmethod
@@ -253,28 +253,6 @@ def _generator_config(config: CampaignConfig, todo: list[RenderRequest]) -> Gene
                                     "with GPUs (RAY_ADDRESS)")
             logger.warning("%s; waiting for the cluster's autoscaler to add GPU nodes", needs)
     return generator_config
-
-
-@contextmanager
-def _merge_on_sigterm(merger: ManifestMerger) -> Iterator[None]:
-    """SIGTERM (a Ray Job stopped, a pod evicted) merges the rows so far into the DAM's
-    manifest before the job ends; a merge under way finishes first."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def on_term(signum, frame):
-        if merger.merging:
-            merger.exit_after_merge = signum
-            return
-        merger.merge()
-        raise SystemExit(128 + signum)
-
-    previous = signal.signal(signal.SIGTERM, on_term)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def _archived_renders(dam: DAM, requests: list[RenderRequest], fingerprints: dict[str, DeliveryFingerprint],
@@ -370,9 +348,11 @@ def _run_campaign(config: CampaignConfig, dam: DAM, log: Callable[[str], None],
     spooled = {rid: table for rid, (table, made_under) in spooled_renders(spool_dir).items()
                if rid in by_id and rid not in archived and made_under == fingerprints[rid]}
     todo = [r for r in requests if r.render_id not in archived and r.render_id not in spooled]
+    hold = config.deliver == "best"  # takes wait in the spool; the best of each group is archived at the end
     log(f"{len(manifest)} renders already in {dam.uri}, {len(spooled)} to archive from {spool_dir}, "
         f"{len(redeliver)} to re-deliver as {config.profile}, {len(todo)} to make")
     archive_stage = ArchiveRenders(dam, made_with, profile, spool_dir=spool_dir)
+    render_archive = ArchiveRenders(dam, made_with, profile, spool_dir=spool_dir, hold=hold)
     merger = ManifestMerger(dam, planned.requests, config.manifest_merge_rows, config.manifest_merge_s)
     merger.rows.update(manifest)
     started, made = time.perf_counter(), 0
@@ -405,9 +385,9 @@ def _run_campaign(config: CampaignConfig, dam: DAM, log: Callable[[str], None],
                     manifest[request.render_id] = manifest_row(request, "failed", error=reason)
                     merger.add(manifest[request.render_id])
 
-    with _merge_on_sigterm(merger):
+    with merge_on_sigterm(merger):
         for table in spooled.values():
-            for row in archive_stage(table).to_pylist():
+            for row in render_archive(table).to_pylist():
                 record(row)
         if redeliver:
             blocks = [pa.Table.from_pylist([r.model_dump()], schema=RENDER_REQUEST_ARROW_SCHEMA) for r in redeliver]
@@ -435,8 +415,12 @@ def _run_campaign(config: CampaignConfig, dam: DAM, log: Callable[[str], None],
                         max_restarts=STAGE_RETRIES, max_task_retries=STAGE_RETRIES,
                         **pool_args,
                     )
-                    .map_batches(archive_stage, batch_format="pyarrow", batch_size=1, num_cpus=0.5,
+                    .map_batches(render_archive, batch_format="pyarrow", batch_size=1, num_cpus=0.5,
                                  max_retries=STAGE_RETRIES), todo)
+        if hold:
+            waiting = spooled_renders(spool_dir)
+            for render_id in best_held_takes([manifest[r.render_id] for r in requests]):
+                record(archive_stage(waiting[render_id][0]).to_pylist()[0])
 
         rows = mark_best_takes([manifest[r.render_id] for r in requests])
         manifest_path, sheet_path = write_reports(rows, dam, config.workdir, merger)

@@ -47,3 +47,22 @@ def test_three_takes_have_one_best_take_per_group(ray_session, tmp_path):
     sheet = (tmp_path / "dam" / "contact_sheet.html").read_text(encoding="utf-8")
     assert sheet.count("<span class='badge'>best take</span>") == 2
     assert sheet.count("<h2>hooks · ball · en-US · 16:9</h2>") == 1
+
+
+def test_deliver_best_archives_one_take_per_group_and_keeps_the_others(ray_session, tmp_path):
+    brief = {**BRIEF, "variants": BRIEF["variants"][:1]}
+    pq.write_table(pa.Table.from_pylist([brief], schema=BRIEF_ARROW_SCHEMA), tmp_path / "briefs.parquet")
+    config = CampaignConfig(briefs=tmp_path / "briefs.parquet", dam=str(tmp_path / "dam"), workdir=tmp_path / "work",
+                            model="tiny", device="cpu", profile="draft", batch_size=3, deliver="best")
+    rows = run_campaign(config, log=lambda line: None).manifest
+    assert sorted(r.status for r in rows) == ["done", "held", "held"], [(r.status, r.error) for r in rows]
+    (delivered,) = [r for r in rows if r.status == "done"]
+    assert delivered.best_take and delivered.review_quality_score == max(r.review_quality_score for r in rows)
+    assert len(list((tmp_path / "dam").rglob("*.mp4"))) == 1
+    held = {r.render_id for r in rows if r.status == "held"}
+    assert {p.parent.name for p in (tmp_path / "work" / "spool").rglob("*.mp4")} == held  # kept for review
+
+    # a re-run renders nothing: the delivered take is in the DAM, the others wait in the spool
+    again = run_campaign(config, log=lambda line: None).manifest
+    assert sorted(r.status for r in again) == ["held", "held", "skipped"]
+    assert len(list((tmp_path / "dam").rglob("*.mp4"))) == 1
