@@ -31,7 +31,7 @@ def selenium_webdriver():
     try:
         from selenium import webdriver
     except ImportError:
-        require_tool(None, "selenium (the dev extra)")
+        require_tool(None, "selenium (pip, in the dev extra that make test installs)")
     return webdriver
 
 
