@@ -130,6 +130,17 @@ class Renderer:
         return self.render_clips(requests)
 
 
+def proxy_host() -> str | None:
+    """The host Serve's HTTP proxies bind, from the Serve controller; None when it cannot be asked."""
+    try:
+        from ray.serve.context import _get_global_client
+
+        return _get_global_client().http_config.host
+    except Exception as exc:  # noqa: BLE001 - then the app args' host is all there is to check
+        logger.warning("cannot read Serve's HTTP options (%s); checking the app args' host only", exc)
+        return None
+
+
 # No `from __future__ import annotations` in this module: Serve rebuilds the routes of the
 # ingress class, and FastAPI must see real types there, not strings.
 app = FastAPI(
@@ -374,17 +385,6 @@ class Api:
             body = status_document(record, self.dam, client, self.config.presign_expires_s).model_dump_json().encode()
             await deliver(url, body, self.auth.tokens[client].token, client, allow=self.config.callback_allow,
                           deadline_s=self.config.webhook_deadline_s, record=keep)
-
-
-def proxy_host() -> str | None:
-    """The host Serve's HTTP proxies bind, from the Serve controller; None when it cannot be asked."""
-    try:
-        from ray.serve.context import _get_global_client
-
-        return _get_global_client().http_config.host
-    except Exception as exc:  # noqa: BLE001 - then the app args' host is all there is to check
-        logger.warning("cannot read Serve's HTTP options (%s); checking the app args' host only", exc)
-        return None
 
 
 # --------------------------------------------------------------------------- entry points

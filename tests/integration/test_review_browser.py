@@ -31,7 +31,7 @@ def selenium_webdriver():
     try:
         from selenium import webdriver
     except ImportError:
-        require_tool(None, "selenium (the dev extra)")
+        require_tool(None, "selenium (pip, in the dev extra that make test installs)")
     return webdriver
 
 
@@ -75,9 +75,16 @@ def rendered(ray_session, tmp_path_factory):
 
 
 def wait_for(condition, what: str, timeout_s: float = 30):
+    """``condition()`` once it is true; the page redraws its cards after each decision, so an element
+    found just before a redraw is stale, and the condition is asked again."""
+    from selenium.common.exceptions import StaleElementReferenceException
+
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        value = condition()
+        try:
+            value = condition()
+        except StaleElementReferenceException:
+            value = None
         if value:
             return value
         time.sleep(0.2)
@@ -107,10 +114,10 @@ def test_a_reviewer_approves_one_clip_and_rejects_another_in_chromium(browser, r
     assert "loudness" in card(browser, first).text and "take 0" in card(browser, first).text
 
     card(browser, first).find_element(By.CSS_SELECTOR, "button.approve").click()
-    wait_for(lambda: "approved by rita" in (card(browser, first).text if card(browser, first) else ""), "approval")
+    wait_for(lambda: (c := card(browser, first)) is not None and "approved by rita" in c.text, "approval")
     card(browser, second).find_element(By.CSS_SELECTOR, "textarea.note").send_keys("voice is off-sync")
     card(browser, second).find_element(By.CSS_SELECTOR, "button.reject").click()
-    wait_for(lambda: "rejected by rita" in (card(browser, second).text if card(browser, second) else ""), "rejection")
+    wait_for(lambda: (c := card(browser, second)) is not None and "rejected by rita" in c.text, "rejection")
     assert "voice is off-sync" in card(browser, second).text
     # The browser itself loads each clip (H.264 + AAC) and its poster, as a reviewer's would.
     for render_id in (first, second):
