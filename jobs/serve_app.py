@@ -94,6 +94,8 @@ class ServeConfig(RenderSettings):
     insecure_local: bool = Field(False, description="no auth; loopback only")
     presign_expires_s: int = Field(3600, ge=60, le=7 * 24 * 3600, description="lifetime of presigned S3 URLs")
     max_statuses: int = Field(10_000, ge=1, description="finished renders remembered; the oldest are forgotten")
+    render_timeout_s: float = Field(1800.0, gt=0, description="a Renderer call running longer fails its render, "
+                                    "and /healthz reports the replica stuck until a call finishes again")
 
 
 # --------------------------------------------------------------------------- placement
@@ -195,6 +197,11 @@ def plan_renders(brief: CampaignBrief, model_id: str) -> list[RenderRequest]:
     return expand_brief(brief.model_copy(update={"locales": kept}), row_index=0, model_id=model_id)
 
 
+async def _awaited(response):
+    # asyncio.wait_for takes a coroutine; a Serve DeploymentResponse is only awaitable.
+    return await response
+
+
 bearer = HTTPBearer(auto_error=False, description=f"a token from {TOKEN_ENV}")
 
 
@@ -234,6 +241,7 @@ class Api:
         self.renders: OrderedDict[str, RenderEntry] = OrderedDict()
         self.running = 0
         self.seconds_per_render: float | None = None
+        self.stuck_since: float | None = None  # monotonic time of the first timed-out call since one finished
         # One worker per model replica: each keeps one replica busy.
         loop = asyncio.get_running_loop()
         self.workers = [loop.create_task(self._work()) for _ in range(config.replicas)]
@@ -299,6 +307,10 @@ class Api:
         """200 while the render workers run; no auth."""
         if self._stopped_workers():
             raise HTTPException(http_status.HTTP_503_SERVICE_UNAVAILABLE, detail="a render worker has stopped")
+        if self.stuck_since is not None:
+            raise HTTPException(http_status.HTTP_503_SERVICE_UNAVAILABLE, detail=(
+                f"a Renderer replica is stuck: a call ran past render_timeout_s ({self.config.render_timeout_s:g} s) "
+                f"{time.monotonic() - self.stuck_since:.0f} s ago and none has finished since"))
         return {"status": "ok"}
 
     def check_health(self) -> None:
@@ -356,7 +368,15 @@ class Api:
 
     async def _render(self, entry: RenderEntry) -> None:
         table = pa.Table.from_pylist([entry.request.model_dump()], schema=RENDER_REQUEST_ARROW_SCHEMA)
-        rendered = await self.renderer.remote(table)
+        response = self.renderer.remote(table)
+        try:
+            rendered = await asyncio.wait_for(_awaited(response), self.config.render_timeout_s)
+        except asyncio.TimeoutError:
+            response.cancel()
+            self.stuck_since = self.stuck_since or time.monotonic()
+            raise TimeoutError(f"the Renderer call took over render_timeout_s ({self.config.render_timeout_s:g} s) "
+                               "and was cancelled") from None
+        self.stuck_since = None
         (row,) = (await asyncio.to_thread(self.archive, rendered)).to_pylist()
         review = ReviewResult.model_validate_json(row["review_json"]) if row["review_json"] else None
         if row["archive_json"]:

@@ -118,3 +118,50 @@ def test_settings_that_stop_the_server_before_it_starts(monkeypatch, tmp_path):
         build_app({"dam": str(tmp_path), "port": 8000})
     with pytest.raises(ValidationError, match="profile"):
         ServeConfig(profile="cinema")
+
+
+def test_a_renderer_call_past_its_timeout_fails_the_render_and_healthz_reports_the_stuck_replica(tmp_path):
+    import asyncio
+
+    from fastapi import HTTPException
+
+    from jobs.serve_app import Api, RenderEntry, ServeConfig, plan_renders
+
+    class HungCall:
+        cancelled = False
+
+        def __await__(self):
+            return asyncio.sleep(3600).__await__()
+
+        def cancel(self):
+            HungCall.cancelled = True
+
+    class HungRenderer:
+        def remote(self, table):
+            return HungCall()
+
+    api_class = next(c for c in Api.func_or_class.__mro__ if c.__dict__.get("_render"))
+
+    async def scenario():
+        api = api_class.__new__(api_class)
+        api_class.__init__(api, ServeConfig(dam=str(tmp_path / "dam"), insecure_local=True, render_timeout_s=0.2,
+                                            replicas=1), HungRenderer())
+        assert await api.healthz() == {"status": "ok"}
+        (request,) = plan_renders(brief(), "tiny")
+        entry = RenderEntry(request, {"anonymous"})
+        api.queue.put_nowait(entry)
+        for _ in range(100):
+            await asyncio.sleep(0.05)
+            if entry.status == "failed":
+                break
+        assert entry.status == "failed" and "render_timeout_s (0.2 s)" in entry.error and HungCall.cancelled
+        try:
+            await api.healthz()
+        except HTTPException as exc:
+            assert exc.status_code == 503 and "Renderer replica is stuck" in exc.detail
+        else:
+            raise AssertionError("healthz said ok with a stuck renderer")
+        for worker in api.workers:
+            worker.cancel()
+
+    asyncio.run(scenario())
