@@ -100,6 +100,8 @@ class ServeConfig(RenderSettings):
                                                             "(and then over plain http too)")
     webhook_deadline_s: float = Field(300, gt=0, description="how long a webhook is retried")
     workdir: Path = Field(Path("./work"), description="where lineage.jsonl goes when OPENLINEAGE_URL is not set")
+    render_timeout_s: float = Field(1800.0, gt=0, description="a Renderer call running longer fails its render, "
+                                    "and /healthz reports the replica stuck until a call finishes again")
 
 
 # --------------------------------------------------------------------------- placement
@@ -139,6 +141,11 @@ def proxy_host() -> str | None:
     except Exception as exc:  # noqa: BLE001 - then the app args' host is all there is to check
         logger.warning("cannot read Serve's HTTP options (%s); checking the app args' host only", exc)
         return None
+
+
+async def _awaited(response):
+    # asyncio.wait_for takes a coroutine; a Serve DeploymentResponse is only awaitable.
+    return await response
 
 
 # No `from __future__ import annotations` in this module: Serve rebuilds the routes of the
@@ -183,6 +190,7 @@ class Api:
         self.manifest_lock = threading.Lock()
         self.running = 0
         self.seconds_per_render: float | None = None
+        self.stuck_since: float | None = None  # monotonic time of the first timed-out call since one finished
         # One worker per model replica: each keeps one replica busy.
         self.workers = [self.loop.create_task(self._work()) for _ in range(config.replicas)]
         self.resumed = self.loop.create_task(self._resume())
@@ -219,6 +227,10 @@ class Api:
         """200 while the render workers run; no auth."""
         if self._stopped_workers():
             raise HTTPException(http_status.HTTP_503_SERVICE_UNAVAILABLE, detail="a render worker has stopped")
+        if self.stuck_since is not None:
+            raise HTTPException(http_status.HTTP_503_SERVICE_UNAVAILABLE, detail=(
+                f"a Renderer replica is stuck: a call ran past render_timeout_s ({self.config.render_timeout_s:g} s) "
+                f"{time.monotonic() - self.stuck_since:.0f} s ago and none has finished since"))
         return {"status": "ok"}
 
     def check_health(self) -> None:
@@ -359,7 +371,15 @@ class Api:
                 "dam_uri": self.dam.uri, "keys": archived.keys, "sha256": archived.sha256, "sizes": archived.sizes})
         else:
             table = pa.Table.from_pylist([record.request.model_dump()], schema=RENDER_REQUEST_ARROW_SCHEMA)
-            rendered = await self.renderer.remote(table)
+            response = self.renderer.remote(table)
+            try:
+                rendered = await asyncio.wait_for(_awaited(response), self.config.render_timeout_s)
+            except asyncio.TimeoutError:
+                response.cancel()
+                self.stuck_since = self.stuck_since or time.monotonic()
+                raise TimeoutError(f"the Renderer call took over render_timeout_s ({self.config.render_timeout_s:g} s) "
+                                   "and was cancelled") from None
+            self.stuck_since = None
             (out,) = (await asyncio.to_thread(self.archive, rendered)).to_pylist()
             review = ReviewResult.model_validate_json(out["review_json"]) if out["review_json"] else None
             if out["archive_json"]:

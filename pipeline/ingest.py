@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pydantic import ValidationError
 
@@ -61,6 +62,8 @@ INGEST_SCHEMA = pa.schema(
 )
 REJECTS_SCHEMA = pa.schema([f for f in INGEST_SCHEMA if f.name not in ("brief_json", "voiceovers_json")])
 ROW_INDEX = "row_index"
+NOT_UTF8 = "_not_utf8"
+"""column read_briefs_table adds: per row, the reasons for its cells that are not UTF-8 text (emptied there)"""
 
 
 class BriefsFileError(Exception):
@@ -114,7 +117,46 @@ def read_briefs_table(path: str | Path, s3_endpoint: str | None = None) -> pa.Ta
                     "as takes. Rename the column to takes: variants now lists creative variants.", where)
     if ROW_INDEX in table.column_names:
         table = table.drop_columns([ROW_INDEX])
+    table = _set_aside_invalid_text(table)
     return table.append_column(ROW_INDEX, pa.array(range(table.num_rows), pa.int64()))
+
+
+def _holds_text(arrow_type: pa.DataType) -> bool:
+    if pa.types.is_string(arrow_type) or pa.types.is_large_string(arrow_type):
+        return True
+    return any(_holds_text(arrow_type.field(i).type) for i in range(arrow_type.num_fields))
+
+
+def _set_aside_invalid_text(table: pa.Table) -> pa.Table:
+    """A cell whose text is not UTF-8 would stop the whole plan (Python cannot decode it): it is
+    emptied here, and :class:`ValidateBriefs` rejects that row, naming the field."""
+    reasons: list[list[str]] = [[] for _ in range(table.num_rows)]
+    for name in table.column_names:
+        column = table.column(name)
+        if not _holds_text(column.type):
+            continue
+        try:
+            column.validate(full=True)
+            continue
+        except pa.ArrowInvalid:
+            pass
+        column = column.combine_chunks()
+        bad = []
+        for index in range(len(column)):
+            cell = column.slice(index, 1)
+            try:
+                cell.validate(full=True)
+            except pa.ArrowInvalid:
+                bad.append(index)
+                shown = (f" ({cell.cast(pa.binary())[0].as_py()[:40]!r})" if pa.types.is_string(column.type) else "")
+                reasons[index].append(f"{name}: not UTF-8 text{shown}; save the briefs file with UTF-8 strings")
+        bad_rows = set(bad)
+        mask = pa.array([index in bad_rows for index in range(len(column))])
+        table = table.set_column(table.column_names.index(name), name,
+                                 pc.if_else(mask, pa.scalar(None, column.type), column))
+    if not any(reasons):
+        return table
+    return table.append_column(NOT_UTF8, pa.array(reasons, pa.list_(pa.string())))
 
 
 def first_row_by_brief_id(brief_ids: Iterable[str | None]) -> dict[str, int]:
@@ -136,7 +178,8 @@ def _json_value(value):
 
 def raw_json(row: dict) -> str:
     """The input row as JSON, for the rejects file."""
-    return json.dumps({k: v for k, v in row.items() if k != ROW_INDEX}, default=_json_value, ensure_ascii=False)
+    return json.dumps({k: v for k, v in row.items() if k not in (ROW_INDEX, NOT_UTF8)}, default=_json_value,
+                      ensure_ascii=False)
 
 
 def _reason_from(error: ValidationError, within: str | None = None) -> str:
@@ -351,12 +394,14 @@ class ValidateBriefs:
             return {"row_index": row_index, "brief_id": brief_id, "brief_json": None, "voiceovers_json": None,
                     "locale": locale, "reason": reason, "raw": raw_json(row)}
 
+        if row.get(NOT_UTF8):
+            return [reject("; ".join(row[NOT_UTF8]))]
         if brief_id is not None and self.first_row_of.get(brief_id, row_index) != row_index:
             first = self.first_row_of[brief_id]
             return [reject(f"brief_id: duplicate (got {brief_id!r}, which row {first} already uses; "
                            "only that row can make it)")]
         # Parquet null means "not given": the field's default applies.
-        given = {k: v for k, v in row.items() if k != ROW_INDEX and v is not None}
+        given = {k: v for k, v in row.items() if k not in (ROW_INDEX, NOT_UTF8) and v is not None}
         kept_variants, variant_rejects = None, []
         if isinstance(given.get("variants"), list) and given["variants"]:
             kept_variants, variant_rejects = _split_variants(given["variants"], given.get("prompt"))

@@ -129,9 +129,15 @@ def merge_manifest(previous: dict[str, ManifestRow], rows: list[ManifestRow],
     (this run's whole plan), an earlier row of a planned brief that the plan no longer makes
     (its brief was edited) is marked "superseded"; it stays in the DAM."""
     merged = dict(previous)
-    # A person's decision is never overwritten by a run (``decided``: these rows carry a new one).
-    merged.update((row.render_id, row if decided else row.keeping_decision_of(previous.get(row.render_id)))
-                  for row in rows)
+    for row in rows:
+        earlier = previous.get(row.render_id)
+        # A skipped render keeps the row of the run that made it while that row agrees with the
+        # record (a re-run then rewrites nothing); a failed or stale earlier row is replaced.
+        if row.status == "skipped" and earlier is not None and earlier.status in ("done", "skipped") and (
+                _dam_facts(earlier) == _dam_facts(row)):
+            continue
+        # A person's decision is never overwritten by a run (``decided``: these rows carry a new one).
+        merged[row.render_id] = row if decided else row.keeping_decision_of(earlier)
     if planned is not None:
         planned_ids = set(planned.column("render_id").to_pylist())
         planned_briefs = set(zip(planned.column("campaign_id").to_pylist(), planned.column("brief_id").to_pylist()))
@@ -177,6 +183,10 @@ class ManifestMerger:
                 self.merging = False
                 if self.exit_after_merge is not None:
                     raise SystemExit(128 + self.exit_after_merge)
+
+
+def _dam_facts(row: ManifestRow) -> tuple:
+    return row.keys, row.sha256, row.review_status, row.review_reasons
 
 
 def write_reports(rows: list[ManifestRow], dam: DAM, workdir: Path,

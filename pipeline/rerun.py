@@ -55,9 +55,12 @@ def decide_rerun(dam: DAM, request: RenderRequest, fingerprint: DeliveryFingerpr
     return ArchivedRender("skip", record)
 
 
-def review_again(review: ReviewResult, request: RenderRequest, thresholds: ReviewThresholds) -> ReviewResult:
-    """The review decided again from the recorded measures, with the request's forbidden terms as they are now."""
-    signals = ReviewSignals(**review.model_dump(include=set(ReviewSignals.model_fields)))
+def recorded_signals(review: ReviewResult) -> ReviewSignals:
+    return ReviewSignals(**review.model_dump(include=set(ReviewSignals.model_fields)))
+
+
+def review_again(signals: ReviewSignals, request: RenderRequest, thresholds: ReviewThresholds) -> ReviewResult:
+    """The review decided again from measured signals, with the request's forbidden terms as they are now."""
     found = find_forbidden_terms([line.line for line in request.dialogue], request.forbidden_terms)
     return decide_review(signals.model_copy(update={"forbidden_terms_found": found}),
                          ReviewExpectation.from_request(request), thresholds)
@@ -69,7 +72,7 @@ def retag(dam: DAM, record: CompletionRecord, request: RenderRequest,
     every object's review_status tag are rewritten (the files are not touched)."""
     if record.review is None:
         return record
-    review = review_again(record.review, request, thresholds)
+    review = review_again(recorded_signals(record.review), request, thresholds)
     if (review.review_status, review.review_reasons) == (record.review.review_status, record.review.review_reasons):
         return record
     updated = record.model_copy(update={"review": review, "review_status": review.review_status})
@@ -126,11 +129,11 @@ class RedeliverClips:
         with tempfile.TemporaryDirectory(prefix="paddock-redeliver-") as tmp:
             frames, fps = decode_frames(self._fetch(record, "mp4", Path(tmp)))
             audio, rate = load_audio(self._fetch(record, "wav", Path(tmp))) if "wav" in record.objects else (None, 0)
-            signals = ReviewSignals(**record.review.model_dump(exclude={"review_status", "review_reasons"}))
+            signals = recorded_signals(record.review)
+            # a silent delivery (no stem) has no rate; mux_clip ignores it with audio=None
             muxed = mux_clip(frames, audio, rate or 48000, fps, Path(tmp) / "out", request.render_id,
                              dialogue=request.dialogue, speech_spans=signals.speech_spans, profile=self.profile)
-            review = review_again(ReviewResult(**signals.as_delivered(muxed.output_lufs, muxed.output_true_peak_dbtp)
-                                               .model_dump(), review_status=record.review_status, review_reasons=[]),
+            review = review_again(signals.as_delivered(muxed.output_lufs, muxed.output_true_peak_dbtp),
                                   request, self.thresholds)
             files = {"mp4": muxed.mp4_path, "wav": muxed.wav_path, "jpg": muxed.poster_path, "vtt": muxed.vtt_path}
             assets = [(ext, path.read_bytes()) for ext, path in files.items() if path is not None]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -119,6 +120,7 @@ class CheckpointReader:
             with safe_open(str(path), framework="pt", device="cpu") as handle:
                 yield handle
             return
+        self._check_scratch_space(path)
         fd, scratch = tempfile.mkstemp(suffix=".safetensors", dir=self.scratch_dir)
         try:
             with os.fdopen(fd, "wb") as out, open(path, "rb") as src:
@@ -129,6 +131,24 @@ class CheckpointReader:
             raise CheckpointError(f"{path}: zstd decompression failed ({err})") from err
         finally:
             os.unlink(scratch)
+
+    def _check_scratch_space(self, path: Path) -> None:
+        """Before decompressing: the scratch folder must hold the whole shard (its frame header's
+        size; the compressed size when the header has none), else name the folder and the fix."""
+        folder = Path(self.scratch_dir or tempfile.gettempdir())
+        with open(path, "rb") as src:
+            header = src.read(18)
+        try:
+            needed = zstandard.frame_content_size(header)
+        except zstandard.ZstdError:
+            needed = -1
+        needed = needed if needed > 0 else path.stat().st_size
+        free = shutil.disk_usage(folder).free
+        if free < needed:
+            raise CheckpointError(
+                f"{path}: decompressing needs {needed / 2**30:.1f} GiB in {folder}, which has {free / 2**30:.1f} GiB "
+                "free; point TMPDIR at a folder with room (each replica decompresses its own copy), or decompress "
+                "the shards once beforehand (zstd -d)")
 
     def iter_tensors(self) -> Iterator[tuple[str, str, Any]]:
         """(name, shard, slice) for every tensor; `slice.get_shape()` / `get_dtype()` are free, `slice[:]` reads it."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from pathlib import Path
 
@@ -152,3 +153,25 @@ def test_plan_a_campaign_with_variants_takes_and_every_format(ray_session, tmp_p
     assert len(set(ids)) == len(ids) == 16 + 9 * len(RESOLUTIONS)
     again = plan(tmp_path / "briefs.parquet", model_id="magihuman-distill")
     assert again.requests.column("render_id").to_pylist() == ids
+
+
+def test_a_cell_that_is_not_utf8_rejects_its_row_naming_the_field_and_the_rest_plans(ray_session, tmp_path):
+    """Raw bytes under a string type (as a writer that skips validation leaves them)."""
+    good = [{"brief_id": f"b{i}", "campaign_id": "c", "prompt": "A quiet street.", "source_locale": "en-US"}
+            for i in range(3)]
+    table = pa.Table.from_pylist(good, schema=BRIEF_ARROW_SCHEMA)
+    for name, row in (("brief_id", 1), ("prompt", 2)):
+        values = [v.encode() for v in table.column(name).to_pylist()]
+        values[row] = b"caf\xe9 \xff"  # Latin-1 bytes, not UTF-8
+        column = pa.array(values, pa.binary()).view(pa.string())
+        table = table.set_column(table.column_names.index(name), name, column)
+    pq.write_table(table, tmp_path / "briefs.parquet")
+
+    result = plan(tmp_path / "briefs.parquet", model_id="tiny")
+    assert result.requests.column("brief_id").to_pylist() == ["b0"]
+    rejects = {r["row_index"]: r for r in result.rejects.to_pylist()}
+    assert sorted(rejects) == [1, 2]
+    assert rejects[1]["reason"].startswith("brief_id: not UTF-8 text (b'caf\\xe9 \\xff')")
+    assert "save the briefs file with UTF-8 strings" in rejects[1]["reason"]
+    assert rejects[2]["reason"].startswith("prompt: not UTF-8 text") and rejects[2]["brief_id"] == "b2"
+    assert json.loads(rejects[2]["raw"])["brief_id"] == "b2"

@@ -83,3 +83,29 @@ def test_reruns_correct_retag_redeliver_rerender_and_supersede(ray_session, tmp_
     assert mp4.exists()
     sheet = (tmp_path / "dam" / "contact_sheet.html").read_text()
     assert "talk (superseded)" in sheet
+
+
+def test_localize_counts_and_retries_per_render_not_per_locale(tmp_path, monkeypatch):
+    """A (brief, locale) with one render done and one failed is not "rendered": the failed one is made again."""
+    import pipeline.localize
+    from pipeline.manifest import ManifestRow
+
+    template = {"campaign_id": "c", "brief_id": "b", "row_index": 0, "locale": "en-US", "language": "English",
+                "resolution": "256p", "width": 448, "height": 256, "duration_s": 2, "seed": 1, "model_id": "tiny"}
+    rows = [ManifestRow(render_id="wide", aspect_ratio="16:9", status="done", **template),
+            ManifestRow(render_id="tall", aspect_ratio="9:16", status="failed", error="boom", **template)]
+    dam = open_dam(str(tmp_path / "dam"))
+    dam.put_bytes(MANIFEST_KEY, _manifest_bytes(rows))
+    selected = {}
+
+    def fake_run(config, log, *, job_type, select):
+        from schemas.render import RenderRequest
+
+        for render_id, aspect in (("wide", "16:9"), ("tall", "9:16"), ("square", "1:1")):
+            request = RenderRequest(render_id=render_id, aspect_ratio=aspect, prompt="p", dialogue=[],
+                                    forbidden_terms=[], **template)
+            selected[render_id] = select(request)
+
+    monkeypatch.setattr(pipeline.localize, "run_campaign", fake_run)
+    pipeline.localize.localize(config_for(tmp_path, BRIEF), log=lambda line: None)
+    assert selected == {"wide": False, "tall": True, "square": True}

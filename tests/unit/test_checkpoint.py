@@ -231,3 +231,19 @@ def test_random_weights_without_checkpoint_are_seeded():
     assert not torch.equal(a.final_linear_video.weight, c.final_linear_video.weight)
     with pytest.raises(CheckpointError, match="pass arch="):
         load_dit(None)
+
+
+def test_a_zstd_shard_without_room_to_decompress_names_the_folder_and_tmpdir(tmp_path, state_dict, monkeypatch):
+    from collections import namedtuple
+
+    import model.magihuman.checkpoint as checkpoint
+
+    save_checkpoint(state_dict, tmp_path / "ckpt", compress=True)
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(checkpoint.shutil, "disk_usage", lambda folder: usage(10**6, 10**6 - 1024, 1024))
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    monkeypatch.setattr(checkpoint.tempfile, "tempdir", None)  # gettempdir() reads TMPDIR again
+    with pytest.raises(CheckpointError, match=rf"model.safetensors.zst: decompressing needs .* GiB in {tmp_path}, "
+                                              r"which has 0.0 GiB free; point TMPDIR at a folder with room"):
+        load_dit(tmp_path / "ckpt", arch="tiny")
+    assert not [p for p in tmp_path.iterdir() if p.suffix == ".safetensors"]  # nothing half-written

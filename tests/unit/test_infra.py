@@ -3,6 +3,7 @@ with each other, with the Dockerfile and with the code they start."""
 
 from __future__ import annotations
 
+import json
 import re
 import shlex
 import tomllib
@@ -40,6 +41,7 @@ RAYCLUSTER = _one("raycluster.yaml", "RayCluster")
 RAYJOB = _one("rayjob-campaign.yaml", "RayJob")
 RAYSERVICE = _one("rayservice.yaml", "RayService")
 CRONJOB = _one("cronjob-campaign.yaml", "CronJob")
+RAYCRONJOB = _one("raycronjob-campaign.yaml", "RayCronJob")
 CONFIG = _one("base.yaml", "ConfigMap")
 
 
@@ -55,6 +57,7 @@ def _pod_specs() -> list[tuple[str, dict]]:
         pods += [(f"{where} {g['groupName']}", g["template"]["spec"]) for g in spec["workerGroupSpecs"]]
     pods.append(("rayjob submitter", RAYJOB["spec"]["submitterPodTemplate"]["spec"]))
     pods.append(("cronjob", CRONJOB["spec"]["jobTemplate"]["spec"]["template"]["spec"]))
+    pods.append(("raycronjob submitter", RAYCRONJOB["spec"]["jobTemplate"]["submitterPodTemplate"]["spec"]))
     return pods
 
 
@@ -88,16 +91,17 @@ def _parse_run(args: list[str]):
 
 def test_infra_has_every_piece():
     assert {p.name for p in MANIFESTS} == {"base.yaml", "raycluster.yaml", "rayjob-campaign.yaml",
-                                           "rayservice.yaml", "cronjob-campaign.yaml"}
+                                           "rayservice.yaml", "raycronjob-campaign.yaml", "cronjob-campaign.yaml",
+                                           "networkpolicy.yaml"}
     kinds = sorted(d["kind"] for _, d in ALL_DOCS)
-    assert kinds == sorted(["ServiceAccount", "ConfigMap", "RayCluster", "RayJob", "RayService",
-                            "ServiceAccount", "Role", "RoleBinding", "CronJob"])
+    assert kinds == sorted(["ServiceAccount", "ConfigMap", "RayCluster", "RayJob", "RayService", "RayCronJob",
+                            "ServiceAccount", "Role", "RoleBinding", "CronJob", "NetworkPolicy", "NetworkPolicy"])
 
 
 @pytest.mark.parametrize("name,doc", ALL_DOCS, ids=[f"{n}:{d['kind']}" for n, d in ALL_DOCS])
 def test_manifest_has_api_version_kind_and_a_valid_name(name, doc):
     expected_api = {"RayCluster": "ray.io/v1", "RayJob": "ray.io/v1", "RayService": "ray.io/v1",
-                    "CronJob": "batch/v1", "Role": "rbac.authorization.k8s.io/v1",
+                    "RayCronJob": "ray.io/v1", "NetworkPolicy": "networking.k8s.io/v1", "CronJob": "batch/v1", "Role": "rbac.authorization.k8s.io/v1",
                     "RoleBinding": "rbac.authorization.k8s.io/v1", "ServiceAccount": "v1", "ConfigMap": "v1"}
     assert doc["apiVersion"] == expected_api[doc["kind"]], name
     meta = doc["metadata"]
@@ -257,7 +261,7 @@ def test_ray_pods_get_settings_credentials_and_the_service_account():
     assert CONFIG["data"]["OPENLINEAGE_URL"].startswith("http")
     service_accounts = {d["metadata"]["name"] for _, d in ALL_DOCS if d["kind"] == "ServiceAccount"}
     for where, pod in _pod_specs():
-        if where in ("rayjob submitter", "cronjob"):
+        if where in ("rayjob submitter", "raycronjob submitter", "cronjob"):
             continue
         assert pod["serviceAccountName"] == "paddock-ray" and "paddock-ray" in service_accounts, where
         for container in pod["containers"]:
@@ -331,9 +335,10 @@ def test_readme_names_every_file_the_knobs_and_the_apply_order():
         assert knob in readme
     order = [readme.index(step) for step in (
         "helm install kuberay-operator", "docker build -f infra/Dockerfile", "kubectl create secret generic paddock-secrets",
-        "kubectl apply -f infra/base.yaml", "kubectl apply -f infra/raycluster.yaml",
-        "kubectl create -f infra/rayjob-campaign.yaml", "kubectl create configmap paddock-campaign-rayjob",
-        "kubectl apply -f infra/cronjob-campaign.yaml")]
+        "kubectl create secret generic paddock-ray-token", "kubectl apply -f infra/base.yaml",
+        "kubectl apply -f infra/networkpolicy.yaml", "kubectl apply -f infra/raycluster.yaml",
+        "kubectl create -f infra/rayjob-campaign.yaml", "kubectl apply -f infra/raycronjob-campaign.yaml",
+        "kubectl create configmap paddock-campaign-rayjob", "kubectl apply -f infra/cronjob-campaign.yaml")]
     assert order == sorted(order), "infra/README.md lists the steps out of order"
 
 
@@ -345,3 +350,98 @@ def test_submitted_jobs_run_the_cli_itself():
         assert argv[:4] == ["python", "-m", "jobs.cli", command]
         parsed = build_parser().parse_args(argv[3:])
         assert parsed.command == command and parsed.tp == 2
+
+
+# --------------------------------------------------------------------------- against KubeRay's CRD schemas
+
+
+CRDS = {kind: json.loads((ROOT / "tests" / "data" / "kuberay" / f"{kind.lower()}s.v1.json").read_text())
+        for kind in ("RayCluster", "RayJob", "RayService", "RayCronJob")}
+
+
+def _as_kubectl_validates(schema: dict) -> dict:
+    """The CRD schema as a JSON Schema that, like kubectl apply's server-side field validation,
+    refuses unknown fields unless the schema preserves them, and takes int-or-string fields."""
+    if isinstance(schema, list):
+        return [_as_kubectl_validates(item) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {k: _as_kubectl_validates(v) for k, v in schema.items() if not k.startswith("x-kubernetes")}
+    if schema.get("x-kubernetes-int-or-string"):
+        out.pop("type", None)
+        out["anyOf"] = [{"type": "integer"}, {"type": "string"}]
+    if "properties" in schema and not schema.get("x-kubernetes-preserve-unknown-fields") \
+            and "additionalProperties" not in schema:
+        out["additionalProperties"] = False
+    return out
+
+
+@pytest.mark.parametrize("kind", sorted(CRDS))
+def test_ray_resources_validate_against_the_kuberay_crd_schema(kind):
+    import jsonschema
+
+    assert CRDS[kind]["kind"] == kind
+    schema = _as_kubectl_validates(CRDS[kind]["schema"])
+    docs = [(name, doc) for name, doc in ALL_DOCS if doc["kind"] == kind]
+    assert docs, f"no {kind} in infra/"
+    for name, doc in docs:
+        errors = sorted(jsonschema.Draft7Validator(schema).iter_errors(doc), key=lambda e: list(e.path))
+        assert not errors, f"{name}: " + "; ".join(f"{'.'.join(map(str, e.path))}: {e.message}" for e in errors[:5])
+
+
+def test_the_kubectl_style_schema_refuses_an_unknown_field():
+    import jsonschema
+
+    schema = _as_kubectl_validates(CRDS["RayCronJob"]["schema"])
+    wrong = {**RAYCRONJOB, "spec": {**RAYCRONJOB["spec"], "concurrencyPolicy": "Forbid"}}
+    assert any("concurrencyPolicy" in e.message for e in jsonschema.Draft7Validator(schema).iter_errors(wrong))
+
+
+def test_the_nightly_raycronjob_runs_the_campaign_rayjob_and_the_cronjob_stays_its_fallback():
+    spec = RAYCRONJOB["spec"]
+    assert spec["jobTemplate"] == RAYJOB["spec"], "raycronjob-campaign.yaml jobTemplate differs from rayjob-campaign.yaml"
+    assert (spec["schedule"], spec["timeZone"], spec["suspend"]) == (CRONJOB["spec"]["schedule"],
+                                                                     CRONJOB["spec"]["timeZone"], False)
+    # a stuck run ends before the next one starts: one campaign at a time per DAM prefix
+    assert spec["jobTemplate"]["activeDeadlineSeconds"] < 24 * 3600
+    readme = (INFRA / "README.md").read_text()
+    assert "fallback" in readme and "KubeRay before 1.6" in readme
+
+
+def test_ray_token_authentication_on_both_clusters_and_their_submitters():
+    for where, spec in _cluster_specs().items():
+        assert spec["authOptions"] == {"mode": "token", "secretName": "paddock-ray-token"}, where
+    for template in (RAYJOB["spec"], RAYCRONJOB["spec"]["jobTemplate"]):
+        (container,) = template["submitterPodTemplate"]["spec"]["containers"]
+        env = _env(container)
+        assert env["RAY_AUTH_MODE"]["value"] == "token"
+        assert env["RAY_AUTH_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": "paddock-ray-token", "key": "auth_token"}
+
+
+def test_network_policies_admit_only_the_submitter_and_the_serve_ingress():
+    policies = {d["metadata"]["name"]: d["spec"] for n, d in ALL_DOCS if d["kind"] == "NetworkPolicy"}
+    batch, serve_ = policies["paddock-batch-cluster"], policies["paddock-serve-cluster"]
+    assert batch["podSelector"]["matchLabels"] == {"ray.io/cluster": RAYCLUSTER["metadata"]["name"]}
+    assert serve_["podSelector"]["matchLabels"]["ray.io/originated-from-cr-name"] == RAYSERVICE["metadata"]["name"]
+    for spec in (batch, serve_):
+        assert spec["policyTypes"] == ["Ingress"]
+        own, outside = spec["ingress"]
+        assert own == {"from": [{"podSelector": spec["podSelector"]}]}  # the cluster's own pods
+        assert len(outside["ports"]) == 1 and outside["ports"][0]["protocol"] == "TCP"
+    (batch_from,) = batch["ingress"][1]["from"]
+    submitter_labels = RAYJOB["spec"]["submitterPodTemplate"]["metadata"]["labels"]
+    assert batch_from["podSelector"]["matchLabels"].items() <= submitter_labels.items()
+    assert batch["ingress"][1]["ports"][0]["port"] == 8265
+    assert serve_["ingress"][1]["ports"][0]["port"] == 8000  # Serve's HTTP port, not the dashboard
+    assert "namespaceSelector" in serve_["ingress"][1]["from"][0]
+
+
+def test_the_documented_iam_policy_and_lifecycle_rule_cover_multipart_uploads():
+    readme = (INFRA / "README.md").read_text()
+    policy = json.loads(readme.split("```json", 1)[1].split("```", 1)[0])
+    dam_actions = {a for s in policy["Statement"] for a in s["Action"] if "paddock-dam" in json.dumps(s["Resource"])}
+    assert {"s3:PutObject", "s3:GetObject", "s3:PutObjectTagging", "s3:AbortMultipartUpload",
+            "s3:ListBucket"} <= dam_actions
+    lifecycle = json.loads(readme.split("```json", 2)[2].split("```", 1)[0])
+    (rule,) = lifecycle["Rules"]
+    assert rule["Status"] == "Enabled" and rule["AbortIncompleteMultipartUpload"]["DaysAfterInitiation"] >= 1
