@@ -1,6 +1,5 @@
 """`paddock run` killed (SIGKILL) during render, during archive and during the manifest merge,
-stopped once with SIGTERM, then run to the end: nothing made twice, nothing missing, no
-failed row for a clip that is complete."""
+then run to the end: nothing made twice, nothing missing, no failed row for a clip that is complete."""
 
 from __future__ import annotations
 
@@ -19,7 +18,7 @@ from pipeline.reports import read_dam_manifest, rows_from_records
 from schemas.brief import BRIEF_ARROW_SCHEMA
 
 ROOT = Path(__file__).resolve().parents[2]
-RENDERS = 8
+RENDERS = 6
 BRIEFS = [{"brief_id": f"k{i}", "campaign_id": "kill", "prompt": f"Scene {i} of the kill test.",
            "source_locale": "en-US", "duration_s": 2, "resolution": "256p", "seed": i} for i in range(RENDERS)]
 
@@ -71,16 +70,7 @@ def test_killed_at_several_points_then_finished_nothing_twice_nothing_missing(tm
     # 2: during archive (a finished clip's files are in the spool)
     stop_when(start(tmp_path), lambda: spool.is_dir() and any(spool.iterdir()))
     seen.update(records(tmp_path))
-    # 3: SIGTERM: the rows the driver has so far are merged into the DAM's manifest before it ends
-    # (the killed runs merged nothing: fewer renders than manifest_merge_rows each)
-    before = {name.removesuffix(".done.json") for name in records(tmp_path)}
-    sent, output = stop_when(start(tmp_path), new_record, sig=signal.SIGTERM)
-    if sent:
-        merged = set(read_dam_manifest(open_dam(str(tmp_path / "dam"))))
-        assert before and before <= merged, output
-        assert len(merged - before) >= output.count(": done"), output
-    seen.update(records(tmp_path))
-    # 4: during the manifest merge (its lock file is held)
+    # 3: during the manifest merge (its lock file is held)
     stop_when(start(tmp_path), lambda: (tmp_path / "dam" / ".manifest.parquet.lock").exists())
     seen.update(records(tmp_path))
 
