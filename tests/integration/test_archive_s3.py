@@ -97,6 +97,8 @@ def test_render_lands_with_keys_metadata_tags_and_checksums(s3_endpoint, bucket,
             "aspect_ratio": "9:16",
             "model": "magihuman-distill",
             "seed": "42",
+            "variant": "main",
+            "take": "0",
         }
         tags = {t["Key"]: t["Value"] for t in s3.get_object_tagging(Bucket=bucket, Key=key)["TagSet"]}
         assert tags == {"review_status": "needs_review", "model": "magihuman-distill", "seed": "42"}

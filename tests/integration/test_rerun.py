@@ -82,7 +82,7 @@ def test_reruns_correct_retag_redeliver_rerender_and_supersede(ray_session, tmp_
     assert rows[render_id].status == "superseded" and rows[new_row.render_id].status == "done"
     assert mp4.exists()
     sheet = (tmp_path / "dam" / "contact_sheet.html").read_text()
-    assert "talk (superseded)" in sheet
+    assert "<h2>talk · main · en-US · 16:9 (superseded)</h2>" in sheet
 
 
 def test_localize_counts_and_retries_per_render_not_per_locale(tmp_path, monkeypatch):
