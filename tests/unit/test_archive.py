@@ -241,15 +241,20 @@ def test_a_record_whose_review_reads_otherwise_means_not_archived(tmp_path):
     assert is_archived(dam, result.key_prefix, "9f3c2a") is None
 
 
-def test_find_archived_finds_a_planned_renders_record(tmp_path):
-    dam = LocalDAM(tmp_path / "dam")
-    render = make_render(tmp_path / "work")
-    result = archive_render(dam, render)
-    request = RenderRequest(
+def planned_request() -> RenderRequest:
+    """The planned request of make_render's render."""
+    return RenderRequest(
         render_id="9f3c2a", brief_id="b1", campaign_id="c1", row_index=0, locale="pt-BR", language="English",
         aspect_ratio="16:9", resolution="256p", width=448, height=256,
         duration_s=2, seed=7, take=0, prompt="p", dialogue=[], forbidden_terms=[],
         model_id="magihuman-tiny")
+
+
+def test_find_archived_finds_a_planned_renders_record(tmp_path):
+    dam = LocalDAM(tmp_path / "dam")
+    render = make_render(tmp_path / "work")
+    result = archive_render(dam, render)
+    request = planned_request()
     record = find_archived(dam, request)
     assert record is not None and record.keys == result.keys and record.sizes == result.sizes
     assert record.review_status == "auto_approved" and record.seed == 7
@@ -267,11 +272,7 @@ def test_a_dam_written_before_variants_is_still_found(tmp_path):
     new_folder.rename(old_folder)
     record_path = old_folder / "9f3c2a.done.json"
     record_path.write_text(record_path.read_text().replace("variant=main/", ""))
-    request = RenderRequest(
-        render_id="9f3c2a", brief_id="b1", campaign_id="c1", row_index=0, locale="pt-BR", language="English",
-        aspect_ratio="16:9", resolution="256p", width=448, height=256,
-        duration_s=2, seed=7, take=0, prompt="p", dialogue=[], forbidden_terms=[],
-        model_id="magihuman-tiny")
+    request = planned_request()
     record = find_archived(dam, request)
     assert record is not None and all("variant=" not in key for key in record.keys.values())
     assert find_archived(dam, request.model_copy(update={"variant_id": "hook-b"})) is None
