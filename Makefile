@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 # 4.2.2, the oldest build paddock supports (standing for Ubuntu 20.04/22.04's 4.x).
 FFMPEG42 := $(VENV)/ffmpeg-4.2
 
-.PHONY: test test-fast demo install clean bench
+.PHONY: test test-slow test-all test-fast demo install clean bench
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -22,8 +22,16 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# The everyday suite: everything but the slow tier (tests/conftest.py says what is slow, and why).
 test: $(STAMP)
-	$(PY) -m pytest -q --durations=15 tests
+	$(PY) -m pytest -q --durations=15 -m "not slow" tests
+
+# The slow tier: CLI subprocesses, Ray Jobs, TP rank groups, a multi-node cluster, the browser,
+# kill and fault campaigns. CI runs it after `make test`.
+test-slow: $(STAMP)
+	$(PY) -m pytest -q --durations=15 -m slow tests
+
+test-all: test test-slow
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q tests/unit

@@ -31,6 +31,33 @@ for _name in ("AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
     os.environ.pop(_name, None)
 
 
+# The two tiers of the suite. `make test` runs everything not marked slow, in one process on
+# the shared Ray instance; `make test-slow` runs the slow tier; CI (.ci/run) runs both. A test
+# is slow when it starts processes of its own beyond that Ray (a `paddock` subprocess with its
+# own Ray, a Ray Job, the rank processes of a TP group, a multi-node cluster, a browser), kills
+# processes on purpose, or runs a campaign several times. Whole modules are listed here, with
+# why; single tests carry `@pytest.mark.slow` in their own file.
+SLOW_MODULES = {
+    "e2e/": "runs `paddock` as a subprocess, which starts its own Ray",
+    "integration/test_jobs.py": "submits Ray Jobs and runs the localization job after a campaign",
+    "integration/test_replica.py": "TP groups of rank processes, and kills one mid-call",
+    "integration/test_replica_memory.py": "TP=2 and TP=4 groups of rank processes",
+    "integration/test_replica_generator.py": "a TP=2 replica of rank processes",
+    "integration/test_replica_placement.py": "a 3-node cluster and 12 rank processes",
+    "integration/test_tp_equivalence.py": "TP=2 and TP=4 gloo groups",
+    "integration/test_review_browser.py": "Chromium and a Serve application",
+    "integration/test_render_retries.py": "a batch that kills its render process, retried",
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    tests_dir = Path(__file__).resolve().parent
+    for item in items:
+        where = Path(str(item.fspath)).resolve().relative_to(tests_dir).as_posix()
+        if any(where.startswith(module) for module in SLOW_MODULES):
+            item.add_marker(pytest.mark.slow)
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -116,6 +116,7 @@ def test_a_failing_render_becomes_a_failure_row_and_the_job_goes_on(ray_session,
     assert "1 of 2 renders failed" in events[1]["run"]["facets"]["errorMessage"]["message"]
 
 
+@pytest.mark.slow  # a pool of TP=2 replicas: rank processes
 def test_a_tensor_parallel_pool_renders_the_campaign(ray_session, tmp_path):
     """tp_size 2 on CPU: each render actor owns a placement group with two gloo rank actors."""
     pq.write_table(pa.Table.from_pylist([BRIEFS[1]], schema=BRIEF_ARROW_SCHEMA), tmp_path / "briefs.parquet")

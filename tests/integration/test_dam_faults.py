@@ -40,6 +40,7 @@ def s3_endpoint():
         yield url
 
 
+@pytest.mark.slow  # a campaign through a faulty proxy, with retries
 def test_a_campaign_through_s3_faults_lands_every_render_once_with_right_checksums(ray_session, s3_endpoint, tmp_path):
     s3 = boto3.client("s3", endpoint_url=s3_endpoint)
     s3.create_bucket(Bucket="flaky")
@@ -98,6 +99,7 @@ sys.exit(1 if result.failed else 0)
 """
 
 
+@pytest.mark.slow  # two campaigns at once, on each DAM
 @pytest.mark.parametrize("kind", ["local", "s3"])
 def test_two_campaigns_at_once_on_one_dam_keep_both_sets_of_rows(s3_endpoint, tmp_path, kind):
     if kind == "s3":

@@ -36,9 +36,11 @@ def test_campaign_as_a_ray_job(ray_session, tmp_path):
                                                       "--workdir", str(tmp_path / "work"), "--device", "cpu"])
     ray_cli = Path(sys.executable).with_name("ray")
     command = [str(ray_cli), "job", "submit", "--address", ray_session.job_address, "--", *entrypoint.split()]
-    for _ in range(12):  # the job agent comes up a few seconds after the cluster
+    # The job agent comes up after the cluster: seconds on an idle machine, over a minute on a busy one.
+    deadline = time.monotonic() + 240
+    while True:
         proc = subprocess.run(command, capture_output=True, text=True, timeout=420)
-        if "No available agent" not in proc.stderr:
+        if "No available agent" not in proc.stderr or time.monotonic() > deadline:
             break
         time.sleep(5)
     assert proc.returncode == 0, proc.stdout + proc.stderr

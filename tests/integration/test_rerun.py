@@ -6,6 +6,7 @@ import json
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 
 import pipeline.run
 from pipeline.dam import open_dam
@@ -29,6 +30,7 @@ def record_of(tmp_path, render_id: str) -> dict:
     return json.loads(next((tmp_path / "dam").rglob(f"{render_id}.done.json")).read_text())
 
 
+@pytest.mark.slow  # five runs of one campaign
 def test_reruns_correct_retag_redeliver_rerender_and_supersede(ray_session, tmp_path, monkeypatch):
     first = run_campaign(config_for(tmp_path, BRIEF), log=lambda line: None)
     (row,) = first.manifest

@@ -222,6 +222,7 @@ def test_a_render_that_cannot_be_archived_fails_and_a_repost_retries_it(server):
     assert done["status"] == "done" and done["error"] is None and set(done["assets"]) == {"mp4", "wav", "jpg", "vtt"}
 
 
+@pytest.mark.slow  # stops and starts the Serve application
 def test_a_restarted_server_answers_a_new_client_from_the_dam(server):
     """Restarted as --insecure-local: no token needed, loopback only; the anonymous client did not ask for
     the render, so it is not among its renders until it posts the brief."""

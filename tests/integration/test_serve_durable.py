@@ -194,6 +194,7 @@ def test_decisions_need_the_review_role_and_a_retake_joins_the_group(service):
     assert [e["decision"] for e in log] == ["approved", "retake"] and log[1]["retake_render_id"] == new_id
 
 
+@pytest.mark.slow  # restarts Serve with two replicas
 def test_a_restart_with_two_renders_queued_finishes_both_and_two_replicas_agree(service):
     url, dam = service["url"], service["dam"]
     ids = [requests.post(f"{url}/v1/renders", json=brief(f"restart-{i}", seed=700 + i), headers=auth("carol"),

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 
 from pipeline.manifest import take_group
 from pipeline.run import CampaignConfig, run_campaign
@@ -21,6 +22,7 @@ BRIEF = {
 }
 
 
+@pytest.mark.slow  # nine renders and a re-run
 def test_three_takes_have_one_best_take_per_group(ray_session, tmp_path):
     pq.write_table(pa.Table.from_pylist([BRIEF], schema=BRIEF_ARROW_SCHEMA), tmp_path / "briefs.parquet")
     config = CampaignConfig(briefs=tmp_path / "briefs.parquet", dam=str(tmp_path / "dam"), workdir=tmp_path / "work",

@@ -102,6 +102,7 @@ def test_audio_latent_is_held_fixed_in_base_and_sr(resolution):
     assert not torch.allclose(free.latents.video, clip.latents.video)  # the video follows the audio
 
 
+@pytest.mark.slow  # a campaign run twice, with recordings in three forms
 def test_campaign_delivers_the_recording_and_other_locales_as_before(ray_session, tmp_path):
     recording = speech_like(3.4)
     path = write_recording(tmp_path, "ana-en", recording, "wav24")
