@@ -25,9 +25,8 @@ from pydantic import Field, field_validator
 from ray.data.expressions import col
 
 from model.generator import AVGenerator, GeneratorConfig
-from model.memory import check_replica_fits
 from model.presets import get_preset
-from model.placement import ReplicaShape
+from model.placement import ReplicaShape, check_cluster_fit
 from model.replica import make_replica
 from pipeline.archive import ArchiveRenders, spooled_renders
 from pipeline.dam import DAM, open_dam
@@ -241,12 +240,6 @@ def _generator_config(config: CampaignConfig, todo: list[RenderRequest]) -> Gene
             generator_config.released_paths()
     except (ValueError, FileNotFoundError) as exc:
         raise RunSetupError(f"--model {config.model}: {exc}") from None
-    if device.startswith("cuda") and torch.cuda.is_available():  # the GPUs' size is known here: check the fit
-        try:
-            check_replica_fits(generator_config, config.tp_size, torch.cuda.get_device_properties(0).total_memory,
-                               sorted({r.resolution for r in todo}), sorted({r.duration_s for r in todo})[-1:])
-        except ValueError as exc:
-            raise RunSetupError(str(exc)) from None
     if device.startswith("cuda"):
         gpus = ray.cluster_resources().get("GPU", 0)
         if gpus < config.tp_size:
@@ -255,6 +248,11 @@ def _generator_config(config: CampaignConfig, todo: list[RenderRequest]) -> Gene
                 raise RunSetupError(f"--device {device}: {needs}; use --device cpu, or a machine or cluster "
                                     "with GPUs (RAY_ADDRESS)")
             logger.warning("%s; waiting for the cluster's autoscaler to add GPU nodes", needs)
+        try:  # read on the cluster's GPU nodes: the driver may have no GPU
+            check_cluster_fit(generator_config, config.tp_size, sorted({r.resolution for r in todo}),
+                              sorted({r.duration_s for r in todo})[-1:])
+        except ValueError as exc:
+            raise RunSetupError(str(exc)) from None
     return generator_config
 
 

@@ -17,6 +17,7 @@ from s3_server import start_s3_server
 from jobs.args import ServeSetupError
 from jobs.auth import (TOKEN_ENV, Authenticator, ClientToken, client_for_token, is_loopback, parse_api_tokens,
                        require_role)
+from jobs.renderer import renderer_config
 from jobs.serve_app import AdHocBrief, Renderer, ServeConfig, build_app, plan_renders, renderer_options, run_server
 from pipeline.dam.local import LocalDAM
 from pipeline.dam.s3 import S3DAM
@@ -172,3 +173,22 @@ def test_presigned_urls_are_signed_for_the_buckets_region_and_end_with_the_crede
             frozen.access_key, frozen.secret_key, "session-token", expiry, refresh_using=lambda: {}, method="sts")
         expires = int(parse_qs(urlparse(dam.url("campaign=c/r1.vtt", 3600)).query)["X-Amz-Expires"][0])
         assert 1150 <= expires <= 1200
+
+
+def test_a_renderer_too_big_for_the_clusters_gpus_stops_the_server_at_startup(monkeypatch, tmp_path):
+    import model.placement
+    from model.memory import smallest_fitting_tp
+
+    # The edge that cannot run here: the cluster's GPU nodes, read as 80 GiB cards.
+    monkeypatch.setattr(model.placement, "cluster_gpu_bytes", lambda: 80 * 2**30)
+    args = {"dam": str(tmp_path), "model": "magihuman-distill", "device": "cuda", "tp_size": 1, "insecure_local": True}
+    with pytest.raises(ServeSetupError) as err:
+        build_app(args)
+    message = str(err.value)
+    # Serve checks every resolution a brief may ask, at the longest duration (15 s).
+    smallest = smallest_fitting_tp(renderer_config(ServeConfig(**{**args, "tp_size": 2})), 80 * 2**30,
+                                   ["256p", "540p", "720p", "1080p"])
+    assert smallest == 2
+    assert "\n" not in message and message.startswith("serve: --tp 1: a magihuman-distill replica needs about")
+    assert "at 1080p 15 s" in message and "use --tp 2, the smallest that fits" in message
+    build_app({**args, "tp_size": 2})  # fits: the application is built
