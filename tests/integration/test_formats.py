@@ -1,5 +1,7 @@
 """Every format the hosted model sells, rendered by the tiny model through the render stage:
-the MP4s have the delivery sizes (ffprobe), and an `audio: false` brief delivers no audio."""
+the MP4s have the delivery sizes (ffprobe), and an `audio: false` brief delivers no audio. And the
+stage's prompt prefetch: a call encodes its prompts while the model is busy with the call before,
+and its own text phase then hits the replica's prompt cache."""
 
 from __future__ import annotations
 
@@ -74,9 +76,10 @@ def test_the_next_calls_prompts_are_encoded_while_the_model_is_busy_and_then_hit
     import threading
 
     encoder = stage.generate.generator.text_encoder
-    brief = CampaignBrief(brief_id="prefetch", campaign_id="formats", prompt="A kettle whistles in a quiet kitchen.",
-                          source_locale="en-US", locales=["en-US", "de-DE"], duration_s=2)
-    requests = expand_brief(brief, row_index=0, model_id="tiny")
+    requests = [request for i, prompt in enumerate(("A kettle whistles in a quiet kitchen.", "Gulls over a pier."))
+                for request in expand_brief(CampaignBrief(brief_id=f"prefetch{i}", campaign_id="formats", prompt=prompt,
+                                                          source_locale="en-US", duration_s=2), row_index=i,
+                                            model_id="tiny")]
     prompts = {r.prompt for r in requests}
     assert len(prompts) == 2
     prefetched, real_prepare = threading.Event(), stage.generate.prepare_text
