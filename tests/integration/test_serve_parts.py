@@ -192,3 +192,64 @@ def test_a_renderer_too_big_for_the_clusters_gpus_stops_the_server_at_startup(mo
     assert "\n" not in message and message.startswith("serve: --tp 1: a magihuman-distill replica needs about")
     assert "at 1080p 15 s" in message and "use --tp 2, the smallest that fits" in message
     build_app({**args, "tp_size": 2})  # fits: the application is built
+
+
+def test_a_renderer_call_past_its_timeout_fails_the_job_naming_the_timeout_and_healthz_reports_it(tmp_path):
+    import asyncio
+    import time
+
+    from jobs.jobstore import JobRecord
+    from jobs.serve_app import Api
+
+    class HungCall:
+        """A Renderer call that never finishes: it waits on an event only the test sets."""
+
+        def __init__(self, release: asyncio.Event):
+            self.release, self.cancelled = release, False
+
+        def __await__(self):
+            return self.release.wait().__await__()
+
+        def cancel(self):
+            self.cancelled = True
+
+    class HungRenderer:  # the edge: the Renderer deployment's handle
+        def __init__(self):
+            self.release, self.calls = asyncio.Event(), []
+
+        def remote(self, table):
+            self.calls.append(HungCall(self.release))
+            return self.calls[-1]
+
+    api_class = next(c for c in Api.func_or_class.__mro__ if c.__dict__.get("_render"))  # the class Serve wraps
+
+    async def scenario():
+        renderer = HungRenderer()
+        api = api_class.__new__(api_class)
+        api_class.__init__(api, ServeConfig(dam=str(tmp_path / "dam"), workdir=tmp_path / "work", insecure_local=True,
+                                            render_timeout_s=0.5, replicas=1), renderer)
+        try:
+            assert await api.healthz() == {"status": "ok"}
+            (request,) = plan_renders(brief(), "tiny")
+            record = JobRecord(render_id=request.render_id, request=request, clients=["anonymous"])
+            await asyncio.to_thread(api.jobs.put, record)
+            started = time.monotonic()
+            api._enqueue(record)
+            stored = None
+            while time.monotonic() - started < 30 and not (stored and stored.finished):
+                await asyncio.sleep(0.05)  # the record in the DAM, as every ingress replica reads it
+                stored = await asyncio.to_thread(api.jobs.get, record.render_id)
+            assert stored is not None and stored.status == "failed", stored
+            assert "render_timeout_s (0.5 s)" in stored.error and "cancelled" in stored.error
+            assert 0.5 <= (stored.finished_at - stored.started_at).total_seconds() < 10
+            assert len(renderer.calls) == 1 and renderer.calls[0].cancelled and not renderer.release.is_set()
+            with pytest.raises(HTTPException) as err:
+                await api.healthz()
+            assert err.value.status_code == 503 and "Renderer replica is stuck" in err.value.detail
+            assert "render_timeout_s (0.5 s)" in err.value.detail
+        finally:
+            renderer.release.set()
+            for task in (*api.workers, api.resumed):
+                task.cancel()
+
+    asyncio.run(scenario())
