@@ -20,6 +20,9 @@ from schemas.brief import BRIEF_ARROW_SCHEMA
 ROOT = Path(__file__).resolve().parents[2]
 # The driver's line for each render it recorded (pipeline.run's record(): the row is in its manifest merger).
 RECORDED_LINE = re.compile(r"^\[\d+/\d+\] (?P<brief_id>\S+) .*?: (?P<status>\w+)")
+# Its line before the work: how many renders it will record.
+TO_DO_LINE = re.compile(r"(?P<spooled>\d+) to archive from .*, (?P<redeliver>\d+) to re-deliver as \S+, "
+                        r"(?P<todo>\d+) to make")
 
 
 def write_briefs(tmp_path: Path, renders: int, campaign_id: str) -> list[str]:
@@ -43,6 +46,7 @@ class CliRun:
             start_new_session=True)
         self.lines: list[str] = []
         self.recorded: list[tuple[str, str]] = []  # (brief_id, status) in the order the driver recorded them
+        self.to_record: int | None = None  # what the driver said it will record
         self.changed = threading.Condition()
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
@@ -53,6 +57,8 @@ class CliRun:
                 self.lines.append(line)
                 if match := RECORDED_LINE.match(line):
                     self.recorded.append((match["brief_id"], match["status"]))
+                elif match := TO_DO_LINE.search(line):
+                    self.to_record = sum(int(match[name]) for name in ("spooled", "redeliver", "todo"))
                 self.changed.notify_all()
         with self.changed:
             self.changed.notify_all()
@@ -61,11 +67,15 @@ class CliRun:
     def output(self) -> str:
         return "".join(self.lines)
 
-    def wait_for_recorded(self, count: int, timeout_s: float = 300) -> bool:
-        """Until the driver has recorded ``count`` renders (True) or the job ended (False)."""
+    def wait_for_recorded(self, count: int | None = None, timeout_s: float = 300) -> bool:
+        """Until the driver has recorded ``count`` renders, by default every one it said it would
+        (True), or the job ended (False)."""
+        def reached() -> bool:
+            wanted = count if count is not None else self.to_record
+            return wanted is not None and len(self.recorded) >= wanted
+
         with self.changed:
-            return self.changed.wait_for(lambda: len(self.recorded) >= count or not self._reader.is_alive(),
-                                         timeout_s) and len(self.recorded) >= count
+            return self.changed.wait_for(lambda: reached() or not self._reader.is_alive(), timeout_s) and reached()
 
     def finish(self, timeout_s: float = 600) -> int:
         """The job's exit status once it ends; whatever it left running is killed after."""
