@@ -5,7 +5,9 @@ manifest before the driver exits."""
 
 from __future__ import annotations
 
+import os
 import signal
+import socket
 
 import pyarrow.parquet as pq
 from cli_runs import CliRun, records, stop_when, write_briefs
@@ -30,8 +32,17 @@ def test_killed_at_several_points_then_finished_nothing_twice_nothing_missing(tm
     # 2: during archive (a finished clip's files are in the spool)
     stop_when(CliRun(tmp_path), lambda: spool.is_dir() and any(spool.iterdir()))
     seen.update(records(tmp_path))
-    # 3: during the manifest merge (its lock file is held)
-    stop_when(CliRun(tmp_path), lambda: (tmp_path / "dam" / ".manifest.parquet.lock").exists())
+    # 3: during the manifest merge. This test holds the DAM manifest's lock, so the run's merge
+    # waits; once the driver has recorded every render it said it would, that merge is all it
+    # has left. Killed there, it leaves its lock behind, owned by a process that is gone.
+    lock = tmp_path / "dam" / ".manifest.parquet.lock"
+    lock.write_text(f"{socket.gethostname()} {os.getpid()}\n")
+    run = CliRun(tmp_path)
+    assert run.wait_for_recorded(), run.output
+    assert stop_when(run, lambda: True)[0]
+    made_here = {brief_id for brief_id, _ in run.recorded}
+    assert not made_here & {row.brief_id for row in read_dam_manifest(open_dam(str(tmp_path / "dam"))).values()}
+    lock.write_text(f"{socket.gethostname()} {run.proc.pid}\n")
     seen.update(records(tmp_path))
 
     last = CliRun(tmp_path)
