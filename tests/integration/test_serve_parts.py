@@ -226,12 +226,13 @@ def test_a_renderer_call_past_its_timeout_fails_the_job_naming_the_timeout_and_h
     async def scenario():
         renderer = HungRenderer()
         api = api_class.__new__(api_class)
-        api_class.__init__(api, ServeConfig(dam=str(tmp_path / "dam"), workdir=tmp_path / "work", insecure_local=True,
-                                            render_timeout_s=0.5, replicas=1), renderer)
+        # With tokens (not insecure_local), the Api asks no Serve controller for its proxy's address.
+        api_class.__init__(api, ServeConfig(dam=str(tmp_path / "dam"), workdir=tmp_path / "work",
+                                            render_timeout_s=0.5, replicas=1), renderer, "alice:tok-alice-3f9a")
         try:
             assert await api.healthz() == {"status": "ok"}
             (request,) = plan_renders(brief(), "tiny")
-            record = JobRecord(render_id=request.render_id, request=request, clients=["anonymous"])
+            record = JobRecord(render_id=request.render_id, request=request, clients=["alice"])
             await asyncio.to_thread(api.jobs.put, record)
             started = time.monotonic()
             api._enqueue(record)
