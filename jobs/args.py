@@ -56,6 +56,9 @@ def add_campaign_args(cmd: argparse.ArgumentParser) -> None:
     cmd.add_argument("--replicas", type=int, default=1, help="model replicas in the pool (default: %(default)s)")
     cmd.add_argument("--workdir", type=Path, default=Path("./work"), help="local work directory (default: %(default)s)")
     cmd.add_argument("--batch-size", type=int, default=2, help="requests per replica call (default: %(default)s)")
+    cmd.add_argument("--tokens-per-forward", type=int, default=None,
+                     help="DiT tokens one replica call may hold: smaller shapes (256p drafts) pack more requests "
+                          "(default: --batch-size clips of the run's largest shape)")
     cmd.add_argument("--deliver", default="all", choices=("all", "best"),
                      help="all takes, or only the best take of each (brief, variant, locale, aspect); the others "
                           "stay in <workdir>/spool for review (default: %(default)s)")

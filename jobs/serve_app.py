@@ -2,9 +2,9 @@
 
 Two deployments:
 
-- ``Renderer``: owns one model replica and runs generate + review + mux on it
-  (:class:`pipeline.render.RenderClips`, the batch job's render stage). One
-  request at a time per replica.
+- ``Renderer`` (jobs/renderer.py): owns one model replica and runs generate + review + mux on
+  it (:class:`pipeline.render.RenderClips`, the batch job's render stage). One request at a
+  time per replica; a replica too big for the cluster's GPUs stops the server at start-up.
 - ``Api``: the FastAPI ingress (``ingress_replicas`` of them). It validates briefs with the batch
   job's rules (:class:`CampaignBrief` plus the per-locale checks of ingest), fans them out with
   :func:`expand_brief`, and runs background workers that send queued renders to the Renderer
@@ -55,22 +55,19 @@ from jobs.adhoc import AdHocBrief, RendersAccepted, body_error, plan_renders
 from jobs.args import ServeSetupError
 from jobs.auth import TOKEN_ENV, Authenticator, Caller, authenticate, is_loopback, parse_api_tokens, render_caller
 from jobs.jobstore import JobApi, JobRecord, JobStore, RenderStatus, WebhookAttempt, now, status_document
+from jobs.renderer import Renderer, renderer_config, renderer_options
 from jobs.review_page import RENDER_ID_PATTERN, AssetSigner, ReviewDesk, asset_secret
 from jobs.review_page import router as review_router
 from jobs.videos import router as videos_router
 from jobs.webhooks import CallbackRefused, check_callback_url, deliver
-from model.generator import GeneratorConfig
-from model.placement import ReplicaShape
 from pipeline.archive import ArchiveRenders, ArchiveResult, find_archived
 from pipeline.dam import open_dam
 from pipeline.errors import describe_error
 from pipeline.lineage import JobType, LineageConfig, LineageRun, checkpoint_dataset, dam_dataset
 from pipeline.media import check_ffmpeg
-from pipeline.mux import CHANNEL_PROFILES
 from pipeline.reports import manifest_row, merge_into_dam_manifest, rendered_manifest_row
-from pipeline.review import ReviewResult, ReviewThresholds
-from pipeline.render import RenderClips
-from pipeline.run import ensure_ray, replica_factory, resolve_device
+from pipeline.review import ReviewResult
+from pipeline.run import ensure_ray
 from pipeline.settings import RenderSettings
 from schemas.render import RENDER_REQUEST_ARROW_SCHEMA, RenderRequest
 
@@ -104,32 +101,7 @@ class ServeConfig(RenderSettings):
                                     "and /healthz reports the replica stuck until a call finishes again")
 
 
-# --------------------------------------------------------------------------- placement
-
-
-def renderer_options(tp: int, replicas: int, device: str) -> dict[str, Any]:
-    """Serve deployment options of the Renderer: one model replica per Serve replica,
-    placed by model/placement.py (at tp > 1 a STRICT_PACK group per replica: bundle 0
-    for the replica actor, then one bundle per rank)."""
-    return {"num_replicas": replicas, "max_ongoing_requests": 1,
-            **ReplicaShape.for_device(tp, device).serve_options()}
-
-
 # --------------------------------------------------------------------------- deployments
-
-
-@serve.deployment(name="Renderer")
-class Renderer:
-    """One model replica: RenderRequest rows in, rendered rows (assets, review, error) out."""
-
-    def __init__(self, generator_config: GeneratorConfig, thresholds: ReviewThresholds, profile: str, tp: int):
-        # At tp > 1 the replica's rank actors take the rank bundles of this replica's
-        # placement group (renderer_options).
-        self.render_clips = RenderClips(generator_config, thresholds=thresholds, profile=CHANNEL_PROFILES[profile],
-                                        batch_size=1, make_generator=replica_factory(tp, generator_config.device))
-
-    def __call__(self, requests: pa.Table) -> pa.Table:
-        return self.render_clips(requests)
 
 
 def proxy_host() -> str | None:
@@ -413,11 +385,8 @@ class Api:
 def build_application(config: ServeConfig, api_tokens: str | None = None) -> serve.Application:
     """The Serve application. ``api_tokens`` None: each Api replica reads PADDOCK_API_TOKEN
     from its own environment (how RayService pods get it, from a Secret)."""
-    device = resolve_device(config.device)
-    generator_config = GeneratorConfig(model=config.model, checkpoint_dir=config.checkpoint_dir, device=device,
-                                       decoder=config.decoder, s3_endpoint=config.s3_endpoint,
-                                       text_encoder_device=config.text_encoder_device)
-    renderer = Renderer.options(**renderer_options(config.tp_size, config.replicas, device)).bind(
+    generator_config = renderer_config(config)  # a replica too big for the cluster's GPUs stops here
+    renderer = Renderer.options(**renderer_options(config.tp_size, config.replicas, generator_config.device)).bind(
         generator_config, config.thresholds, config.profile, config.tp_size)
     return Api.options(num_replicas=config.ingress_replicas).bind(config, renderer, api_tokens)
 

@@ -34,7 +34,6 @@ from model.magihuman.sizes import (
     VIDEO_LATENT_CHANNELS,
     ClipGeometry,
     FrameFit,
-    clip_geometry,
 )
 from model.magihuman.text_encoder import TextEncoder
 from model.magihuman.turbo_vae import TurboVAED
@@ -163,13 +162,7 @@ class AVGenerator:
         return self._sr_dits[component]
 
     def geometry(self, spec: ClipSpec) -> ClipGeometry:
-        return clip_geometry(
-            spec.duration_s,
-            spec.aspect_ratio,
-            spec.resolution,
-            base_sizes=self.preset.base_sizes,
-            sr_sizes=self.preset.sr_sizes,
-        )
+        return self.preset.geometry(spec.duration_s, spec.aspect_ratio, spec.resolution)
 
     @contextmanager
     def _phase(self, timings: dict[str, float], name: str) -> Iterator[None]:

@@ -25,7 +25,7 @@ import torch
 
 from .magihuman.config import ArchConfig, resolve_arch
 from .magihuman.dit import MagiHumanDiT
-from .magihuman.sizes import PATCH_SIZE, TEXT_LENGTH, clip_geometry
+from .magihuman.sizes import TEXT_LENGTH
 from .magihuman.turbo_vae import TurboVAEDConfig
 from .parallel import TPGroup, check_tp_size, parallelize_dit
 from .presets import SR_COMPONENT, get_preset
@@ -197,13 +197,12 @@ def clip_peaks(config, tp_size: int, ranks: list[RankMemory] | None = None,
     peaks = []
     for resolution in resolutions:
         for duration in durations:
-            g = clip_geometry(duration, "16:9", resolution, base_sizes=preset.base_sizes, sr_sizes=preset.sr_sizes)
+            g = preset.geometry(duration, "16:9", resolution)
             passes = [(resolve_arch(preset.dit_arch), g.base_latent_hw, 2 if preset.uses_cfg else 1)]
             if g.sr_latent_hw is not None:
                 passes.append((sr_arch_for(preset, resolution), g.sr_latent_hw, 1))
-            dit = max(dit_activation_bytes(arch, g.latent_frames * (h // PATCH_SIZE[1]) * (w // PATCH_SIZE[2])
-                                           + g.audio_latents + TEXT_LENGTH, tp_size, dtype, batch)
-                      for arch, (h, w), batch in passes)
+            dit = max(dit_activation_bytes(arch, g.pass_tokens(hw) + TEXT_LENGTH, tp_size, dtype, batch)
+                      for arch, hw, batch in passes)
             decode = turbo_window_bytes(turbo, *(g.sr_latent_hw or g.base_latent_hw), dtype)
             per_rank = [r.weights(resolution) + max(dit, decode) + CONTEXT_BYTES
                         + (text if "text_encoder" in r.device_bytes else 0) for r in ranks]

@@ -9,11 +9,13 @@ placement group per actor) and of Serve's `placement_group_bundles` (the replica
 
 `ReplicaShape` gives both forms: `data_pool_args` (Ray Data `map_batches` arguments) and
 `serve_options` (Serve deployment options); `rank_bundles` / `rank_actor_options` are what the
-replica itself asks for.
+replica itself asks for. `check_cluster_fit` checks, before any replica starts, that a rank fits
+the cluster's GPUs (their size read on the GPU nodes themselves).
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -22,6 +24,8 @@ import ray
 from pydantic import BaseModel, ConfigDict, Field
 from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+logger = logging.getLogger(__name__)
 
 STRATEGY = "STRICT_PACK"  # every rank of a TP group on one node (NVLink / shared memory between ranks)
 
@@ -114,3 +118,54 @@ class ReplicaShape(BaseModel):
             options["placement_group_bundles"] = self.group_bundles()
             options["placement_group_strategy"] = STRATEGY
         return options
+
+
+# How long the fit check waits for a GPU to read the size of: a cluster whose GPUs are all busy,
+# or whose autoscaler has not added a GPU node yet, is not checked (the job still starts).
+GPU_PROBE_TIMEOUT_S = 60.0
+
+
+def _device_memory() -> int:
+    import torch
+
+    return torch.cuda.get_device_properties(0).total_memory
+
+
+def cluster_gpu_bytes(timeout_s: float = GPU_PROBE_TIMEOUT_S) -> int | None:
+    """The memory of the smallest GPU among the Ray cluster's GPU nodes: one one-GPU task pinned to
+    each node that has GPUs reads its card (the driver itself may have none). None when the
+    cluster has no GPU node, or none answered within ``timeout_s``."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    probe = ray.remote(num_gpus=1, num_cpus=0, max_retries=0)(_device_memory)
+    refs = [probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"], soft=False)).remote()
+            for node in ray.nodes() if node.get("Alive") and node.get("Resources", {}).get("GPU", 0) > 0]
+    done, pending = ray.wait(refs, num_returns=len(refs), timeout=timeout_s) if refs else ([], [])
+    for ref in pending:
+        ray.cancel(ref, force=True)
+    sizes = []
+    for ref in done:
+        try:
+            sizes.append(ray.get(ref))
+        except Exception:  # noqa: BLE001 - a node whose GPU cannot be read is left out of the check
+            continue
+    return min(sizes) if sizes else None
+
+
+def check_cluster_fit(config, tp_size: int, resolutions, durations=(15,), gpu_bytes: int | None = None) -> None:
+    """Raise ValueError in one line (model.memory.check_replica_fits: it names the smallest TP that
+    fits) when a rank of a ``tp_size`` replica of ``config`` (a GeneratorConfig on CUDA) would not
+    fit ``gpu_bytes``, by default the cluster's GPUs (:func:`cluster_gpu_bytes`). The campaign job
+    and the Serve application both check here before any replica starts. A CPU replica, or a
+    cluster whose GPUs cannot be read now, is not checked."""
+    from model.memory import check_replica_fits
+
+    if not config.device.startswith("cuda"):
+        return
+    if gpu_bytes is None:
+        gpu_bytes = cluster_gpu_bytes()
+        if gpu_bytes is None:
+            logger.warning("no GPU of the cluster could be read (no GPU node yet, or all busy for %g s): the "
+                           "replica's memory fit is not checked", GPU_PROBE_TIMEOUT_S)
+            return
+    check_replica_fits(config, tp_size, gpu_bytes, resolutions, durations)

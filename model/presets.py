@@ -29,7 +29,7 @@ from typing import Literal
 from model.magihuman.audio_vae import TinyOobleckConfig
 from model.magihuman.config import PRESETS as ARCH_PRESETS
 from model.magihuman.config import TINY_TEXT_CHANNELS, ArchConfig
-from model.magihuman.sizes import BASE_SIZES, SR_SIZES
+from model.magihuman.sizes import BASE_SIZES, SR_SIZES, ClipGeometry, clip_geometry
 from schemas.formats import GENERATION_SIZES
 from model.magihuman.text_encoder import TinyT5GemmaConfig
 from model.magihuman.turbo_vae import WAN22_LATENTS_MEAN, WAN22_LATENTS_STD, TurboVAEDConfig
@@ -125,6 +125,10 @@ class ModelPreset:
     @property
     def uses_cfg(self) -> bool:
         return self.mode == "base"
+
+    def geometry(self, duration_s: float, aspect_ratio: str, resolution: str) -> ClipGeometry:
+        """A clip's geometry at this preset's generation sizes."""
+        return clip_geometry(duration_s, aspect_ratio, resolution, base_sizes=self.base_sizes, sr_sizes=self.sr_sizes)
 
 
 _TINY_ARCH = ARCH_PRESETS["tiny"]

@@ -2,7 +2,8 @@
 
 One instance owns one model replica. Requests are grouped by shape
 (:func:`shape_batches`, the pipeline's one grouping: the campaign job cuts its
-blocks with it too) so the replica can batch them.
+blocks with it too) so the replica can batch them; small shapes (256p drafts)
+pack more clips into one forward, up to a token budget (:func:`token_budget`).
 
 Retries, one layer per kind of fault:
 
@@ -35,6 +36,7 @@ from itertools import groupby
 import numpy as np
 
 from model.generator import AVGenerator, ClipSpec, GeneratorConfig
+from model.presets import get_preset
 from model.replica import ReplicaError
 from pipeline.console import quiet_dependencies
 from pipeline.errors import describe_error
@@ -92,12 +94,40 @@ def shape_key(request: RenderRequest) -> tuple:
             request.voiceover is not None)
 
 
-def shape_batches(requests: Sequence[RenderRequest], max_batch: int) -> list[list[RenderRequest]]:
-    """The requests grouped by shape, each group cut into batches of at most ``max_batch``."""
+# Clips per forward at most, however few tokens they have: a batch's decoded frames stay in host
+# memory until its review and mux finish (a 5 s 256p clip is ~43 MB of uint8 frames), and a batch
+# is one Ray Data block, the unit a dead actor's retry makes again.
+MAX_PACKED_CLIPS = 16
+
+
+def clip_tokens(request: RenderRequest) -> int:
+    """The DiT tokens of the request's largest pass, at its model preset's generation sizes."""
+    return get_preset(request.model_id).geometry(request.clip_seconds, request.aspect_ratio,
+                                                 request.resolution).dit_tokens
+
+
+def token_budget(requests: Sequence[RenderRequest], max_batch: int, tokens_per_forward: int | None = None) -> int:
+    """Tokens one forward may hold: ``tokens_per_forward`` when set, else ``max_batch`` clips of the
+    largest shape among ``requests``, so that packing small clips never makes a forward (and its
+    activations, which grow with its tokens) larger than the one the largest batch makes anyway."""
+    if tokens_per_forward is not None:
+        return tokens_per_forward
+    return max_batch * max((clip_tokens(r) for r in requests), default=0)
+
+
+def shape_batches(requests: Sequence[RenderRequest], max_batch: int,
+                  tokens_per_forward: int | None = None) -> list[list[RenderRequest]]:
+    """The requests grouped by shape (input order kept within a shape), each group cut into
+    batches of ``max_batch``; with a ``tokens_per_forward`` budget, a shape small enough packs
+    more, as many as fit the budget (at most MAX_PACKED_CLIPS). The budget never cuts a batch
+    below ``max_batch``: whether that fits is model/memory.py's check."""
     batches = []
     for _, group in groupby(sorted(requests, key=shape_key), key=shape_key):
         group = list(group)
-        batches.extend(group[start:start + max_batch] for start in range(0, len(group), max_batch))
+        size = max_batch
+        if tokens_per_forward is not None:
+            size = max(max_batch, min(MAX_PACKED_CLIPS, tokens_per_forward // clip_tokens(group[0])))
+        batches.extend(group[start:start + size] for start in range(0, len(group), size))
     return batches
 
 
@@ -119,9 +149,11 @@ class GenerateClips:
     """Callable over a list of requests; holds the replica for its lifetime."""
 
     def __init__(self, config: GeneratorConfig, max_batch: int = 4,
-                 make_generator: Callable[[GeneratorConfig], AVGenerator] = AVGenerator):
+                 make_generator: Callable[[GeneratorConfig], AVGenerator] = AVGenerator,
+                 tokens_per_forward: int | None = None):
         self.generator = make_generator(config)
         self.max_batch = max_batch
+        self.tokens_per_forward = tokens_per_forward  # shape_batches' packing budget; None: max_batch only
         self.config = config
 
     def prepare_text(self, requests: Sequence[RenderRequest]) -> None:
@@ -137,7 +169,7 @@ class GenerateClips:
 
     def __call__(self, requests: Sequence[RenderRequest]) -> list[GeneratedClip | FailedRender]:
         results: dict[str, GeneratedClip | FailedRender] = {}
-        for chunk in shape_batches(requests, self.max_batch):
+        for chunk in shape_batches(requests, self.max_batch, self.tokens_per_forward):
             for result in self._generate_chunk(chunk):
                 results[result.request.render_id] = result
         return [results[r.render_id] for r in requests]

@@ -32,10 +32,13 @@ class RenderClips:
     deliverables (MP4, WAV, poster, captions) travel on to archive."""
 
     def __init__(self, generator_config: GeneratorConfig, thresholds: ReviewThresholds, profile: ChannelProfile,
-                 batch_size: int, make_generator: Callable[[GeneratorConfig], Any] = AVGenerator):
+                 batch_size: int, make_generator: Callable[[GeneratorConfig], Any] = AVGenerator,
+                 tokens_per_forward: int | None = None):
         check_ffmpeg()  # once per actor (a Serve replica, a pool actor): its node's ffmpeg, before the model loads
         # make_generator builds the replica (pipeline.run.replica_factory: in process, or a TP group).
-        self.generate = GenerateClips(generator_config, max_batch=batch_size, make_generator=make_generator)
+        # tokens_per_forward: the budget small shapes pack to (pipeline.generate.shape_batches).
+        self.generate = GenerateClips(generator_config, max_batch=batch_size, make_generator=make_generator,
+                                      tokens_per_forward=tokens_per_forward)
         self.thresholds = thresholds
         self.profile = profile
         # The actor runs two calls at once: one holds the model while the other

@@ -25,9 +25,8 @@ from pydantic import Field, field_validator
 from ray.data.expressions import col
 
 from model.generator import AVGenerator, GeneratorConfig
-from model.memory import check_replica_fits
 from model.presets import get_preset
-from model.placement import ReplicaShape
+from model.placement import ReplicaShape, check_cluster_fit
 from model.replica import make_replica
 from pipeline.archive import ArchiveRenders, spooled_renders
 from pipeline.dam import DAM, open_dam
@@ -35,7 +34,7 @@ from pipeline.console import quiet_dependencies
 from pipeline.enhance import ENHANCED_SCHEMA, EnhancePrompts, PromptLLMConfig, apply_prompts, distinct_inputs
 from pipeline.expand import ExpandBriefs
 from pipeline.fingerprint import DeliveryFingerprint, delivery_fingerprint, model_fingerprint
-from pipeline.generate import shape_batches
+from pipeline.generate import shape_batches, token_budget
 from pipeline.ingest import REJECTS_SCHEMA, ValidateBriefs, first_row_by_brief_id, read_briefs_table, reason_category
 from pipeline.lineage import (JobType, LineageConfig, LineageRun, briefs_dataset, checkpoint_dataset, dam_dataset,
                               prompt_model_dataset)
@@ -173,6 +172,9 @@ class CampaignConfig(RenderSettings):
     briefs: str = Field(description="briefs Parquet file: a local path or s3://bucket/key")
     workdir: Path = Path("./work")
     batch_size: int = Field(2, ge=1, description="requests per call into a replica")
+    tokens_per_forward: int | None = Field(None, ge=1, description="DiT tokens one call may hold: smaller shapes "
+                                           "pack more requests (pipeline.generate.token_budget); default: "
+                                           "batch_size clips of the run's largest shape")
     prompt_llm: PromptLLMConfig | None = Field(None, description="the enhance stage's LLM; None: template prompts")
     manifest_merge_rows: int = Field(16, ge=1, description="merge into the DAM's manifest every this many renders")
     manifest_merge_s: float = Field(60.0, gt=0, description="... or at least this often (seconds), and on SIGTERM")
@@ -238,12 +240,6 @@ def _generator_config(config: CampaignConfig, todo: list[RenderRequest]) -> Gene
             generator_config.released_paths()
     except (ValueError, FileNotFoundError) as exc:
         raise RunSetupError(f"--model {config.model}: {exc}") from None
-    if device.startswith("cuda") and torch.cuda.is_available():  # the GPUs' size is known here: check the fit
-        try:
-            check_replica_fits(generator_config, config.tp_size, torch.cuda.get_device_properties(0).total_memory,
-                               sorted({r.resolution for r in todo}), sorted({r.duration_s for r in todo})[-1:])
-        except ValueError as exc:
-            raise RunSetupError(str(exc)) from None
     if device.startswith("cuda"):
         gpus = ray.cluster_resources().get("GPU", 0)
         if gpus < config.tp_size:
@@ -252,6 +248,11 @@ def _generator_config(config: CampaignConfig, todo: list[RenderRequest]) -> Gene
                 raise RunSetupError(f"--device {device}: {needs}; use --device cpu, or a machine or cluster "
                                     "with GPUs (RAY_ADDRESS)")
             logger.warning("%s; waiting for the cluster's autoscaler to add GPU nodes", needs)
+        try:  # read on the cluster's GPU nodes: the driver may have no GPU
+            check_cluster_fit(generator_config, config.tp_size, sorted({r.resolution for r in todo}),
+                              sorted({r.duration_s for r in todo})[-1:])
+        except ValueError as exc:
+            raise RunSetupError(str(exc)) from None
     return generator_config
 
 
@@ -399,9 +400,10 @@ def _run_campaign(config: CampaignConfig, dam: DAM, log: Callable[[str], None],
         if todo:
             generator_config = _generator_config(config, todo)
             # One block per replica call, of one shape, so every replica of the pool gets work
-            # and each call is one batch of equal latent sizes.
+            # and each call is one batch of equal latent sizes (small shapes packed to the budget).
+            budget = token_budget(todo, config.batch_size, config.tokens_per_forward)
             blocks = [pa.Table.from_pylist([r.model_dump() for r in batch], schema=RENDER_REQUEST_ARROW_SCHEMA)
-                      for batch in shape_batches(todo, config.batch_size)]
+                      for batch in shape_batches(todo, config.batch_size, budget)]
             with replica_pool(config.tp_size, config.replicas, generator_config.device) as pool_args:
                 collect(
                     ray.data.from_arrow(blocks)
@@ -409,9 +411,10 @@ def _run_campaign(config: CampaignConfig, dam: DAM, log: Callable[[str], None],
                         RenderClips,
                         fn_constructor_kwargs={"generator_config": generator_config, "thresholds": config.thresholds,
                                                "profile": profile, "batch_size": config.batch_size,
+                                               "tokens_per_forward": budget,
                                                "make_generator": replica_factory(config.tp_size,
                                                                                  generator_config.device)},
-                        batch_size=config.batch_size, batch_format="pyarrow",
+                        batch_size=None, batch_format="pyarrow",  # a block is one call
                         max_restarts=STAGE_RETRIES, max_task_retries=STAGE_RETRIES,
                         **pool_args,
                     )

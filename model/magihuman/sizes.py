@@ -85,6 +85,17 @@ class ClipGeometry:
             return None
         return self.sr_size[1] // VAE_STRIDE[1], self.sr_size[0] // VAE_STRIDE[2]
 
+    def pass_tokens(self, latent_hw: tuple[int, int]) -> int:
+        """Video and audio tokens one clip puts through a DiT pass over latents of `latent_hw`."""
+        h, w = latent_hw
+        return self.latent_frames * (h // PATCH_SIZE[1]) * (w // PATCH_SIZE[2]) + self.audio_latents
+
+    @property
+    def dit_tokens(self) -> int:
+        """Tokens of the clip's largest DiT pass (super-resolution's when it has one): what one clip
+        adds to a forward's activations (model/memory.py; pipeline/generate.py packs batches by it)."""
+        return self.pass_tokens(self.sr_latent_hw or self.base_latent_hw)
+
     @property
     def decode_size(self) -> tuple[int, int]:
         """(width, height) the VAE decodes to, before the final resize."""

@@ -1,63 +1,25 @@
-"""`paddock run` killed (SIGKILL) during render, during archive and during the manifest merge,
-then run to the end: nothing made twice, nothing missing, no failed row for a clip that is complete."""
+"""`paddock run` stopped part-way, then run to the end: nothing made twice, nothing missing, no
+failed row for a clip that is complete. SIGKILL during render, during archive and during the
+manifest merge; SIGTERM (`ray job stop`, a pod's eviction) merges the rows so far into the DAM's
+manifest before the driver exits."""
 
 from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
-import time
-from pathlib import Path
+import socket
 
-import pyarrow as pa
 import pyarrow.parquet as pq
+from cli_runs import CliRun, records, stop_when, write_briefs
 
 from pipeline.dam import open_dam
 from pipeline.reports import read_dam_manifest, rows_from_records
-from schemas.brief import BRIEF_ARROW_SCHEMA
 
-ROOT = Path(__file__).resolve().parents[2]
 RENDERS = 6
-BRIEFS = [{"brief_id": f"k{i}", "campaign_id": "kill", "prompt": f"Scene {i} of the kill test.",
-           "source_locale": "en-US", "duration_s": 2, "resolution": "256p", "seed": i} for i in range(RENDERS)]
-
-
-def start(tmp_path: Path) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    env.pop("RAY_ADDRESS", None)
-    return subprocess.Popen(
-        [sys.executable, "-m", "jobs.cli", "run", "briefs.parquet", "--dam", "dam", "--workdir", "work",
-         "--device", "cpu", "--batch-size", "1", "--profile", "draft"],
-        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
-
-
-def records(tmp_path: Path) -> dict[str, int]:
-    return {p.name: p.stat().st_mtime_ns for p in (tmp_path / "dam").rglob("*.done.json")}
-
-
-def stop_when(proc: subprocess.Popen, ready, sig: int = signal.SIGKILL, timeout_s: float = 300) -> tuple[bool, str]:
-    """Once ``ready()``, SIGKILL the whole job (Ray's processes too), or send another signal to
-    the driver alone, as `ray job stop` or a pod's eviction does: whether it was sent (False:
-    the job ended first), and the job's output. Whatever the job left running is killed after."""
-    deadline = time.monotonic() + timeout_s
-    sent = False
-    while proc.poll() is None and time.monotonic() < deadline:
-        if ready():
-            os.killpg(proc.pid, sig) if sig == signal.SIGKILL else os.kill(proc.pid, sig)
-            sent = True
-            break
-        time.sleep(0.01)
-    output = proc.communicate(timeout=180)[0]
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    return sent, output
 
 
 def test_killed_at_several_points_then_finished_nothing_twice_nothing_missing(tmp_path):
-    pq.write_table(pa.Table.from_pylist(BRIEFS, schema=BRIEF_ARROW_SCHEMA), tmp_path / "briefs.parquet")
+    write_briefs(tmp_path, RENDERS, "kill")
     seen: dict[str, int] = {}
     spool = tmp_path / "work" / "spool"
 
@@ -65,18 +27,26 @@ def test_killed_at_several_points_then_finished_nothing_twice_nothing_missing(tm
         return bool(set(records(tmp_path)) - set(seen))
 
     # 1: during render (a clip is archived, the next is being made)
-    assert stop_when(start(tmp_path), new_record)[0]
+    assert stop_when(CliRun(tmp_path), new_record)[0]
     seen.update(records(tmp_path))
     # 2: during archive (a finished clip's files are in the spool)
-    stop_when(start(tmp_path), lambda: spool.is_dir() and any(spool.iterdir()))
+    stop_when(CliRun(tmp_path), lambda: spool.is_dir() and any(spool.iterdir()))
     seen.update(records(tmp_path))
-    # 3: during the manifest merge (its lock file is held)
-    stop_when(start(tmp_path), lambda: (tmp_path / "dam" / ".manifest.parquet.lock").exists())
+    # 3: during the manifest merge. This test holds the DAM manifest's lock, so the run's merge
+    # waits; once the driver has recorded every render it said it would, that merge is all it
+    # has left. Killed there, it leaves its lock behind, owned by a process that is gone.
+    lock = tmp_path / "dam" / ".manifest.parquet.lock"
+    lock.write_text(f"{socket.gethostname()} {os.getpid()}\n")
+    run = CliRun(tmp_path)
+    assert run.wait_for_recorded(), run.output
+    assert stop_when(run, lambda: True)[0]
+    made_here = {brief_id for brief_id, _ in run.recorded}
+    assert not made_here & {row.brief_id for row in read_dam_manifest(open_dam(str(tmp_path / "dam"))).values()}
+    lock.write_text(f"{socket.gethostname()} {run.proc.pid}\n")
     seen.update(records(tmp_path))
 
-    last = start(tmp_path)
-    output, _ = last.communicate(timeout=600)
-    assert last.returncode == 0, output
+    last = CliRun(tmp_path)
+    assert last.finish() == 0, last.output
     final = records(tmp_path)
     assert len(final) == RENDERS
     # made once: a record, once written, is never written again
@@ -89,3 +59,32 @@ def test_killed_at_several_points_then_finished_nothing_twice_nothing_missing(tm
     assert len(in_dam) == RENDERS and {r.status for r in in_dam.values()} <= {"done", "skipped"}
     assert set(in_dam) == set(rows_from_records(dam))
     assert not (spool.is_dir() and any(spool.iterdir()))
+
+
+def test_sigterm_merges_the_archived_renders_into_the_dams_manifest_and_the_next_run_makes_none_again(tmp_path):
+    briefs = write_briefs(tmp_path, 3, "term")
+    dam_dir = tmp_path / "dam"
+    run = CliRun(tmp_path)
+    # The driver has recorded a finished render (its row waits in the merger: 16 rows or 60 s
+    # between merges), and two more are still to make: the job is mid-run when SIGTERM lands.
+    assert run.wait_for_recorded(1), run.output
+    assert run.proc.poll() is None
+    run.proc.send_signal(signal.SIGTERM)
+    assert run.finish(180) == 128 + signal.SIGTERM, run.output  # merge_on_sigterm's exit, after its merge
+    recorded = {brief_id for brief_id, status in run.recorded if status == "done"}
+    assert recorded and len(recorded) < len(briefs), run.output
+    dam = open_dam(str(dam_dir))
+    in_dam = read_dam_manifest(dam)
+    assert recorded <= {row.brief_id for row in in_dam.values() if row.status == "done"}
+    assert set(in_dam) <= set(rows_from_records(dam))  # no row claims a render the DAM does not hold
+    made_before = records(tmp_path)
+
+    follow_up = CliRun(tmp_path)
+    assert follow_up.finish() == 0, follow_up.output
+    final = records(tmp_path)
+    assert len(final) == len(briefs)
+    assert all(final[name] == mtime for name, mtime in made_before.items()), "a finished render was made again"
+    assert sum(status == "done" for _, status in follow_up.recorded) == len(briefs) - len(made_before)
+    in_dam = read_dam_manifest(dam)
+    assert {row.brief_id for row in in_dam.values()} == set(briefs)
+    assert {row.status for row in in_dam.values()} <= {"done", "skipped"}

@@ -1,5 +1,7 @@
 """Every format the hosted model sells, rendered by the tiny model through the render stage:
-the MP4s have the delivery sizes (ffprobe), and an `audio: false` brief delivers no audio."""
+the MP4s have the delivery sizes (ffprobe), and an `audio: false` brief delivers no audio. And the
+stage's prompt prefetch: a call encodes its prompts while the model is busy with the call before,
+and its own text phase then hits the replica's prompt cache."""
 
 from __future__ import annotations
 
@@ -68,3 +70,37 @@ def test_a_silent_brief_delivers_no_audio_stream(stage, tmp_path):
     assert [s["codec_type"] for s in probed["streams"]] == ["video"]
     review = ReviewResult.model_validate_json(row["review_json"])
     assert not any("audio" in reason or "loudness" in reason for reason in review.review_reasons)
+
+
+def test_the_next_calls_prompts_are_encoded_while_the_model_is_busy_and_then_hit_the_cache(stage):
+    import threading
+
+    encoder = stage.generate.generator.text_encoder
+    requests = [request for i, prompt in enumerate(("A kettle whistles in a quiet kitchen.", "Gulls over a pier."))
+                for request in expand_brief(CampaignBrief(brief_id=f"prefetch{i}", campaign_id="formats", prompt=prompt,
+                                                          source_locale="en-US", duration_s=2), row_index=i,
+                                            model_id="tiny")]
+    prompts = {r.prompt for r in requests}
+    assert len(prompts) == 2
+    prefetched, real_prepare = threading.Event(), stage.generate.prepare_text
+
+    def prepare_then_say_so(batch):
+        real_prepare(batch)
+        prefetched.set()
+
+    stage.generate.prepare_text = prepare_then_say_so
+    table = pa.Table.from_pylist([r.model_dump() for r in requests], schema=RENDER_REQUEST_ARROW_SCHEMA)
+    rows = []
+    try:
+        with stage.model_lock:  # the model is busy with the call before (its denoise holds the lock)
+            call = threading.Thread(target=lambda: rows.extend(stage(table).to_pylist()))
+            forwards, hits = encoder.forward_calls, encoder.hits
+            call.start()
+            assert prefetched.wait(120), "the call did not encode its prompts before taking the model"
+            assert encoder.forward_calls == forwards + len(prompts) and call.is_alive()
+        call.join(300)
+    finally:
+        stage.generate.prepare_text = real_prepare
+    assert [r["error"] for r in rows] == [None, None]
+    assert encoder.forward_calls == forwards + len(prompts)  # the text phase itself ran no encoder forward
+    assert encoder.hits == hits + len(requests)

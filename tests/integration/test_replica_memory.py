@@ -6,7 +6,9 @@ four gloo processes on this CPU run the tiny stack at TP=4 (the world) and TP=2 
 - the split decode (TurboVAED windows; the Wan2.2 VAE's tiles, and whole clips below its tiling
   size) gathered on rank 0 equals one rank's decode;
 - a TP=2 and a TP=4 clip (text broadcast from rank 0, split decode, audio from the last rank)
-  equal the TP=1 clip within the DiT's TP round-off.
+  equal the TP=1 clip within the DiT's TP round-off;
+- the audio decode runs on one rank (parallel.audio_rank, the last) while every rank decodes its
+  share of the video.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import torch.multiprocessing as mp
 from model.generator import AVGenerator, ClipSpec, GeneratorConfig
 from model.magihuman.video_vae import VideoVAE
 from model.memory import replica_memory
-from model.parallel import TPGroup, split_decode
+from model.parallel import TPGroup, audio_rank, split_decode
 from model.presets import get_preset
 
 WORLD = 4
@@ -42,6 +44,18 @@ def tiled_vae() -> VideoVAE:
     return vae
 
 
+def count_calls(component, method: str) -> dict[str, list]:
+    """Record each call of the real ``component.method`` (it still runs), by method name."""
+    calls, real = [], getattr(component, method)
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    setattr(component, method, counted)
+    return {method: calls}
+
+
 def rank_main(rank: int, store: str, out: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=WORLD)
@@ -55,8 +69,10 @@ def rank_main(rank: int, store: str, out: str) -> None:
     whole.tile_above_pixels = 10**9  # below the tiling size: whole clips per rank
     for tp_size, tp in groups.items():
         generator = AVGenerator(CONFIG, tp)
+        decodes = count_calls(generator.audio_vae, "decode") | count_calls(generator.video_decoder, "decode_items")
         clips = generator.generate(SPECS)
         results[tp_size] = {
+            "decodes": {name: len(calls) for name, calls in decodes.items()},  # the generate call's, per rank
             "weight_bytes": generator.weight_bytes(),
             "frames": [c.frames for c in clips] if rank == 0 else None,
             "audio": [c.audio for c in clips] if rank == 0 else None,
@@ -109,6 +125,14 @@ def test_rank0_alone_holds_the_text_encoder_and_each_rank_holds_what_memory_acco
 def test_split_decode_gathered_on_rank0_equals_the_one_rank_decode(rank_results, tp1, tp_size, decoder):
     assert torch.equal(rank_results[0][tp_size][decoder], tp1[decoder])
     assert all(r[tp_size][decoder] is None for r in rank_results[1:tp_size])
+
+
+@pytest.mark.parametrize("tp_size", [2, 4])
+def test_the_audio_decodes_on_the_last_rank_alone_while_every_rank_decodes_video(rank_results, tp_size):
+    decodes = [r[tp_size]["decodes"] for r in rank_results[:tp_size]]
+    assert audio_rank(TPGroup(0, tp_size)) == tp_size - 1
+    assert [d["decode"] for d in decodes] == [0] * (tp_size - 1) + [1]  # one batch: one audio decode, on one rank
+    assert [d["decode_items"] for d in decodes] == [1] * tp_size  # every rank decodes its share of the video
 
 
 @pytest.mark.parametrize("tp_size", [2, 4])

@@ -17,6 +17,7 @@ from s3_server import start_s3_server
 from jobs.args import ServeSetupError
 from jobs.auth import (TOKEN_ENV, Authenticator, ClientToken, client_for_token, is_loopback, parse_api_tokens,
                        require_role)
+from jobs.renderer import renderer_config
 from jobs.serve_app import AdHocBrief, Renderer, ServeConfig, build_app, plan_renders, renderer_options, run_server
 from pipeline.dam.local import LocalDAM
 from pipeline.dam.s3 import S3DAM
@@ -172,3 +173,84 @@ def test_presigned_urls_are_signed_for_the_buckets_region_and_end_with_the_crede
             frozen.access_key, frozen.secret_key, "session-token", expiry, refresh_using=lambda: {}, method="sts")
         expires = int(parse_qs(urlparse(dam.url("campaign=c/r1.vtt", 3600)).query)["X-Amz-Expires"][0])
         assert 1150 <= expires <= 1200
+
+
+def test_a_renderer_too_big_for_the_clusters_gpus_stops_the_server_at_startup(monkeypatch, tmp_path):
+    import model.placement
+    from model.memory import smallest_fitting_tp
+
+    # The edge that cannot run here: the cluster's GPU nodes, read as 80 GiB cards.
+    monkeypatch.setattr(model.placement, "cluster_gpu_bytes", lambda: 80 * 2**30)
+    args = {"dam": str(tmp_path), "model": "magihuman-distill", "device": "cuda", "tp_size": 1, "insecure_local": True}
+    with pytest.raises(ServeSetupError) as err:
+        build_app(args)
+    message = str(err.value)
+    # Serve checks every resolution a brief may ask, at the longest duration (15 s).
+    smallest = smallest_fitting_tp(renderer_config(ServeConfig(**{**args, "tp_size": 2})), 80 * 2**30,
+                                   ["256p", "540p", "720p", "1080p"])
+    assert smallest == 2
+    assert "\n" not in message and message.startswith("serve: --tp 1: a magihuman-distill replica needs about")
+    assert "at 1080p 15 s" in message and "use --tp 2, the smallest that fits" in message
+    build_app({**args, "tp_size": 2})  # fits: the application is built
+
+
+def test_a_renderer_call_past_its_timeout_fails_the_job_naming_the_timeout_and_healthz_reports_it(tmp_path):
+    import asyncio
+    import time
+
+    from jobs.jobstore import JobRecord
+    from jobs.serve_app import Api
+
+    class HungCall:
+        """A Renderer call that never finishes: it waits on an event only the test sets."""
+
+        def __init__(self, release: asyncio.Event):
+            self.release, self.cancelled = release, False
+
+        def __await__(self):
+            return self.release.wait().__await__()
+
+        def cancel(self):
+            self.cancelled = True
+
+    class HungRenderer:  # the edge: the Renderer deployment's handle
+        def __init__(self):
+            self.release, self.calls = asyncio.Event(), []
+
+        def remote(self, table):
+            self.calls.append(HungCall(self.release))
+            return self.calls[-1]
+
+    api_class = next(c for c in Api.func_or_class.__mro__ if c.__dict__.get("_render"))  # the class Serve wraps
+
+    async def scenario():
+        renderer = HungRenderer()
+        api = api_class.__new__(api_class)
+        # With tokens (not insecure_local), the Api asks no Serve controller for its proxy's address.
+        api_class.__init__(api, ServeConfig(dam=str(tmp_path / "dam"), workdir=tmp_path / "work",
+                                            render_timeout_s=0.5, replicas=1), renderer, "alice:tok-alice-3f9a")
+        try:
+            assert await api.healthz() == {"status": "ok"}
+            (request,) = plan_renders(brief(), "tiny")
+            record = JobRecord(render_id=request.render_id, request=request, clients=["alice"])
+            await asyncio.to_thread(api.jobs.put, record)
+            started = time.monotonic()
+            api._enqueue(record)
+            stored = None
+            while time.monotonic() - started < 30 and not (stored and stored.finished):
+                await asyncio.sleep(0.05)  # the record in the DAM, as every ingress replica reads it
+                stored = await asyncio.to_thread(api.jobs.get, record.render_id)
+            assert stored is not None and stored.status == "failed", stored
+            assert "render_timeout_s (0.5 s)" in stored.error and "cancelled" in stored.error
+            assert 0.5 <= (stored.finished_at - stored.started_at).total_seconds() < 10
+            assert len(renderer.calls) == 1 and renderer.calls[0].cancelled and not renderer.release.is_set()
+            with pytest.raises(HTTPException) as err:
+                await api.healthz()
+            assert err.value.status_code == 503 and "Renderer replica is stuck" in err.value.detail
+            assert "render_timeout_s (0.5 s)" in err.value.detail
+        finally:
+            renderer.release.set()
+            for task in (*api.workers, api.resumed):
+                task.cancel()
+
+    asyncio.run(scenario())

@@ -43,3 +43,16 @@ def test_the_text_encoder_on_the_cpu_frees_rank0s_gpu():
     assert "text_encoder" not in on_cpu[0].device_bytes and on_cpu[0].host_bytes["text_encoder"] > 18e9
     with pytest.raises(ValueError, match="text_encoder_device='cuda' needs device='cuda'"):
         GeneratorConfig(model="tiny", device="cpu", text_encoder_device="cuda")
+
+
+def test_the_cluster_fit_check_decides_on_the_gpu_size_it_is_given_and_skips_cpu_replicas():
+    from model.placement import check_cluster_fit
+
+    smallest = smallest_fitting_tp(DISTILL, 48 * GIB, ["256p", "1080p"], [15])
+    assert smallest is not None and smallest > 1
+    with pytest.raises(ValueError) as err:
+        check_cluster_fit(DISTILL, 1, ["256p", "1080p"], gpu_bytes=48 * GIB)
+    assert "\n" not in str(err.value) and f"use --tp {smallest}, the smallest that fits" in str(err.value)
+    check_cluster_fit(DISTILL, smallest, ["256p", "1080p"], gpu_bytes=48 * GIB)  # fits: no error
+    # A CPU replica is not checked against GPUs at all (and asks no cluster: no Ray runs here).
+    check_cluster_fit(DISTILL.model_copy(update={"device": "cpu"}), 1, ["1080p"], gpu_bytes=1)
