@@ -98,7 +98,7 @@ def test_a_failing_render_becomes_a_failure_row_and_the_job_goes_on(ray_session,
     briefs = [BRIEFS[1], {**BRIEFS[1], "brief_id": "needs-image", "reference_image_uri": str(tmp_path / "missing.png")}]
     pq.write_table(pa.Table.from_pylist(briefs, schema=BRIEF_ARROW_SCHEMA), tmp_path / "briefs.parquet")
     config = CampaignConfig(briefs=tmp_path / "briefs.parquet", dam=str(tmp_path / "dam"),
-                            workdir=tmp_path / "work", model="tiny", device="cpu")
+                            workdir=tmp_path / "work", model="tiny", device="cpu", profile="draft")
     result = run_campaign(config, log=lambda line: None)
 
     by_brief = {row.brief_id: row for row in result.manifest}
