@@ -67,6 +67,11 @@ class ManifestRow(BaseModel):
     bytes_uploaded: int = 0
     bytes_from_render: int = 0
     timings_s: dict[str, float] = {}
+    fingerprint: str | None = None
+    """DeliveryFingerprint.digest() of a render archived by `paddock run`: a re-run's skip check compares
+    it without reading the completion record (pipeline/skipcheck.py)"""
+    review_digest: str | None = None
+    """rerun.review_digest of the forbidden terms and thresholds its review was decided with"""
 
     @model_validator(mode="before")
     @classmethod

@@ -18,14 +18,16 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.archive import ArchiveResult, CompletionRecord
+from pipeline.archive import ArchiveResult, CompletionRecord, find_archived
 from pydantic import ValidationError
 
 from pipeline.dam import DAM, DAMError
 from pipeline.dam.keys import COMPLETION_SUFFIX
 from pipeline.dam.local import LocalDAM
 from pipeline.manifest import MANIFEST_ARROW_SCHEMA, ManifestRow, contact_sheet_html, mark_best_takes
-from pipeline.review import ReviewResult
+from pipeline.fingerprint import DeliveryFingerprint
+from pipeline.review import ReviewResult, ReviewThresholds
+from pipeline.rerun import review_digest
 from schemas.render import RenderRequest
 
 logger = logging.getLogger(__name__)
@@ -57,15 +59,50 @@ def manifest_row(request: RenderRequest, status: str, *, error: str | None = Non
     return row
 
 
-def rendered_manifest_row(request: RenderRequest, row: dict) -> ManifestRow:
-    """The row of a render this run made, from the archive stage's output row (ArchiveRenders)."""
+def rendered_manifest_row(request: RenderRequest, row: dict, fingerprint: DeliveryFingerprint | None = None,
+                          thresholds: ReviewThresholds | None = None) -> ManifestRow:
+    """The row of a render this run made, from the archive stage's output row (ArchiveRenders);
+    one archived under ``fingerprint`` with ``thresholds`` keeps their digests for the skip check."""
     review = ReviewResult.model_validate_json(row["review_json"]) if row["review_json"] else None
     archive = ArchiveResult.model_validate_json(row["archive_json"]) if row["archive_json"] else None
     status = "done" if archive is not None else "held" if row.get("held") else "failed"
-    return manifest_row(
+    made = manifest_row(
         request, status, error=row["error"], review=review, archive=archive,
         timings={**dict(row["timings_s"] or []), **({"archive": row["archive_s"]} if row["archive_s"] is not None else {})},
         bytes_from_render=row["assets_bytes"]).model_copy(update={"frame_fit": row.get("frame_fit")})
+    if archive is None or fingerprint is None or thresholds is None:
+        return made
+    return made.model_copy(update={"fingerprint": fingerprint.digest(),
+                                   "review_digest": review_digest(request.forbidden_terms, thresholds)})
+
+
+# A kept render's row: the request's fields now, the rest as the run that made it recorded them.
+_RUN_FIELDS = {"status", "error", "timings_s", "bytes_uploaded", "bytes_from_render", "best_take"}
+_KEPT_FIELDS = (set(ManifestRow.model_fields) - set(RenderRequest.model_fields) - _RUN_FIELDS) | {"prompt_source"}
+
+
+def kept_manifest_rows(dam: DAM, requests: list[RenderRequest], records: dict[str, CompletionRecord],
+                       thresholds: ReviewThresholds) -> dict[str, ManifestRow]:
+    """The "skipped" rows of the renders the skip check kept (pipeline/skipcheck.py): rebuilt
+    from the completion record where it was read (so it corrects an earlier "failed" row), else
+    from the DAM's manifest row, which the index found done with this run's fingerprint."""
+    previous = read_dam_manifest(dam) if requests else {}
+    rows = {}
+    for request in requests:
+        made, record = previous.get(request.render_id), records.get(request.render_id)
+        if record is None and made is None:  # the manifest changed since the index read it
+            record = find_archived(dam, request, verify=False)
+        if record is not None:
+            row = archived_manifest_row(request, record, dam.uri).model_copy(update={
+                "fingerprint": record.fingerprint.digest() if record.fingerprint else None,
+                "review_digest": review_digest(request.forbidden_terms, thresholds)})
+            if made is not None and made.model_prompt is not None:  # the prompt it was made with
+                row = row.model_copy(update={"model_prompt": made.model_prompt, "prompt_source": made.prompt_source})
+        else:
+            row = manifest_row(request, "skipped").model_copy(
+                update={name: getattr(made, name) for name in _KEPT_FIELDS} if made is not None else {})
+        rows[request.render_id] = row
+    return rows
 
 
 def archived_manifest_row(request: RenderRequest, record: CompletionRecord, dam_uri: str,
@@ -186,7 +223,7 @@ class ManifestMerger:
 
 
 def _dam_facts(row: ManifestRow) -> tuple:
-    return row.keys, row.sha256, row.review_status, row.review_reasons
+    return row.keys, row.sha256, row.review_status, row.review_reasons, row.fingerprint, row.review_digest
 
 
 def write_reports(rows: list[ManifestRow], dam: DAM, workdir: Path,
