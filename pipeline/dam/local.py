@@ -117,10 +117,15 @@ class LocalDAM(DAM):
 
     def list_keys(self, prefix: str = "", suffix: str = "") -> list[str]:
         folder = self._path(prefix) if prefix else self.root
-        if not folder.is_dir():
-            return []
-        return sorted(path.relative_to(self.root).as_posix() for path in folder.rglob(f"*{suffix}")
-                      if path.is_file() and not any(part.startswith(".") for part in path.relative_to(self.root).parts))
+        keys = []
+        # os.walk, pruning hidden folders (.tags, locks) as it goes: a DAM of a million renders is
+        # millions of entries, and rglob would stat and filter every one of them.
+        for parent, folders, files in os.walk(folder):
+            folders[:] = [name for name in folders if not name.startswith(".")]
+            base = Path(parent).relative_to(self.root).as_posix()
+            keys.extend(name if base == "." else f"{base}/{name}" for name in files
+                        if name.endswith(suffix) and not name.startswith("."))
+        return sorted(keys)
 
     def _tags_path(self, key: str) -> Path:
         return self.root / ".tags" / f"{check_key(key)}.json"
