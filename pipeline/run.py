@@ -48,7 +48,7 @@ from pipeline.reports import (ManifestMerger, kept_manifest_rows, manifest_row, 
                              write_reports)
 from pipeline.rerun import RedeliverClips
 from pipeline.settings import RenderSettings
-from pipeline.skipcheck import VerifyMode, check_archived
+from pipeline.skipcheck import VerifyMode, check_archived, requests_of, selected_requests
 from schemas.brief import BRIEF_ARROW_SCHEMA
 from schemas.render import RENDER_REQUEST_ARROW_SCHEMA, RenderRequest
 
@@ -311,29 +311,27 @@ def _run_campaign(config: CampaignConfig, dam: DAM, log: Callable[[str], None],
     log(f"planned {planned.requests.num_rows} renders from {planned.briefs_valid}/{planned.briefs_read} briefs "
         f"({planned.rejects.num_rows} rejects in {config.workdir / 'rejects.parquet'})")
 
-    requests = [RenderRequest.model_validate(row) for row in planned.requests.to_pylist()]
-    planned_table = planned.requests
+    # The plan stays Arrow; only the renders this run acts on become RenderRequests.
+    planned_table = planned.requests if select is None else selected_requests(planned.requests, select)
     if select is not None:
-        requests = [r for r in requests if select(r)]
-        planned_table = planned_table.filter(pc.is_in(planned_table["render_id"],
-                                                      value_set=pa.array([r.render_id for r in requests], pa.string())))
-        log(f"{len(requests)} of {planned.requests.num_rows} renders selected")
-    by_id = {r.render_id: r for r in requests}
+        log(f"{planned_table.num_rows} of {planned.requests.num_rows} renders selected")
+    order = planned_table["render_id"].to_pylist()
     profile = CHANNEL_PROFILES[config.profile]
     made_with = model_fingerprint(GeneratorConfig(model=config.model, checkpoint_dir=config.checkpoint_dir))
     check = check_archived(dam, planned_table, made_with, profile, config.thresholds, config.verify, config.verify_seed)
     log(check.summary(config.verify))
     kept, redelivered = check.ids("skip"), check.ids("redeliver")
-    manifest: dict[str, ManifestRow] = kept_manifest_rows(dam, [by_id[rid] for rid in kept], check.records,
-                                                          config.thresholds)
-    redeliver = [r for r in requests if r.render_id in redelivered]
+    manifest: dict[str, ManifestRow] = kept_manifest_rows(
+        dam, list(requests_of(planned_table, kept).values()), check.records, config.thresholds)
     spool_dir = config.workdir.resolve() / "spool"
+    waiting = spooled_renders(spool_dir)
+    by_id = requests_of(planned_table, check.ids("render") | redelivered)
+    redeliver = [r for r in by_id.values() if r.render_id in redelivered]
     # Finished clips a previous run could not archive: archived from the spool, without the model.
-    spooled = {rid: table for rid, (table, made_under) in spooled_renders(spool_dir).items()
-               if rid in by_id and rid not in kept and rid not in redelivered
+    spooled = {rid: table for rid, (table, made_under) in waiting.items()
+               if rid in by_id and rid not in redelivered
                and made_under == delivery_fingerprint(made_with, profile, by_id[rid])}
-    todo = [r for r in requests if r.render_id not in kept and r.render_id not in redelivered
-            and r.render_id not in spooled]
+    todo = [r for r in by_id.values() if r.render_id not in redelivered and r.render_id not in spooled]
     hold = config.deliver == "best"  # takes wait in the spool; the best of each group is archived at the end
     log(f"{len(manifest)} renders already in {dam.uri}, {len(spooled)} to archive from {spool_dir}, "
         f"{len(redeliver)} to re-deliver as {config.profile}, {len(todo)} to make")
@@ -406,9 +404,9 @@ def _run_campaign(config: CampaignConfig, dam: DAM, log: Callable[[str], None],
                                  max_retries=STAGE_RETRIES), todo)
         if hold:
             waiting = spooled_renders(spool_dir)
-            for render_id in best_held_takes([manifest[r.render_id] for r in requests]):
+            for render_id in best_held_takes([manifest[rid] for rid in order]):
                 record(archive_stage(waiting[render_id][0]).to_pylist()[0])
 
-        rows = mark_best_takes([manifest[r.render_id] for r in requests])
+        rows = mark_best_takes([manifest[rid] for rid in order])
         manifest_path, sheet_path = write_reports(rows, dam, config.workdir, merger)
     return CampaignResult(planned, rows, manifest_path, sheet_path, dam.uri)

@@ -184,7 +184,7 @@ def check_archived(dam: DAM, planned: pa.Table, made_with: ModelFingerprint, pro
     if reading.num_rows:
         fingerprint_of = {render_id: made[(resolution, uri)] for render_id, resolution, uri in zip(
             *(reading[name].to_pylist() for name in ("render_id", "resolution", "reference")))}
-        requests = _requests(planned, list(fingerprint_of))
+        requests = requests_of(planned, fingerprint_of)
         check.retagged = pc.sum(pc.equal(reading["action"], "retag")).as_py()
         check.looked_up = reading.num_rows - check.retagged
 
@@ -216,10 +216,22 @@ def check_archived(dam: DAM, planned: pa.Table, made_with: ModelFingerprint, pro
     return check
 
 
-def _requests(planned: pa.Table, render_ids: list[str]) -> dict[str, RenderRequest]:
-    """The few planned rows a record read needs, as RenderRequests (the rest stay Arrow)."""
-    rows = planned.filter(pc.is_in(planned["render_id"], value_set=pa.array(render_ids, pa.string())))
-    return {row["render_id"]: RenderRequest.model_validate(row) for row in rows.to_pylist()}
+# Rows validated to RenderRequests at a time: the plan stays Arrow, a batch of objects is transient.
+VALIDATE_ROWS = 10_000
+
+
+def requests_of(planned: pa.Table, render_ids) -> dict[str, RenderRequest]:
+    """The planned rows of ``render_ids`` as RenderRequests, in plan order (the rest stay Arrow)."""
+    rows = planned.filter(pc.is_in(planned["render_id"], value_set=pa.array(list(render_ids), pa.string())))
+    return {request.render_id: request for batch in rows.to_batches(VALIDATE_ROWS)
+            for request in (RenderRequest.model_validate(row) for row in batch.to_pylist())}
+
+
+def selected_requests(planned: pa.Table, select) -> pa.Table:
+    """The planned rows ``select(request)`` keeps (the localization job's new locales), validated in batches."""
+    keep = [select(RenderRequest.model_validate(row)) for batch in planned.to_batches(VALIDATE_ROWS)
+            for row in batch.to_pylist()]
+    return planned.filter(pa.array(keep, pa.bool_()))
 
 
 def _verify(dam: DAM, index: ArchiveIndex, kept: list[str], verify: VerifyMode, seed: int | None,
