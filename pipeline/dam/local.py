@@ -116,15 +116,23 @@ class LocalDAM(DAM):
             raise DAMError(f"DAM {self.uri}: cannot delete {key}: {exc}; check that the directory is writable") from exc
 
     def list_keys(self, prefix: str = "", suffix: str = "") -> list[str]:
-        folder = self._path(prefix) if prefix else self.root
-        keys = []
-        # os.walk, pruning hidden folders (.tags, locks) as it goes: a DAM of a million renders is
-        # millions of entries, and rglob would stat and filter every one of them.
-        for parent, folders, files in os.walk(folder):
-            folders[:] = [name for name in folders if not name.startswith(".")]
-            base = Path(parent).relative_to(self.root).as_posix()
-            keys.extend(name if base == "." else f"{base}/{name}" for name in files
-                        if name.endswith(suffix) and not name.startswith("."))
+        keys: list[str] = []
+        # scandir, pruning hidden folders (.tags, locks) as it goes: a DAM of a million renders is
+        # millions of entries, and rglob would build and filter a Path for every one of them.
+        pending = [(self._path(prefix), f"{prefix}/")] if prefix else [(self.root, "")]
+        while pending:
+            folder, base = pending.pop()
+            try:
+                entries = list(os.scandir(folder))
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+            for entry in entries:
+                if entry.name.startswith("."):
+                    continue
+                if entry.is_dir(follow_symlinks=False):
+                    pending.append((entry.path, f"{base}{entry.name}/"))
+                elif entry.name.endswith(suffix) and entry.is_file():
+                    keys.append(base + entry.name)
         return sorted(keys)
 
     def _tags_path(self, key: str) -> Path:
