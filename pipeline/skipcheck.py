@@ -72,7 +72,7 @@ def load_index(dam: DAM, campaign_ids: list[str]) -> ArchiveIndex:
     manifest = _INDEX_SCHEMA.empty_table()
     if data is not None:
         try:
-            manifest = _manifest_index(pq.ParquetFile(io.BytesIO(data)))
+            manifest = _manifest_index(data, campaign_ids)
         except (pa.ArrowException, KeyError, ValueError) as exc:
             logger.warning("%s/%s is not a paddock manifest (%s); each listed render's record is read instead",
                            dam.uri, MANIFEST_KEY, str(exc).splitlines()[0][:200])
@@ -83,9 +83,11 @@ def load_index(dam: DAM, campaign_ids: list[str]) -> ArchiveIndex:
     return ArchiveIndex(manifest, records, data is not None)
 
 
-def _manifest_index(parquet: pq.ParquetFile) -> pa.Table:
-    names = set(parquet.schema_arrow.names)
-    table = parquet.read(columns=[c for c in ("render_id", "status", "fingerprint", "review_digest") if c in names])
+def _manifest_index(data: bytes, campaign_ids: list[str]) -> pa.Table:
+    names = set(pq.read_schema(io.BytesIO(data)).names)
+    # Only the planned campaigns' row groups are decoded (reports._manifest_bytes writes one per campaign).
+    table = pq.read_table(io.BytesIO(data), filters=[("campaign_id", "in", campaign_ids)],
+                          columns=[c for c in ("render_id", "status", "fingerprint", "review_digest") if c in names])
     table = table.filter(pc.is_in(table["status"], value_set=pa.array(["done", "skipped"])))
     # Manifests written before fingerprints lack the columns: their renders are looked up once.
     columns = [table[name] if name in names else pa.nulls(table.num_rows, pa.string()) for name in _INDEX_SCHEMA.names]

@@ -21,7 +21,7 @@ from pipeline.mux import CHANNEL_PROFILES
 from pipeline.reports import manifest_row, merge_into_dam_manifest
 from pipeline.rerun import review_digest
 from pipeline.review import ReviewThresholds
-from pipeline.skipcheck import SAMPLE_MIN, check_archived, draw_sample
+from pipeline.skipcheck import SAMPLE_MIN, check_archived, draw_sample, load_index
 from schemas.brief import BRIEF_ARROW_SCHEMA
 from schemas.render import RenderRequest
 
@@ -30,10 +30,10 @@ THRESHOLDS = ReviewThresholds()
 MADE_WITH = model_fingerprint(GeneratorConfig(model="tiny"))
 
 
-def planned_requests(count: int) -> pa.Table:
+def planned_requests(count: int, campaigns: int = 1) -> pa.Table:
     """``count`` one-render briefs, validated and expanded by the real stages (no Ray needed)."""
     briefs = pa.Table.from_pylist([
-        {"brief_id": f"b{i:04d}", "campaign_id": "scale", "prompt": f"Scene {i}: a glass on a table.",
+        {"brief_id": f"b{i:04d}", "campaign_id": f"scale{i % campaigns}" if campaigns > 1 else "scale", "prompt": f"Scene {i}: a glass on a table.",
          "source_locale": "en-US", "duration_s": 2, "resolution": "256p", "forbidden_terms": ["cure"]}
         for i in range(count)], schema=BRIEF_ARROW_SCHEMA)
     briefs = briefs.append_column("row_index", pa.array(range(count), pa.int64()))
@@ -118,6 +118,26 @@ def test_index_decides_redeliver_render_retag_and_unlisted(tmp_path):
     dam.delete(keys[ids[0]]["mp4"].removesuffix(".mp4") + ".done.json")
     unlisted = check_archived(dam, planned, MADE_WITH, PROFILE, THRESHOLDS, verify="none")
     assert actions_of(unlisted)[ids[0]] == "render"
+
+
+def test_the_manifest_has_a_row_group_per_campaign_and_the_index_reads_only_the_planned_ones(tmp_path):
+    import io
+
+    import pyarrow.parquet as pq
+
+    from pipeline.reports import MANIFEST_KEY
+
+    dam = open_dam(str(tmp_path / "dam"))
+    planned = planned_requests(9, campaigns=3)
+    archive_stand_ins(dam, planned, tmp_path / "files")
+    manifest = pq.ParquetFile(io.BytesIO(dam.get_bytes(MANIFEST_KEY)))
+    groups = [manifest.read_row_group(i, columns=["campaign_id"])["campaign_id"].to_pylist()
+              for i in range(manifest.num_row_groups)]
+    assert [set(group) for group in groups] == [{"scale0"}, {"scale1"}, {"scale2"}]
+    index = load_index(dam, ["scale1"])
+    assert index.manifest.num_rows == 3 and len(index.records) == 3
+    assert set(index.records) == set(planned.filter(pa.compute.equal(planned["campaign_id"], "scale1"))["render_id"]
+                                     .to_pylist())
 
 
 @pytest.fixture(scope="module")
