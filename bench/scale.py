@@ -173,7 +173,8 @@ def measure(briefs: str, dam: str, endpoint: str | None, verify: str) -> dict:
     skip_s = time.perf_counter() - started
     actions = pc.value_counts(check.actions["action"]).to_pylist()
     return {"renders": planned.requests.num_rows, "ray_start_s": round(ray_s, 2), "plan_s": round(plan_s, 2),
-            "skip_check_s": round(skip_s, 2), "skipped": check.from_index, "verified": check.verified,
+            "skip_check_s": round(skip_s, 2), "skip_check_parts_s": {k: round(v, 2) for k, v in check.timings_s.items()},
+            "skipped": check.from_index, "verified": check.verified,
             "failed": len(check.failed), "actions": {a["values"]: a["counts"] for a in actions},
             "s3_requests": calls["n"] if endpoint else None,
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}

@@ -155,16 +155,29 @@ class CompletionRecord(RenderIdentity):
         return {ext: obj.size for ext, obj in self.objects.items()}
 
 
-def find_archived(dam: DAM, request: RenderRequest, *, verify: bool = True) -> CompletionRecord | None:
-    """The completion record of a planned render a previous run (or the server) finished, else None.
-
-    A render of the brief's own variant may sit in the layout before variants (no variant segment).
-    """
+def _record_prefixes(request: RenderRequest) -> list[str]:
+    # A render of the brief's own variant may sit in the layout before variants (no variant segment).
     where = (request.campaign_id, request.brief_id, request.locale, request.aspect_ratio)
-    record = is_archived(dam, render_key_prefix(*where, request.variant_id), request.render_id, verify=verify)
-    if record is None and request.variant_id == MAIN_VARIANT_ID:
-        record = is_archived(dam, render_key_prefix(*where, variant_id=None), request.render_id, verify=verify)
-    return record
+    prefixes = [render_key_prefix(*where, request.variant_id)]
+    return prefixes + [render_key_prefix(*where, variant_id=None)] if request.variant_id == MAIN_VARIANT_ID else prefixes
+
+
+def find_archived(dam: DAM, request: RenderRequest, *, verify: bool = True) -> CompletionRecord | None:
+    """The completion record of a planned render a previous run (or the server) finished, else None."""
+    for prefix in _record_prefixes(request):
+        record = is_archived(dam, prefix, request.render_id, verify=verify)
+        if record is not None:
+            return record
+    return None
+
+
+def find_record(dam: DAM, request: RenderRequest) -> CompletionRecord | None:
+    """The planned render's completion record as written, its objects not checked (one GET)."""
+    for prefix in _record_prefixes(request):
+        record = read_record(dam, completion_key(prefix, request.render_id), request.render_id)
+        if record is not None:
+            return record
+    return None
 
 
 def read_record(dam: DAM, key: str, render_id: str) -> CompletionRecord | None:

@@ -1,13 +1,16 @@
 """Skip check: which planned renders the DAM already holds, decided from an index, not object by object.
 
 The index is the DAM's manifest, read once (render_id, status, delivery fingerprint digest, review
-digest), and one listing of each planned campaign's completion records. A planned render whose
-record is listed and whose manifest row is done with this run's fingerprint and review digest is
-skipped without any call of its own. The decision is :func:`pipeline.rerun.decide_for_record` on
-the digests, as an Arrow join: another model part renders again, another profile alone
-re-delivers, another review digest re-tags (the record is read then). A listed render the
-manifest does not describe (a job killed before its manifest merge, a DAM without a manifest, a
-row written before fingerprints) costs one GET of its record; one that is not listed is rendered.
+digest); a DAM without one is listed instead, once per planned campaign. A planned render whose
+manifest row is done with this run's fingerprint and review digest is skipped without any call of
+its own. The decision is :func:`pipeline.rerun.decide_for_record` on the digests, as an Arrow
+join: another model part renders again, another profile alone re-delivers, another review digest
+re-tags (the record is read then). A render the index holds without digests or not as done (a
+manifest row written before the digests, or "failed" by a job that archived the render but died
+before its merge; every record of a DAM without a manifest) costs one GET of its record. One the
+index does not hold is rendered: that includes a record a killed job wrote after its last manifest
+merge (at most ``manifest_merge_rows`` renders or ``manifest_merge_s`` of work; the archive stage
+then uploads nothing for it).
 
 Then ``verify``: ``sample`` (the default) checks a random sample of the kept renders' objects by
 size and SHA-256 and widens to all of them when any fails; ``full`` checks all; ``none`` trusts
@@ -20,6 +23,7 @@ import io
 import logging
 import math
 import random
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Literal
@@ -28,7 +32,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipeline.archive import CompletionRecord, is_archived, read_record
+from pipeline.archive import CompletionRecord, find_archived, find_record
 from pipeline.dam import DAM, DAMError
 from pipeline.dam.keys import COMPLETION_SUFFIX, campaign_prefix
 from pipeline.fingerprint import DeliveryFingerprint, ModelFingerprint, fingerprint_for
@@ -51,7 +55,7 @@ SAMPLE_MIN = 8
 # Record reads and object checks wait on the store, not the CPU (as the archive stage's uploads).
 CHECK_THREADS = 16
 
-_INDEX_SCHEMA = pa.schema([("render_id", pa.string()), ("fingerprint", pa.string()),
+_INDEX_SCHEMA = pa.schema([("render_id", pa.string()), ("status", pa.string()), ("fingerprint", pa.string()),
                            ("review_digest", pa.string())])
 
 
@@ -60,27 +64,25 @@ class ArchiveIndex:
     """What the DAM says it holds, read without touching any render's objects."""
 
     manifest: pa.Table
-    """render_id, fingerprint, review_digest of the manifest's done and skipped rows"""
-    records: dict[str, str]
-    """render_id -> key of its completion record, for every record listed under the planned campaigns"""
-    has_manifest: bool
+    """render_id, status, fingerprint, review_digest of the manifest's rows"""
+    listed: set[str] | None
+    """render ids with a completion record under the planned campaigns, listed only when the DAM
+    has no readable manifest (None: the manifest is the index)"""
 
 
 def load_index(dam: DAM, campaign_ids: list[str]) -> ArchiveIndex:
-    """One GET of the manifest and one listing per campaign (S3: one call per 1,000 objects)."""
+    """One GET of the manifest; without a readable one, one listing per campaign (S3: one call per
+    1,000 objects; a directory: a walk of the campaign's folders)."""
     data = dam.get_bytes(MANIFEST_KEY)
-    manifest = _INDEX_SCHEMA.empty_table()
     if data is not None:
         try:
-            manifest = _manifest_index(data, campaign_ids)
+            return ArchiveIndex(_manifest_index(data, campaign_ids), None)
         except (pa.ArrowException, KeyError, ValueError) as exc:
             logger.warning("%s/%s is not a paddock manifest (%s); each listed render's record is read instead",
                            dam.uri, MANIFEST_KEY, str(exc).splitlines()[0][:200])
-    records = {}
-    for campaign in campaign_ids:
-        for key in dam.list_keys(prefix=campaign_prefix(campaign), suffix=COMPLETION_SUFFIX):
-            records[key.rsplit("/", 1)[1][:-len(COMPLETION_SUFFIX)]] = key
-    return ArchiveIndex(manifest, records, data is not None)
+    listed = {key.rsplit("/", 1)[1][:-len(COMPLETION_SUFFIX)] for campaign in campaign_ids
+              for key in dam.list_keys(prefix=campaign_prefix(campaign), suffix=COMPLETION_SUFFIX)}
+    return ArchiveIndex(_INDEX_SCHEMA.empty_table(), listed)
 
 
 def _manifest_index(data: bytes, campaign_ids: list[str]) -> pa.Table:
@@ -88,7 +90,6 @@ def _manifest_index(data: bytes, campaign_ids: list[str]) -> pa.Table:
     # Only the planned campaigns' row groups are decoded (reports._manifest_bytes writes one per campaign).
     table = pq.read_table(io.BytesIO(data), filters=[("campaign_id", "in", campaign_ids)],
                           columns=[c for c in ("render_id", "status", "fingerprint", "review_digest") if c in names])
-    table = table.filter(pc.is_in(table["status"], value_set=pa.array(["done", "skipped"])))
     # Manifests written before fingerprints lack the columns: their renders are looked up once.
     columns = [table[name] if name in names else pa.nulls(table.num_rows, pa.string()) for name in _INDEX_SCHEMA.names]
     return pa.Table.from_arrays(columns, schema=_INDEX_SCHEMA)
@@ -115,6 +116,8 @@ class SkipCheck:
     verified: int = 0
     failed: list[str] = field(default_factory=list)
     widened: bool = False
+    timings_s: dict[str, float] = field(default_factory=dict)
+    """seconds spent on: index (manifest + listing), decide (digests and join), records, verify"""
 
     def ids(self, action: RerunAction) -> set[str]:
         return set(self.actions.filter(pc.equal(self.actions["action"], action))["render_id"].to_pylist())
@@ -151,14 +154,20 @@ def _planned_digests(planned: pa.Table, made_with: ModelFingerprint, profile: Ch
 def _index_actions(digests: pa.Table, index: ArchiveIndex) -> pa.Table:
     """render_id, action: "render", "lookup" (read the record), "skip", "retag" or "redeliver",
     decided from the digests as decide_for_record decides from the record."""
-    joined = digests.join(index.manifest, keys="render_id", join_type="left outer")
-    listed = pc.is_in(joined["render_id"], value_set=pa.array(list(index.records), pa.string()))
+    manifest = index.manifest.append_column("indexed", pa.array([True] * index.manifest.num_rows, pa.bool_()))
+    joined = digests.join(manifest, keys="render_id", join_type="left outer")
+    if index.listed is None:
+        listed = pc.fill_null(joined["indexed"], False)
+    else:
+        listed = pc.is_in(joined["render_id"], value_set=pa.array(list(index.listed), pa.string()))
     recorded, planned = joined["fingerprint"], joined["planned_fingerprint"]
     same = pc.fill_null(pc.equal(planned, recorded), False)
     same_model = pc.fill_null(pc.equal(pc.utf8_slice_codeunits(planned, 0, 16),
                                        pc.utf8_slice_codeunits(recorded, 0, 16)), False)
     same_review = pc.fill_null(pc.equal(joined["planned_review"], joined["review_digest"]), False)
-    conditions = [pc.invert(listed), pc.is_null(recorded), pc.and_(same, same_review), same, same_model]
+    done = pc.fill_null(pc.is_in(joined["status"], value_set=pa.array(["done", "skipped"])), False)
+    undecided = pc.or_(pc.is_null(recorded), pc.invert(done))
+    conditions = [pc.invert(listed), undecided, pc.and_(same, same_review), same, same_model]
     action = pc.case_when(pa.StructArray.from_arrays([pa.concat_arrays(c.chunks) if isinstance(c, pa.ChunkedArray)
                                                       else c for c in conditions],
                                                      names=[str(i) for i in range(len(conditions))]),
@@ -172,10 +181,13 @@ def check_archived(dam: DAM, planned: pa.Table, made_with: ModelFingerprint, pro
     records of the renders the index cannot decide, then ``verify`` (module docstring)."""
     if planned.num_rows == 0:
         return SkipCheck(pa.table({"render_id": pa.array([], pa.string()), "action": pa.array([], pa.string())}))
+    started = time.perf_counter()
     index = load_index(dam, pc.unique(planned["campaign_id"]).to_pylist())
+    indexed = time.perf_counter()
     digests, made = _planned_digests(planned, made_with, profile, thresholds)
     decided = _index_actions(digests, index)
     check = SkipCheck(actions=pa.table({}))
+    check.timings_s = {"index": indexed - started, "decide": time.perf_counter() - indexed}
     changed: dict[str, str] = {}  # the few renders whose action the records or the verify decide
 
     def rows_of(*wanted: str) -> pa.Table:
@@ -191,7 +203,7 @@ def check_archived(dam: DAM, planned: pa.Table, made_with: ModelFingerprint, pro
         check.looked_up = reading.num_rows - check.retagged
 
         def read(render_id: str) -> tuple[str, str, CompletionRecord | None]:
-            record = read_record(dam, index.records[render_id], render_id)
+            record = find_record(dam, requests[render_id])
             decision = decide_for_record(record, fingerprint_of[render_id])
             if decision.action != "skip":
                 return render_id, decision.action, None
@@ -207,10 +219,13 @@ def check_archived(dam: DAM, planned: pa.Table, made_with: ModelFingerprint, pro
                 if record is not None:
                     check.records[render_id] = record
 
+    check.timings_s["records"] = time.perf_counter() - started - sum(check.timings_s.values())
     from_index = rows_of("skip")["render_id"].to_pylist()
     check.from_index = len(from_index)
     kept = from_index + [render_id for render_id, action in changed.items() if action == "skip"]
-    _verify(dam, index, kept, verify, seed, check, changed)
+    verifying = time.perf_counter()
+    _verify(dam, planned, kept, verify, seed, check, changed)
+    check.timings_s["verify"] = time.perf_counter() - verifying
     unchanged = decided.filter(pc.invert(pc.is_in(decided["render_id"], value_set=pa.array(list(changed), pa.string()))))
     check.actions = pa.concat_tables([
         unchanged.select(["render_id", "action"]),
@@ -236,7 +251,7 @@ def selected_requests(planned: pa.Table, select) -> pa.Table:
     return planned.filter(pa.array(keep, pa.bool_()))
 
 
-def _verify(dam: DAM, index: ArchiveIndex, kept: list[str], verify: VerifyMode, seed: int | None,
+def _verify(dam: DAM, planned: pa.Table, kept: list[str], verify: VerifyMode, seed: int | None,
             check: SkipCheck, actions: dict[str, str]) -> None:
     """Check the kept renders' objects by size and SHA-256 (all, a sample widened on a failure,
     or none); one that fails is made again."""
@@ -244,17 +259,19 @@ def _verify(dam: DAM, index: ArchiveIndex, kept: list[str], verify: VerifyMode, 
         return
     first = kept if verify == "full" else draw_sample(kept, seed)
 
-    def intact(render_id: str) -> bool:
-        return is_archived(dam, index.records[render_id].rsplit("/", 1)[0], render_id, verify=True) is not None
+    def intact(request: RenderRequest) -> bool:
+        return find_archived(dam, request, verify=True) is not None
 
     def run(render_ids: list[str]) -> None:
-        with ThreadPoolExecutor(max_workers=CHECK_THREADS) as pool:
-            for render_id, ok in zip(render_ids, pool.map(intact, render_ids)):
-                check.verified += 1
-                if not ok:
-                    check.failed.append(render_id)
-                    actions[render_id] = "render"
-                    check.records.pop(render_id, None)
+        for start in range(0, len(render_ids), VALIDATE_ROWS):  # a full check of 300,000: in batches
+            requests = list(requests_of(planned, render_ids[start:start + VALIDATE_ROWS]).values())
+            with ThreadPoolExecutor(max_workers=CHECK_THREADS) as pool:
+                for request, ok in zip(requests, pool.map(intact, requests)):
+                    check.verified += 1
+                    if not ok:
+                        check.failed.append(request.render_id)
+                        actions[request.render_id] = "render"
+                        check.records.pop(request.render_id, None)
 
     run(first)
     if check.failed and verify == "sample":

@@ -18,7 +18,7 @@ from pipeline.expand import ExpandBriefs
 from pipeline.fingerprint import delivery_fingerprint, model_fingerprint
 from pipeline.ingest import ValidateBriefs, first_row_by_brief_id
 from pipeline.mux import CHANNEL_PROFILES
-from pipeline.reports import manifest_row, merge_into_dam_manifest
+from pipeline.reports import MANIFEST_KEY, manifest_row, merge_into_dam_manifest
 from pipeline.rerun import review_digest
 from pipeline.review import ReviewThresholds
 from pipeline.skipcheck import SAMPLE_MIN, check_archived, draw_sample, load_index
@@ -114,18 +114,23 @@ def test_index_decides_redeliver_render_retag_and_unlisted(tmp_path):
     retagged = check_archived(dam, planned, MADE_WITH, PROFILE, stricter, verify="none")
     assert retagged.retagged == 12 and set(actions_of(retagged).values()) == {"skip"} and len(retagged.records) == 12
 
-    # A completion record the manifest does not list (a job killed before its merge) is read, once.
+    # A completion record deleted since: trusting the index keeps the render, a full check makes it again.
     dam.delete(keys[ids[0]]["mp4"].removesuffix(".mp4") + ".done.json")
-    unlisted = check_archived(dam, planned, MADE_WITH, PROFILE, THRESHOLDS, verify="none")
-    assert actions_of(unlisted)[ids[0]] == "render"
+    assert actions_of(check_archived(dam, planned, MADE_WITH, PROFILE, THRESHOLDS, verify="none"))[ids[0]] == "skip"
+    assert actions_of(check_archived(dam, planned, MADE_WITH, PROFILE, THRESHOLDS, verify="full"))[ids[0]] == "render"
+
+    # No manifest: one listing is the index, and each listed render's record is read once.
+    dam.delete(MANIFEST_KEY)
+    listed = check_archived(dam, planned, MADE_WITH, PROFILE, THRESHOLDS, verify="none")
+    assert listed.looked_up == 11 and listed.from_index == 0
+    actions = actions_of(listed)
+    assert actions[ids[0]] == "render" and sum(a == "skip" for a in actions.values()) == 11
 
 
 def test_the_manifest_has_a_row_group_per_campaign_and_the_index_reads_only_the_planned_ones(tmp_path):
     import io
 
     import pyarrow.parquet as pq
-
-    from pipeline.reports import MANIFEST_KEY
 
     dam = open_dam(str(tmp_path / "dam"))
     planned = planned_requests(9, campaigns=3)
@@ -135,8 +140,8 @@ def test_the_manifest_has_a_row_group_per_campaign_and_the_index_reads_only_the_
               for i in range(manifest.num_row_groups)]
     assert [set(group) for group in groups] == [{"scale0"}, {"scale1"}, {"scale2"}]
     index = load_index(dam, ["scale1"])
-    assert index.manifest.num_rows == 3 and len(index.records) == 3
-    assert set(index.records) == set(planned.filter(pa.compute.equal(planned["campaign_id"], "scale1"))["render_id"]
+    assert index.listed is None  # with a manifest, nothing is listed
+    assert set(index.manifest["render_id"].to_pylist()) == set(planned.filter(pa.compute.equal(planned["campaign_id"], "scale1"))["render_id"]
                                      .to_pylist())
 
 
