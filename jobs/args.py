@@ -62,6 +62,10 @@ def add_campaign_args(cmd: argparse.ArgumentParser) -> None:
     cmd.add_argument("--deliver", default="all", choices=("all", "best"),
                      help="all takes, or only the best take of each (brief, variant, locale, aspect); the others "
                           "stay in <workdir>/spool for review (default: %(default)s)")
+    cmd.add_argument("--verify", default="sample", choices=("sample", "full", "none"),
+                     help="how the skip check looks at the objects of renders the DAM's index says are done: a "
+                          "random sample by size and SHA-256, widened to all when one fails; all of them; or none "
+                          "(default: %(default)s)")
     cmd.add_argument("--profile", default="web", choices=PROFILES,
                      help="delivery profile: web (-14 LUFS) | broadcast (-23 LUFS) | draft (web loudness, fastest "
                           "x264 preset) (default: %(default)s)")

@@ -71,7 +71,7 @@ def _campaign_config(args: argparse.Namespace):
         checkpoint_dir=args.checkpoint_dir, device=args.device, tp_size=args.tp, replicas=args.replicas,
         workdir=args.workdir, batch_size=args.batch_size, tokens_per_forward=args.tokens_per_forward,
         profile=args.profile, decoder=args.decoder, prompt_llm=prompt_llm,
-        text_encoder_device=args.text_encoder_device, deliver=args.deliver,
+        text_encoder_device=args.text_encoder_device, deliver=args.deliver, verify=args.verify,
     )
 
 

@@ -129,6 +129,9 @@ class ArchivedObject(BaseModel):
     size: int
     sha256: str
     storage_checksum: str | None = None
+    mtime_ns: int | None = None
+    """a local DAM's modification time when archived: with the size, what a check that does not
+    re-hash compares (S3 objects have their checksum in the HEAD instead)"""
 
 
 class CompletionRecord(RenderIdentity):
@@ -152,20 +155,66 @@ class CompletionRecord(RenderIdentity):
         return {ext: obj.size for ext, obj in self.objects.items()}
 
 
-def find_archived(dam: DAM, request: RenderRequest) -> CompletionRecord | None:
-    """The completion record of a planned render a previous run (or the server) finished, else None.
-
-    A render of the brief's own variant may sit in the layout before variants (no variant segment).
-    """
+def _record_prefixes(request: RenderRequest) -> list[str]:
+    # A render of the brief's own variant may sit in the layout before variants (no variant segment).
     where = (request.campaign_id, request.brief_id, request.locale, request.aspect_ratio)
-    record = is_archived(dam, render_key_prefix(*where, request.variant_id), request.render_id)
-    if record is None and request.variant_id == MAIN_VARIANT_ID:
-        record = is_archived(dam, render_key_prefix(*where, variant_id=None), request.render_id)
-    return record
+    prefixes = [render_key_prefix(*where, request.variant_id)]
+    return prefixes + [render_key_prefix(*where, variant_id=None)] if request.variant_id == MAIN_VARIANT_ID else prefixes
+
+
+def find_archived(dam: DAM, request: RenderRequest, *, verify: bool = True) -> CompletionRecord | None:
+    """The completion record of a planned render a previous run (or the server) finished, else None."""
+    for prefix in _record_prefixes(request):
+        record = is_archived(dam, prefix, request.render_id, verify=verify)
+        if record is not None:
+            return record
+    return None
+
+
+def find_record(dam: DAM, request: RenderRequest) -> CompletionRecord | None:
+    """The planned render's completion record as written, its objects not checked (one GET)."""
+    for prefix in _record_prefixes(request):
+        record = read_record(dam, completion_key(prefix, request.render_id), request.render_id)
+        if record is not None:
+            return record
+    return None
+
+
+def read_record(dam: DAM, key: str, render_id: str) -> CompletionRecord | None:
+    """The completion record at ``key`` as written, else None (absent, another render's, or one
+    that does not read as a :class:`CompletionRecord`: the render is redone)."""
+    raw = dam.get_bytes(key)
+    if raw is None:
+        return None
+    try:
+        record = CompletionRecord.model_validate_json(raw)
+    except ValidationError as exc:
+        logger.warning("%s: unreadable completion record %s (%s); the render will be redone",
+                       dam.uri, key, describe_validation_error(exc))
+        return None
+    return record if record.render_id == render_id else None
+
+
+def objects_intact(dam: DAM, record: CompletionRecord, *, verify: bool = True) -> bool:
+    """Whether every object the record lists is in the DAM as recorded. ``verify``: by size and
+    SHA-256 (a directory re-hashes each file); otherwise by what the store answers without reading
+    the object (a directory: size and mtime)."""
+    for obj in record.objects.values():
+        stored = dam.head(obj.key, checksum=verify)
+        if stored is None or stored.size != obj.size:
+            return False
+        if stored.sha256 is not None and stored.sha256 != obj.sha256:
+            return False
+        if stored.sha256 is None and obj.mtime_ns is not None and stored.mtime_ns != obj.mtime_ns:
+            return False
+        if obj.storage_checksum and stored.storage_checksum != obj.storage_checksum:
+            return False
+    return True
 
 
 def is_archived(
-    dam: DAM, key_prefix: str, render_id: str, expected_sha256: Mapping[str, str] | None = None
+    dam: DAM, key_prefix: str, render_id: str, expected_sha256: Mapping[str, str] | None = None,
+    *, verify: bool = True,
 ) -> CompletionRecord | None:
     """The render's completion record if the render is completely in the DAM, else None.
 
@@ -174,28 +223,14 @@ def is_archived(
     checksum). With ``expected_sha256`` (ext -> hex), the record must list
     exactly those extensions with those checksums. A record that does not
     read as a :class:`CompletionRecord` (cut off, or a review of another
-    shape) counts as absent: the render is redone.
+    shape) counts as absent: the render is redone. ``verify``: see :func:`objects_intact`.
     """
-    raw = dam.get_bytes(completion_key(key_prefix, render_id))
-    if raw is None:
-        return None
-    try:
-        record = CompletionRecord.model_validate_json(raw)
-    except ValidationError as exc:
-        logger.warning("%s: unreadable completion record for %s/%s (%s); the render will be redone",
-                       dam.uri, key_prefix, render_id, describe_validation_error(exc))
-        return None
-    if record.render_id != render_id:
+    record = read_record(dam, completion_key(key_prefix, render_id), render_id)
+    if record is None:
         return None
     if expected_sha256 is not None and record.sha256 != dict(expected_sha256):
         return None
-    for obj in record.objects.values():
-        stored = dam.head(obj.key)
-        if stored is None or stored.size != obj.size or stored.sha256 != obj.sha256:
-            return None
-        if obj.storage_checksum and stored.storage_checksum != obj.storage_checksum:
-            return None
-    return record
+    return record if objects_intact(dam, record, verify=verify) else None
 
 
 # A person's decision (pipeline/decisions.py) tags every object of the render with these.
@@ -247,7 +282,8 @@ def archive_render(dam: DAM, render: RenderAssets) -> ArchiveResult:
         **render.model_dump(exclude={"files"}),
         archived_at=datetime.now(timezone.utc),
         objects={ext: ArchivedObject(key=obj.key, size=obj.size, sha256=obj.sha256,
-                                     storage_checksum=obj.storage_checksum) for ext, obj in stored.items()},
+                                     storage_checksum=obj.storage_checksum, mtime_ns=obj.mtime_ns)
+                 for ext, obj in stored.items()},
     )
     dam.put_bytes(done_key, json.dumps(record.model_dump(mode="json"), indent=2, sort_keys=True).encode(),
                   metadata=metadata, tags=tags)

@@ -49,6 +49,13 @@ class DeliveryFingerprint(ModelFingerprint):
         """Whether deliverables made under ``made`` cannot be reused at all (the model would draw other frames)."""
         return self.model_dump(exclude={"profile"}) != made.model_dump(exclude={"profile"})
 
+    def digest(self) -> str:
+        """``<model part>:<profile part>``, 16 hex digits each: what the DAM's manifest keeps, so
+        a re-run compares it (rerun.action_for_digest) without reading the completion record."""
+        model_part = self.model_dump_json(exclude={"profile"})
+        profile_part = self.profile.model_dump_json()
+        return f"{hashlib.sha256(model_part.encode()).hexdigest()[:16]}:{hashlib.sha256(profile_part.encode()).hexdigest()[:16]}"
+
 
 def _file_digest(path: Path) -> str:
     size = path.stat().st_size
@@ -108,8 +115,15 @@ def reference_sha256(location: str) -> str | None:
 
 def delivery_fingerprint(model: ModelFingerprint, profile: ChannelProfile,
                          request: RenderRequest) -> DeliveryFingerprint:
+    return fingerprint_for(model, profile, request.resolution, request.reference_image_uri)
+
+
+def fingerprint_for(model: ModelFingerprint, profile: ChannelProfile, resolution: str,
+                    reference_image_uri: str | None) -> DeliveryFingerprint:
+    """The fingerprint of every request of this resolution and reference image: the only two
+    request fields it depends on, so a plan of a million requests computes it per distinct pair."""
     used = {c: d for c, d in model.weights.items()
-            if not c.startswith("sr_") or c == SR_COMPONENT.get(request.resolution)}
-    reference = reference_sha256(request.reference_image_uri) if request.reference_image_uri else None
+            if not c.startswith("sr_") or c == SR_COMPONENT.get(resolution)}
+    reference = reference_sha256(reference_image_uri) if reference_image_uri else None
     return DeliveryFingerprint(**model.model_dump(exclude={"weights"}), weights=used,
                                reference_image_sha256=reference, profile=profile)

@@ -18,20 +18,22 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.archive import ArchiveResult, CompletionRecord
+from pipeline.archive import ArchiveResult, CompletionRecord, find_archived
 from pydantic import ValidationError
 
 from pipeline.dam import DAM, DAMError
 from pipeline.dam.keys import COMPLETION_SUFFIX
 from pipeline.dam.local import LocalDAM
-from pipeline.manifest import MANIFEST_ARROW_SCHEMA, ManifestRow, contact_sheet_html, mark_best_takes
-from pipeline.review import ReviewResult
+from pipeline.manifest import (CONTACT_SHEET_PAGE, MANIFEST_ARROW_SCHEMA, ManifestRow, contact_sheet_pages,
+                               mark_best_takes)
+from pipeline.fingerprint import DeliveryFingerprint
+from pipeline.review import ReviewResult, ReviewThresholds
+from pipeline.rerun import review_digest
 from schemas.render import RenderRequest
 
 logger = logging.getLogger(__name__)
 
 MANIFEST_KEY = "manifest.parquet"
-CONTACT_SHEET_KEY = "contact_sheet.html"
 
 
 def manifest_row(request: RenderRequest, status: str, *, error: str | None = None,
@@ -57,15 +59,50 @@ def manifest_row(request: RenderRequest, status: str, *, error: str | None = Non
     return row
 
 
-def rendered_manifest_row(request: RenderRequest, row: dict) -> ManifestRow:
-    """The row of a render this run made, from the archive stage's output row (ArchiveRenders)."""
+def rendered_manifest_row(request: RenderRequest, row: dict, fingerprint: DeliveryFingerprint | None = None,
+                          thresholds: ReviewThresholds | None = None) -> ManifestRow:
+    """The row of a render this run made, from the archive stage's output row (ArchiveRenders);
+    one archived under ``fingerprint`` with ``thresholds`` keeps their digests for the skip check."""
     review = ReviewResult.model_validate_json(row["review_json"]) if row["review_json"] else None
     archive = ArchiveResult.model_validate_json(row["archive_json"]) if row["archive_json"] else None
     status = "done" if archive is not None else "held" if row.get("held") else "failed"
-    return manifest_row(
+    made = manifest_row(
         request, status, error=row["error"], review=review, archive=archive,
         timings={**dict(row["timings_s"] or []), **({"archive": row["archive_s"]} if row["archive_s"] is not None else {})},
         bytes_from_render=row["assets_bytes"]).model_copy(update={"frame_fit": row.get("frame_fit")})
+    if archive is None or fingerprint is None or thresholds is None:
+        return made
+    return made.model_copy(update={"fingerprint": fingerprint.digest(),
+                                   "review_digest": review_digest(request.forbidden_terms, thresholds)})
+
+
+# A kept render's row: the request's fields now, the rest as the run that made it recorded them.
+_RUN_FIELDS = {"status", "error", "timings_s", "bytes_uploaded", "bytes_from_render", "best_take"}
+_KEPT_FIELDS = (set(ManifestRow.model_fields) - set(RenderRequest.model_fields) - _RUN_FIELDS) | {"prompt_source"}
+
+
+def kept_manifest_rows(dam: DAM, requests: list[RenderRequest], records: dict[str, CompletionRecord],
+                       thresholds: ReviewThresholds) -> dict[str, ManifestRow]:
+    """The "skipped" rows of the renders the skip check kept (pipeline/skipcheck.py): rebuilt
+    from the completion record where it was read (so it corrects an earlier "failed" row), else
+    from the DAM's manifest row, which the index found done with this run's fingerprint."""
+    previous = read_dam_manifest(dam) if requests else {}
+    rows = {}
+    for request in requests:
+        made, record = previous.get(request.render_id), records.get(request.render_id)
+        if record is None and made is None:  # the manifest changed since the index read it
+            record = find_archived(dam, request, verify=False)
+        if record is not None:
+            row = archived_manifest_row(request, record, dam.uri).model_copy(update={
+                "fingerprint": record.fingerprint.digest() if record.fingerprint else None,
+                "review_digest": review_digest(request.forbidden_terms, thresholds)})
+            if made is not None and made.model_prompt is not None:  # the prompt it was made with
+                row = row.model_copy(update={"model_prompt": made.model_prompt, "prompt_source": made.prompt_source})
+        else:
+            row = manifest_row(request, "skipped").model_copy(
+                update={name: getattr(made, name) for name in _KEPT_FIELDS} if made is not None else {})
+        rows[request.render_id] = row
+    return rows
 
 
 def archived_manifest_row(request: RenderRequest, record: CompletionRecord, dam_uri: str,
@@ -110,8 +147,19 @@ def rows_from_records(dam: DAM) -> dict[str, ManifestRow]:
 
 
 def _manifest_bytes(rows: list[ManifestRow]) -> bytes:
+    """The manifest as Parquet, one row group per campaign (in the rows' order), so a reader loads
+    one campaign with ``filters=[("campaign_id", "=", id)]`` or ``read_row_group`` alone."""
+    table = pa.Table.from_pylist([r.model_dump() for r in rows], schema=MANIFEST_ARROW_SCHEMA)
     sink = io.BytesIO()
-    pq.write_table(pa.Table.from_pylist([r.model_dump() for r in rows], schema=MANIFEST_ARROW_SCHEMA), sink)
+    with pq.ParquetWriter(sink, MANIFEST_ARROW_SCHEMA) as writer:
+        campaigns = table["campaign_id"].to_pylist()
+        start = 0
+        for end in range(1, len(campaigns) + 1):
+            if end == len(campaigns) or campaigns[end] != campaigns[start]:
+                writer.write_table(table.slice(start, end - start))
+                start = end
+        if not campaigns:
+            writer.write_table(table)
     return sink.getvalue()
 
 
@@ -186,7 +234,7 @@ class ManifestMerger:
 
 
 def _dam_facts(row: ManifestRow) -> tuple:
-    return row.keys, row.sha256, row.review_status, row.review_reasons
+    return row.keys, row.sha256, row.review_status, row.review_reasons, row.fingerprint, row.review_digest
 
 
 def write_reports(rows: list[ManifestRow], dam: DAM, workdir: Path,
@@ -199,9 +247,11 @@ def write_reports(rows: list[ManifestRow], dam: DAM, workdir: Path,
     merger.merge()
     manifest_path = workdir / "manifest.parquet"
     manifest_path.write_bytes(_manifest_bytes(rows))
-    sheet_path = workdir / "contact_sheet.html"
     local_root = dam.root.resolve().as_uri() + "/" if isinstance(dam, LocalDAM) else ""
-    sheet_path.write_text(contact_sheet_html(rows, asset_base=local_root), encoding="utf-8")
+    for page, text in contact_sheet_pages(rows, asset_base=local_root).items():
+        (workdir / page).parent.mkdir(parents=True, exist_ok=True)
+        (workdir / page).write_text(text, encoding="utf-8")
+    sheet_path = workdir / CONTACT_SHEET_PAGE
     return manifest_path, sheet_path
 
 
@@ -220,7 +270,8 @@ def merge_into_dam_manifest(dam: DAM, rows: list[ManifestRow], *, planned: pa.Ta
         return None if data == new else new  # a re-run uploads nothing
 
     dam.update_bytes(MANIFEST_KEY, update)
-    _put_if_changed(dam, CONTACT_SHEET_KEY, contact_sheet_html(merged).encode("utf-8"))
+    for page, text in contact_sheet_pages(merged, campaigns={row.campaign_id for row in rows}).items():
+        _put_if_changed(dam, page, text.encode("utf-8"))
     return merged
 
 

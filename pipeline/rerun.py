@@ -10,6 +10,7 @@ measures with this run's forbidden terms and thresholds (:func:`retag`: cheap, n
 
 from __future__ import annotations
 
+import hashlib
 import json
 import tempfile
 from dataclasses import dataclass
@@ -42,7 +43,11 @@ class ArchivedRender:
 
 
 def decide_rerun(dam: DAM, request: RenderRequest, fingerprint: DeliveryFingerprint) -> ArchivedRender:
-    record = find_archived(dam, request)
+    return decide_for_record(find_archived(dam, request), fingerprint)
+
+
+def decide_for_record(record: CompletionRecord | None, fingerprint: DeliveryFingerprint) -> ArchivedRender:
+    """What this run does with a render archived with ``record`` (None: not archived completely)."""
     if record is None:
         return ArchivedRender("render")
     made = record.fingerprint
@@ -53,6 +58,14 @@ def decide_rerun(dam: DAM, request: RenderRequest, fingerprint: DeliveryFingerpr
     if fingerprint.profile != made.profile:
         return ArchivedRender("redeliver", record)
     return ArchivedRender("skip", record)
+
+
+def review_digest(forbidden_terms: list[str], thresholds: ReviewThresholds) -> str:
+    """What a render's review depends on besides its render_id (which covers the dialogue and
+    the clip's shape): the forbidden terms and the thresholds. The DAM's manifest keeps it, so a
+    re-run re-tags (:func:`retag`, which reads the record) only the renders where it changed."""
+    text = json.dumps([list(forbidden_terms), thresholds.model_dump(mode="json")], sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def recorded_signals(review: ReviewResult) -> ReviewSignals:

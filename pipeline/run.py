@@ -11,13 +11,13 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import ray
 import torch
@@ -33,7 +33,7 @@ from pipeline.dam import DAM, open_dam
 from pipeline.console import quiet_dependencies
 from pipeline.enhance import ENHANCED_SCHEMA, EnhancePrompts, PromptLLMConfig, apply_prompts, distinct_inputs
 from pipeline.expand import ExpandBriefs
-from pipeline.fingerprint import DeliveryFingerprint, delivery_fingerprint, model_fingerprint
+from pipeline.fingerprint import delivery_fingerprint, model_fingerprint
 from pipeline.generate import shape_batches, token_budget
 from pipeline.ingest import REJECTS_SCHEMA, ValidateBriefs, first_row_by_brief_id, read_briefs_table, reason_category
 from pipeline.lineage import (JobType, LineageConfig, LineageRun, briefs_dataset, checkpoint_dataset, dam_dataset,
@@ -43,11 +43,11 @@ from pipeline.media import check_ffmpeg
 from pipeline.mux import CHANNEL_PROFILES
 from pipeline.render import RenderClips
 from pipeline.errors import describe_error
-from pipeline.reports import (ManifestMerger, merge_on_sigterm, archived_manifest_row, manifest_row, read_dam_manifest,
-                             rendered_manifest_row, write_reports)
-from pipeline.rerun import RedeliverClips, RerunAction, decide_rerun, retag
-from pipeline.review import ReviewThresholds
+from pipeline.reports import (ManifestMerger, kept_manifest_rows, manifest_row, merge_on_sigterm, rendered_manifest_row,
+                             write_reports)
+from pipeline.rerun import RedeliverClips
 from pipeline.settings import RenderSettings
+from pipeline.skipcheck import VerifyMode, check_archived, requests_of, selected_requests
 from schemas.brief import BRIEF_ARROW_SCHEMA
 from schemas.render import RENDER_REQUEST_ARROW_SCHEMA, RenderRequest
 
@@ -178,6 +178,9 @@ class CampaignConfig(RenderSettings):
     prompt_llm: PromptLLMConfig | None = Field(None, description="the enhance stage's LLM; None: template prompts")
     manifest_merge_rows: int = Field(16, ge=1, description="merge into the DAM's manifest every this many renders")
     manifest_merge_s: float = Field(60.0, gt=0, description="... or at least this often (seconds), and on SIGTERM")
+    verify: VerifyMode = Field("sample", description="the skip check's look at the objects of renders it keeps: a "
+                               "sample (widened to all on a failure), all of them, or none (trust the index)")
+    verify_seed: int | None = Field(None, description="seed of the sample's draw; None: a fresh draw each run")
     deliver: Literal["all", "best"] = Field(
         "all", description="best: archive only the best take of each group; the others wait in <workdir>/spool")
 
@@ -256,24 +259,6 @@ def _generator_config(config: CampaignConfig, todo: list[RenderRequest]) -> Gene
     return generator_config
 
 
-def _archived_renders(dam: DAM, requests: list[RenderRequest], fingerprints: dict[str, DeliveryFingerprint],
-                      thresholds: ReviewThresholds) -> dict[str, tuple[RerunAction, ManifestRow | None]]:
-    """render_id -> what this run does with a render a previous run archived (pipeline/rerun.py),
-    with the "skipped" manifest row of one it keeps (its review decided again first). A render
-    the DAM does not hold completely is absent."""
-    def check(request: RenderRequest):
-        archived = decide_rerun(dam, request, fingerprints[request.render_id])
-        if archived.record is None or archived.action == "render":
-            return request.render_id, None
-        if archived.action == "redeliver":
-            return request.render_id, ("redeliver", None)
-        record = retag(dam, archived.record, request, thresholds)
-        return request.render_id, ("skip", archived_manifest_row(request, record, dam.uri))
-
-    with ThreadPoolExecutor(max_workers=16) as pool:
-        return {render_id: found for render_id, found in pool.map(check, requests) if found is not None}
-
-
 def run_campaign(config: CampaignConfig, log: Callable[[str], None] = print, *,
                  job_type: JobType = JobType.CAMPAIGN_BATCH,
                  select: Callable[[RenderRequest], bool] | None = None) -> CampaignResult:
@@ -327,28 +312,27 @@ def _run_campaign(config: CampaignConfig, dam: DAM, log: Callable[[str], None],
     log(f"planned {planned.requests.num_rows} renders from {planned.briefs_valid}/{planned.briefs_read} briefs "
         f"({planned.rejects.num_rows} rejects in {config.workdir / 'rejects.parquet'})")
 
-    requests = [RenderRequest.model_validate(row) for row in planned.requests.to_pylist()]
+    # The plan stays Arrow; only the renders this run acts on become RenderRequests.
+    planned_table = planned.requests if select is None else selected_requests(planned.requests, select)
     if select is not None:
-        requests = [r for r in requests if select(r)]
-        log(f"{len(requests)} of {planned.requests.num_rows} renders selected")
-    by_id = {r.render_id: r for r in requests}
+        log(f"{planned_table.num_rows} of {planned.requests.num_rows} renders selected")
+    order = planned_table["render_id"].to_pylist()
     profile = CHANNEL_PROFILES[config.profile]
     made_with = model_fingerprint(GeneratorConfig(model=config.model, checkpoint_dir=config.checkpoint_dir))
-    fingerprints = {r.render_id: delivery_fingerprint(made_with, profile, r) for r in requests}
-    archived = _archived_renders(dam, requests, fingerprints, config.thresholds)
-    manifest: dict[str, ManifestRow] = {rid: row for rid, (action, row) in archived.items() if action == "skip"}
-    if manifest:  # a skipped render keeps the prompt it was made with, as the DAM's manifest recorded it
-        previous = read_dam_manifest(dam)
-        manifest.update({rid: row.model_copy(update={"model_prompt": made.model_prompt,
-                                                     "prompt_source": made.prompt_source})
-                         for rid, row in manifest.items()
-                         if (made := previous.get(rid)) is not None and made.model_prompt is not None})
-    redeliver = [r for r in requests if archived.get(r.render_id, ("render",))[0] == "redeliver"]
+    check = check_archived(dam, planned_table, made_with, profile, config.thresholds, config.verify, config.verify_seed)
+    log(check.summary(config.verify))
+    kept, redelivered = check.ids("skip"), check.ids("redeliver")
+    manifest: dict[str, ManifestRow] = kept_manifest_rows(
+        dam, list(requests_of(planned_table, kept).values()), check.records, config.thresholds)
     spool_dir = config.workdir.resolve() / "spool"
+    waiting = spooled_renders(spool_dir)
+    by_id = requests_of(planned_table, check.ids("render") | redelivered)
+    redeliver = [r for r in by_id.values() if r.render_id in redelivered]
     # Finished clips a previous run could not archive: archived from the spool, without the model.
-    spooled = {rid: table for rid, (table, made_under) in spooled_renders(spool_dir).items()
-               if rid in by_id and rid not in archived and made_under == fingerprints[rid]}
-    todo = [r for r in requests if r.render_id not in archived and r.render_id not in spooled]
+    spooled = {rid: table for rid, (table, made_under) in waiting.items()
+               if rid in by_id and rid not in redelivered
+               and made_under == delivery_fingerprint(made_with, profile, by_id[rid])}
+    todo = [r for r in by_id.values() if r.render_id not in redelivered and r.render_id not in spooled]
     hold = config.deliver == "best"  # takes wait in the spool; the best of each group is archived at the end
     log(f"{len(manifest)} renders already in {dam.uri}, {len(spooled)} to archive from {spool_dir}, "
         f"{len(redeliver)} to re-deliver as {config.profile}, {len(todo)} to make")
@@ -364,7 +348,8 @@ def _run_campaign(config: CampaignConfig, dam: DAM, log: Callable[[str], None],
     def record(row: dict) -> None:
         nonlocal made
         request = by_id[row["render_id"]]
-        this = manifest[request.render_id] = rendered_manifest_row(request, row)
+        this = manifest[request.render_id] = rendered_manifest_row(
+            request, row, delivery_fingerprint(made_with, profile, request), config.thresholds)
         merger.add(this)
         made += 1
         log(f"[{made}/{len(spooled) + len(todo) + len(redeliver)}] {request.brief_id} {request.locale} {request.aspect_ratio} "
@@ -422,9 +407,9 @@ def _run_campaign(config: CampaignConfig, dam: DAM, log: Callable[[str], None],
                                  max_retries=STAGE_RETRIES), todo)
         if hold:
             waiting = spooled_renders(spool_dir)
-            for render_id in best_held_takes([manifest[r.render_id] for r in requests]):
+            for render_id in best_held_takes([manifest[rid] for rid in order]):
                 record(archive_stage(waiting[render_id][0]).to_pylist()[0])
 
-        rows = mark_best_takes([manifest[r.render_id] for r in requests])
+        rows = mark_best_takes([manifest[rid] for rid in order])
         manifest_path, sheet_path = write_reports(rows, dam, config.workdir, merger)
     return CampaignResult(planned, rows, manifest_path, sheet_path, dam.uri)

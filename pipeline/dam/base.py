@@ -19,13 +19,17 @@ class StoredObject:
     ``sha256`` is the hex SHA-256 of the whole object (the value the manifest
     keeps). ``storage_checksum`` is the store's own checksum when it has one
     (S3 ``ChecksumSHA256``: base64, composite for multipart uploads), else None.
+    ``sha256`` is None only from ``head(key, checksum=False)`` on a store that would have to
+    read the whole object to know it (a directory). ``mtime_ns``: a directory's modification
+    time, which stands in for the checksum when nothing is re-read.
     """
 
     key: str
     size: int
-    sha256: str
+    sha256: str | None
     storage_checksum: str | None = None
     metadata: Mapping[str, str] = field(default_factory=dict)
+    mtime_ns: int | None = None
 
 
 class DAM(ABC):
@@ -66,8 +70,9 @@ class DAM(ABC):
         """The object's bytes, or None when there is no such object."""
 
     @abstractmethod
-    def head(self, key: str) -> StoredObject | None:
-        """Size and checksums of an object, or None when there is no such object."""
+    def head(self, key: str, *, checksum: bool = True) -> StoredObject | None:
+        """Size and checksums of an object, or None when there is no such object. ``checksum=False``:
+        what the store knows without reading the object (a directory: size and mtime, no SHA-256)."""
 
     @abstractmethod
     def update_bytes(self, key: str, update: Callable[[bytes | None], bytes | None]) -> None:

@@ -43,6 +43,11 @@ def aspect_key(aspect_ratio: str) -> str:
     return f"{match.group(1)}x{match.group(2)}"
 
 
+def campaign_prefix(campaign_id: str) -> str:
+    """The folder of every render of one campaign (no trailing '/')."""
+    return f"campaign={_segment('campaign_id', campaign_id)}"
+
+
 def render_key_prefix(campaign_id: str, brief_id: str, locale: str, aspect_ratio: str,
                       variant_id: str | None = "main") -> str:
     """The folder of a render's objects, relative to the DAM root (no trailing '/'):
@@ -50,7 +55,7 @@ def render_key_prefix(campaign_id: str, brief_id: str, locale: str, aspect_ratio
     the layout before creative variants (no variant segment), which DAMs written then still use."""
     variant = f"/variant={_segment('variant_id', variant_id)}" if variant_id is not None else ""
     return (
-        f"campaign={_segment('campaign_id', campaign_id)}/brief={_segment('brief_id', brief_id)}{variant}"
+        f"{campaign_prefix(campaign_id)}/brief={_segment('brief_id', brief_id)}{variant}"
         f"/locale={_segment('locale', locale)}/{aspect_key(aspect_ratio)}"
     )
 

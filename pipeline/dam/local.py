@@ -73,24 +73,32 @@ class LocalDAM(DAM):
         target = self._write(key, copy)
         if tags:
             self.put_tags(key, tags)
-        return StoredObject(key=key, size=target.stat().st_size, sha256=digest.hexdigest())
+        stat = target.stat()
+        return StoredObject(key=key, size=stat.st_size, sha256=digest.hexdigest(), mtime_ns=stat.st_mtime_ns)
 
     def put_bytes(self, key, data, *, metadata=None, tags=None, content_type=None) -> StoredObject:
-        self._write(key, lambda handle: handle.write(data))
+        target = self._write(key, lambda handle: handle.write(data))
         if tags:
             self.put_tags(key, tags)
-        return StoredObject(key=key, size=len(data), sha256=hashlib.sha256(data).hexdigest())
+        return StoredObject(key=key, size=len(data), sha256=hashlib.sha256(data).hexdigest(),
+                            mtime_ns=target.stat().st_mtime_ns)
 
     def get_bytes(self, key: str) -> bytes | None:
         path = self._path(key)
         return path.read_bytes() if path.is_file() else None
 
-    def head(self, key: str) -> StoredObject | None:
-        # A directory keeps no checksum, so it is recomputed: what is on disk is what counts.
+    def head(self, key: str, *, checksum: bool = True) -> StoredObject | None:
+        # A directory keeps no checksum, so it is recomputed (what is on disk is what counts),
+        # unless the caller settles for size and mtime: re-hashing terabytes to skip a render is not.
         path = self._path(key)
+        try:
+            stat = path.stat()
+        except (FileNotFoundError, NotADirectoryError):
+            return None
         if not path.is_file():
             return None
-        return StoredObject(key=key, size=path.stat().st_size, sha256=file_sha256(path))
+        return StoredObject(key=key, size=stat.st_size, sha256=file_sha256(path) if checksum else None,
+                            mtime_ns=stat.st_mtime_ns)
 
     def update_bytes(self, key, update) -> None:
         with self._lock(key):
@@ -108,11 +116,24 @@ class LocalDAM(DAM):
             raise DAMError(f"DAM {self.uri}: cannot delete {key}: {exc}; check that the directory is writable") from exc
 
     def list_keys(self, prefix: str = "", suffix: str = "") -> list[str]:
-        folder = self._path(prefix) if prefix else self.root
-        if not folder.is_dir():
-            return []
-        return sorted(path.relative_to(self.root).as_posix() for path in folder.rglob(f"*{suffix}")
-                      if path.is_file() and not any(part.startswith(".") for part in path.relative_to(self.root).parts))
+        keys: list[str] = []
+        # scandir, pruning hidden folders (.tags, locks) as it goes: a DAM of a million renders is
+        # millions of entries, and rglob would build and filter a Path for every one of them.
+        pending = [(self._path(prefix), f"{prefix}/")] if prefix else [(self.root, "")]
+        while pending:
+            folder, base = pending.pop()
+            try:
+                entries = list(os.scandir(folder))
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+            for entry in entries:
+                if entry.name.startswith("."):
+                    continue
+                if entry.is_dir(follow_symlinks=False):
+                    pending.append((entry.path, f"{base}{entry.name}/"))
+                elif entry.name.endswith(suffix) and entry.is_file():
+                    keys.append(base + entry.name)
+        return sorted(keys)
 
     def _tags_path(self, key: str) -> Path:
         return self.root / ".tags" / f"{check_key(key)}.json"

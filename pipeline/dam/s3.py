@@ -258,7 +258,8 @@ class S3DAM(DAM):
                 return None
             raise self._error(f"read {full_key}", exc) from exc
 
-    def head(self, key: str) -> StoredObject | None:
+    def head(self, key: str, *, checksum: bool = True) -> StoredObject | None:
+        # S3 returns the recorded checksum with the HEAD itself: ``checksum`` costs nothing here.
         full_key = self._full_key(key)
         try:
             head = self.client.head_object(Bucket=self.bucket, Key=full_key, ChecksumMode="ENABLED")

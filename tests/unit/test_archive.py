@@ -307,3 +307,33 @@ def test_local_files_follow_the_umask(tmp_path):
     finally:
         os.umask(old)
     assert (tmp_path / "dam" / "a" / "x.json").stat().st_mode & 0o777 == 0o644
+
+
+def test_local_list_keys_walks_prefixes_and_skips_hidden_entries(tmp_path):
+    dam = LocalDAM(tmp_path / "dam")
+    for key in ("campaign=a/brief=1/r1.done.json", "campaign=a/brief=1/r1.mp4", "campaign=a/brief=2/x/r2.done.json",
+                "campaign=b/brief=3/r3.done.json"):
+        dam.put_bytes(key, b"{}", tags={"review_status": "auto_approved"})  # tags live under the hidden .tags/
+    (tmp_path / "dam" / "campaign=a" / "brief=1" / ".r9.done.json.part").write_bytes(b"")
+    assert dam.list_keys("campaign=a", ".done.json") == ["campaign=a/brief=1/r1.done.json",
+                                                         "campaign=a/brief=2/x/r2.done.json"]
+    assert len(dam.list_keys()) == 4 and dam.list_keys("campaign=none") == []
+
+
+def test_a_check_without_rehash_sees_size_and_mtime_and_a_rehash_sees_the_bytes(tmp_path):
+    from pipeline.archive import objects_intact
+
+    dam = LocalDAM(tmp_path / "dam")
+    result = archive_render(dam, make_render(tmp_path / "files"))
+    record = is_archived(dam, result.key_prefix, result.render_id)
+    assert all(obj.mtime_ns for obj in record.objects.values())
+    quick = dam.head(result.keys["wav"], checksum=False)
+    assert quick.sha256 is None and quick.size == result.sizes["wav"] and quick.mtime_ns
+    path = tmp_path / "dam" / result.keys["wav"]
+    stat = path.stat()
+    path.write_bytes(bytes(reversed(path.read_bytes())))  # same size, other bytes
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert objects_intact(dam, record, verify=False)  # size and mtime as archived: only a re-hash tells
+    assert not objects_intact(dam, record, verify=True)
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+    assert not objects_intact(dam, record, verify=False)
