@@ -213,3 +213,49 @@ def contact_sheet_html(rows: list[ManifestRow], asset_base: str = "") -> str:
         parts.append("</div>")
     parts.append("</body></html>")
     return "\n".join(parts)
+
+
+# One page of a few hundred clips stays usable in a browser; a campaign beyond that gets a page per brief.
+SHEET_PAGE_RENDERS = 300
+CONTACT_SHEET_PAGE = "contact_sheet.html"
+SHEETS_FOLDER = "contact_sheets"
+
+
+def _index_page(title: str, entries: list[tuple[str, str, list[ManifestRow]]]) -> str:
+    esc = html.escape
+    items = []
+    for href, name, rows in entries:
+        counts = Counter(r.status for r in rows)
+        items.append(f"<li><a href='{esc(href)}'>{esc(name)}</a>: {len(rows)} renders ("
+                     + ", ".join(f"{n} {status}" for status, n in sorted(counts.items())) + ")</li>")
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{esc(title)}</title><style>{_STYLE}</style>"
+            f"</head><body><h1>{esc(title)}</h1><ul>{''.join(items)}</ul></body></html>")
+
+
+def contact_sheet_pages(rows: list[ManifestRow], asset_base: str = "",
+                        campaigns: set[str] | None = None) -> dict[str, str]:
+    """The contact sheet as pages, by path relative to where ``contact_sheet.html`` is stored: that
+    page, an index of the campaigns; ``contact_sheets/<campaign>.html``, the campaign's clips, or
+    beyond SHEET_PAGE_RENDERS renders an index of its briefs, each on
+    ``contact_sheets/<campaign>/<brief>.html``. ``campaigns``: only their pages (and the index),
+    so a merge rewrites what it changed. ``asset_base`` as in :func:`contact_sheet_html`; ""
+    links each page to the DAM root above it."""
+    by_campaign: dict[str, list[ManifestRow]] = defaultdict(list)
+    for row in rows:
+        by_campaign[row.campaign_id].append(row)
+    pages = {CONTACT_SHEET_PAGE: _index_page("Contact sheet", [
+        (f"{SHEETS_FOLDER}/{campaign}.html", campaign, members) for campaign, members in sorted(by_campaign.items())])}
+    for campaign, members in by_campaign.items():
+        if campaigns is not None and campaign not in campaigns:
+            continue
+        if len(members) <= SHEET_PAGE_RENDERS:
+            pages[f"{SHEETS_FOLDER}/{campaign}.html"] = contact_sheet_html(members, asset_base or "../")
+            continue
+        briefs: dict[str, list[ManifestRow]] = defaultdict(list)
+        for row in members:
+            briefs[row.brief_id].append(row)
+        pages[f"{SHEETS_FOLDER}/{campaign}.html"] = _index_page(f"Campaign {campaign}", [
+            (f"{campaign}/{brief}.html", brief, clips) for brief, clips in sorted(briefs.items())])
+        for brief, clips in briefs.items():
+            pages[f"{SHEETS_FOLDER}/{campaign}/{brief}.html"] = contact_sheet_html(clips, asset_base or "../../")
+    return pages

@@ -24,14 +24,14 @@ from pydantic import ValidationError
 from pipeline.dam import DAM, DAMError
 from pipeline.dam.keys import COMPLETION_SUFFIX
 from pipeline.dam.local import LocalDAM
-from pipeline.manifest import MANIFEST_ARROW_SCHEMA, ManifestRow, contact_sheet_html, mark_best_takes
+from pipeline.manifest import (CONTACT_SHEET_PAGE, MANIFEST_ARROW_SCHEMA, ManifestRow, contact_sheet_pages,
+                               mark_best_takes)
 from pipeline.review import ReviewResult
 from schemas.render import RenderRequest
 
 logger = logging.getLogger(__name__)
 
 MANIFEST_KEY = "manifest.parquet"
-CONTACT_SHEET_KEY = "contact_sheet.html"
 
 
 def manifest_row(request: RenderRequest, status: str, *, error: str | None = None,
@@ -199,9 +199,11 @@ def write_reports(rows: list[ManifestRow], dam: DAM, workdir: Path,
     merger.merge()
     manifest_path = workdir / "manifest.parquet"
     manifest_path.write_bytes(_manifest_bytes(rows))
-    sheet_path = workdir / "contact_sheet.html"
     local_root = dam.root.resolve().as_uri() + "/" if isinstance(dam, LocalDAM) else ""
-    sheet_path.write_text(contact_sheet_html(rows, asset_base=local_root), encoding="utf-8")
+    for page, text in contact_sheet_pages(rows, asset_base=local_root).items():
+        (workdir / page).parent.mkdir(parents=True, exist_ok=True)
+        (workdir / page).write_text(text, encoding="utf-8")
+    sheet_path = workdir / CONTACT_SHEET_PAGE
     return manifest_path, sheet_path
 
 
@@ -220,7 +222,8 @@ def merge_into_dam_manifest(dam: DAM, rows: list[ManifestRow], *, planned: pa.Ta
         return None if data == new else new  # a re-run uploads nothing
 
     dam.update_bytes(MANIFEST_KEY, update)
-    _put_if_changed(dam, CONTACT_SHEET_KEY, contact_sheet_html(merged).encode("utf-8"))
+    for page, text in contact_sheet_pages(merged, campaigns={row.campaign_id for row in rows}).items():
+        _put_if_changed(dam, page, text.encode("utf-8"))
     return merged
 
 

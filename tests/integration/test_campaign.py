@@ -67,8 +67,10 @@ def test_campaign_lands_in_s3_and_reruns_upload_nothing(ray_session, s3_endpoint
     assert {"ads/manifest.parquet", "ads/contact_sheet.html"} <= listed
     manifest = pq.read_table(result.manifest_path)
     assert manifest.num_rows == 3 and set(manifest.column("status").to_pylist()) == {"done"}
-    sheet = s3.get_object(Bucket="dam", Key="ads/contact_sheet.html")["Body"].read().decode()
-    assert all(row.keys["mp4"] in sheet for row in result.manifest)
+    index = s3.get_object(Bucket="dam", Key="ads/contact_sheet.html")["Body"].read().decode()
+    assert "<a href='contact_sheets/spring.html'>spring</a>: 3 renders (3 done)" in index
+    sheet = s3.get_object(Bucket="dam", Key="ads/contact_sheets/spring.html")["Body"].read().decode()
+    assert all(f"src='../{row.keys['mp4']}'" in sheet for row in result.manifest)  # relative to the DAM root
 
     again = run_campaign(config, log=logged.append)
     assert [r.status for r in again.manifest] == ["skipped"] * 3

@@ -83,7 +83,7 @@ def test_reruns_correct_retag_redeliver_rerender_and_supersede(ray_session, tmp_
     rows = read_dam_manifest(dam)
     assert rows[render_id].status == "superseded" and rows[new_row.render_id].status == "done"
     assert mp4.exists()
-    sheet = (tmp_path / "dam" / "contact_sheet.html").read_text()
+    sheet = (tmp_path / "dam" / "contact_sheets" / "rerun.html").read_text()
     assert "<h2>talk · main · en-US · 16:9 (superseded)</h2>" in sheet
 
 

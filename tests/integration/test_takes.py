@@ -46,7 +46,7 @@ def test_three_takes_have_one_best_take_per_group(ray_session, tmp_path):
     # the DAM's manifest says the same, and the contact sheet groups the takes and marks the best
     dam_manifest = pq.read_table(tmp_path / "dam" / "manifest.parquet").to_pylist()
     assert sum(r["best_take"] for r in dam_manifest) == 2
-    sheet = (tmp_path / "dam" / "contact_sheet.html").read_text(encoding="utf-8")
+    sheet = (tmp_path / "dam" / "contact_sheets" / "takes.html").read_text(encoding="utf-8")
     assert sheet.count("<span class='badge'>best take</span>") == 2
     assert sheet.count("<h2>hooks · ball · en-US · 16:9</h2>") == 1
 
