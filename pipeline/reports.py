@@ -110,8 +110,19 @@ def rows_from_records(dam: DAM) -> dict[str, ManifestRow]:
 
 
 def _manifest_bytes(rows: list[ManifestRow]) -> bytes:
+    """The manifest as Parquet, one row group per campaign (in the rows' order), so a reader loads
+    one campaign with ``filters=[("campaign_id", "=", id)]`` or ``read_row_group`` alone."""
+    table = pa.Table.from_pylist([r.model_dump() for r in rows], schema=MANIFEST_ARROW_SCHEMA)
     sink = io.BytesIO()
-    pq.write_table(pa.Table.from_pylist([r.model_dump() for r in rows], schema=MANIFEST_ARROW_SCHEMA), sink)
+    with pq.ParquetWriter(sink, MANIFEST_ARROW_SCHEMA) as writer:
+        campaigns = table["campaign_id"].to_pylist()
+        start = 0
+        for end in range(1, len(campaigns) + 1):
+            if end == len(campaigns) or campaigns[end] != campaigns[start]:
+                writer.write_table(table.slice(start, end - start))
+                start = end
+        if not campaigns:
+            writer.write_table(table)
     return sink.getvalue()
 
 
