@@ -107,7 +107,7 @@ def _parse_manifest(dam: DAM, data: bytes | None, campaign_id: str | None = None
 def _campaign_table(data: bytes, campaign_id: str) -> pa.Table:
     manifest = pq.ParquetFile(io.BytesIO(data))
     index = (manifest.metadata.metadata or {}).get(CAMPAIGN_INDEX_KEY.encode())
-    if index is None:  # written before the index: one row group of every campaign
+    if index is None:  # written before the index (one row group for every campaign): filter the rows
         table = manifest.read()
         return table.filter(pc.equal(table["campaign_id"], campaign_id))
     groups = json.loads(index).get(campaign_id, [])
