@@ -260,7 +260,9 @@ def merge_into_dam_manifest(dam: DAM, rows: list[ManifestRow], *, planned: pa.Ta
 
     dam.update_bytes(MANIFEST_KEY, update)
     # The planned campaigns too: a merge that marks rows superseded may carry none of their rows yet.
-    touched = {row.campaign_id for row in rows} | set(planned.column("campaign_id").to_pylist() if planned else [])
+    touched = {row.campaign_id for row in rows}
+    if planned is not None:
+        touched |= set(pc.unique(planned.column("campaign_id")).to_pylist())
     for page, text in contact_sheet_pages(merged, campaigns=touched).items():
         _put_if_changed(dam, page, text.encode("utf-8"))
     return merged

@@ -170,3 +170,15 @@ def test_index_lists_each_campaign_with_counts_by_status_and_review_and_its_link
     # what the one page showed per render is on the campaign's page now
     page = (tmp_path / "dam" / "contact_sheets" / "alpha.html").read_text(encoding="utf-8")
     assert "<h2>b · main · en-US · 16:9</h2>" in page and "<code>a2</code>" in page and "zeta" not in page
+
+
+def test_a_merge_that_only_supersedes_rewrites_that_campaigns_page(tmp_path):
+    dam = LocalDAM(tmp_path / "dam")
+    merge_into_dam_manifest(dam, [row("a0", "alpha", "b")])
+    page = tmp_path / "dam" / "contact_sheets" / "alpha.html"
+    assert "(superseded)" not in page.read_text(encoding="utf-8")
+    # The brief was edited: the new plan makes another render, and none of its rows is recorded yet.
+    planned = pa.table({"render_id": ["a9"], "campaign_id": ["alpha"], "brief_id": ["b"]})
+    merge_into_dam_manifest(dam, [], planned=planned)
+    assert read_dam_manifest(dam)["a0"].status == "superseded"
+    assert "<h2>b · main · en-US · 16:9 (superseded)</h2>" in page.read_text(encoding="utf-8")
