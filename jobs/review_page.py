@@ -35,7 +35,7 @@ from pipeline.decisions import DecisionEntry, DecisionRequest, UnknownRender, de
 from pipeline.expand import with_take
 from pipeline.lineage import LineageConfig
 from pipeline.manifest import ManifestRow
-from pipeline.reports import read_dam_manifest
+from pipeline.reports import read_campaign_manifest, read_dam_manifest
 
 ASSET_URL_LIFETIME_S = 3600
 RENDER_ID_PATTERN = r"^r[0-9a-f]{23}$"
@@ -112,7 +112,9 @@ class ReviewDesk:
         if original is None:
             raise HTTPException(409, detail=f"render {row.render_id} was made by a batch run, whose request is in "
                                             "that run's requests.parquet: raise the brief's `takes` and run it again")
-        request = with_take(original.request, next_take(list(read_dam_manifest(self.dam).values()), row))
+        # The takes of the row's group are all in its campaign: that campaign's row groups alone are read.
+        takes = list(read_campaign_manifest(self.dam, row.campaign_id).values())
+        request = with_take(original.request, next_take(takes, row))
         record = JobRecord(render_id=request.render_id, request=request, api=original.api, clients=[caller.client_id])
         for client in original.clients:
             record.add_client(client, original.callbacks.get(client))

@@ -231,8 +231,11 @@ def _index_page(title: str, entries: list[tuple[str, str, list[ManifestRow]]]) -
     items = []
     for href, name, rows in entries:
         counts = Counter(r.status for r in rows)
+        reviews = Counter(r.review_status for r in rows if r.review_status)
         items.append(f"<li><a href='{esc(href)}'>{esc(name)}</a>: {len(rows)} renders ("
-                     + ", ".join(f"{n} {status}" for status, n in sorted(counts.items())) + ")</li>")
+                     + ", ".join(f"{n} {status}" for status, n in sorted(counts.items())) + ")"
+                     + ("; review: " + ", ".join(f"{n} {esc(status)}" for status, n in sorted(reviews.items()))
+                        if reviews else "") + "</li>")
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>{esc(title)}</title><style>{_STYLE}</style>"
             f"</head><body><h1>{esc(title)}</h1><ul>{''.join(items)}</ul></body></html>")
 

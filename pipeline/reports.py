@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import logging
 import signal
 import threading
@@ -16,6 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline.archive import ArchiveResult, CompletionRecord, find_archived
@@ -34,6 +36,9 @@ from schemas.render import RenderRequest
 logger = logging.getLogger(__name__)
 
 MANIFEST_KEY = "manifest.parquet"
+# The manifest's key-value metadata entry {campaign_id: [row group, ...]}: a reader of one
+# campaign finds its groups without decoding the others (a million-render DAM holds many campaigns).
+CAMPAIGN_INDEX_KEY = "paddock.campaign_row_groups"
 
 
 def manifest_row(request: RenderRequest, status: str, *, error: str | None = None,
@@ -117,15 +122,33 @@ def read_dam_manifest(dam: DAM) -> dict[str, ManifestRow]:
     return _parse_manifest(dam, dam.get_bytes(MANIFEST_KEY))
 
 
-def _parse_manifest(dam: DAM, data: bytes | None) -> dict[str, ManifestRow]:
+def read_campaign_manifest(dam: DAM, campaign_id: str) -> dict[str, ManifestRow]:
+    """One campaign's rows of the DAM's manifest, by render_id: only that campaign's row groups
+    are decoded (a manifest written before the campaign index is filtered instead)."""
+    return _parse_manifest(dam, dam.get_bytes(MANIFEST_KEY), campaign_id)
+
+
+def _parse_manifest(dam: DAM, data: bytes | None, campaign_id: str | None = None) -> dict[str, ManifestRow]:
     if data is None:
         return {}
     try:
-        return {row["render_id"]: ManifestRow.model_validate(row) for row in pq.read_table(io.BytesIO(data)).to_pylist()}
+        table = pq.read_table(io.BytesIO(data)) if campaign_id is None else _campaign_table(data, campaign_id)
+        return {row["render_id"]: ManifestRow.model_validate(row) for row in table.to_pylist()}
     except (pa.ArrowException, ValidationError, KeyError, TypeError, ValueError) as exc:
         logger.warning("%s/%s is not a paddock manifest (%s); rebuilding it from the completion records",
                        dam.uri, MANIFEST_KEY, str(exc).splitlines()[0][:200])
-        return rows_from_records(dam)
+        rows = rows_from_records(dam)
+        return rows if campaign_id is None else {k: r for k, r in rows.items() if r.campaign_id == campaign_id}
+
+
+def _campaign_table(data: bytes, campaign_id: str) -> pa.Table:
+    manifest = pq.ParquetFile(io.BytesIO(data))
+    index = (manifest.metadata.metadata or {}).get(CAMPAIGN_INDEX_KEY.encode())
+    if index is None:  # written before the index (one row group for every campaign): filter the rows
+        table = manifest.read()
+        return table.filter(pc.equal(table["campaign_id"], campaign_id))
+    groups = json.loads(index).get(campaign_id, [])
+    return manifest.read_row_groups(groups) if groups else manifest.schema_arrow.empty_table()
 
 
 def rows_from_records(dam: DAM) -> dict[str, ManifestRow]:
@@ -147,19 +170,22 @@ def rows_from_records(dam: DAM) -> dict[str, ManifestRow]:
 
 
 def _manifest_bytes(rows: list[ManifestRow]) -> bytes:
-    """The manifest as Parquet, one row group per campaign (in the rows' order), so a reader loads
-    one campaign with ``filters=[("campaign_id", "=", id)]`` or ``read_row_group`` alone."""
-    table = pa.Table.from_pylist([r.model_dump() for r in rows], schema=MANIFEST_ARROW_SCHEMA)
+    """The manifest as Parquet, one row group per campaign (rows sorted by campaign, their order
+    kept inside one), and in the file's key-value metadata the row groups of each campaign
+    (CAMPAIGN_INDEX_KEY), which :func:`read_campaign_manifest` reads alone."""
+    by_campaign: dict[str, list[ManifestRow]] = {}
+    for row in rows:
+        by_campaign.setdefault(row.campaign_id, []).append(row)
     sink = io.BytesIO()
     with pq.ParquetWriter(sink, MANIFEST_ARROW_SCHEMA) as writer:
-        campaigns = table["campaign_id"].to_pylist()
-        start = 0
-        for end in range(1, len(campaigns) + 1):
-            if end == len(campaigns) or campaigns[end] != campaigns[start]:
-                writer.write_table(table.slice(start, end - start))
-                start = end
-        if not campaigns:
-            writer.write_table(table)
+        for members in (by_campaign[campaign] for campaign in sorted(by_campaign)):
+            # row_group_size: a campaign beyond Parquet's default 1 Mi rows per group stays one group
+            writer.write_table(pa.Table.from_pylist([r.model_dump() for r in members], schema=MANIFEST_ARROW_SCHEMA),
+                               row_group_size=len(members))
+        if not by_campaign:
+            writer.write_table(MANIFEST_ARROW_SCHEMA.empty_table())
+        writer.add_key_value_metadata({CAMPAIGN_INDEX_KEY: json.dumps(
+            {campaign: [group] for group, campaign in enumerate(sorted(by_campaign))})})
     return sink.getvalue()
 
 
@@ -270,7 +296,11 @@ def merge_into_dam_manifest(dam: DAM, rows: list[ManifestRow], *, planned: pa.Ta
         return None if data == new else new  # a re-run uploads nothing
 
     dam.update_bytes(MANIFEST_KEY, update)
-    for page, text in contact_sheet_pages(merged, campaigns={row.campaign_id for row in rows}).items():
+    # The planned campaigns too: a merge that marks rows superseded may carry none of their rows yet.
+    touched = {row.campaign_id for row in rows}
+    if planned is not None:
+        touched |= set(pc.unique(planned.column("campaign_id")).to_pylist())
+    for page, text in contact_sheet_pages(merged, campaigns=touched).items():
         _put_if_changed(dam, page, text.encode("utf-8"))
     return merged
 
