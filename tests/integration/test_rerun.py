@@ -114,6 +114,7 @@ def test_localize_counts_and_retries_per_render_not_per_locale(tmp_path, monkeyp
     assert selected == {"wide": False, "tall": True, "square": True}
 
 
+@pytest.mark.slow  # one campaign and four re-runs
 def test_a_deleted_or_altered_object_is_found_by_sample_and_full_and_redone(ray_session, tmp_path):
     first = run_campaign(config_for(tmp_path, BRIEF), log=lambda line: None)
     (row,) = first.manifest
