@@ -1,17 +1,17 @@
 """Skip check: which planned renders the DAM already holds, decided from an index, not object by object.
 
 The index is the DAM's manifest, read once (render_id, status, delivery fingerprint digest, review
-digest); a DAM without one is listed instead, once per planned campaign. A planned render whose
+digest), and one listing of each planned campaign's completion records. A planned render whose
 manifest row is done with this run's fingerprint and review digest is skipped without any call of
-its own; one the manifest lacks costs one GET of its record before it is rendered (a killed job
-may have archived it after its last merge: found, it is not made twice). The decision is :func:`pipeline.rerun.decide_for_record` on the digests, as an Arrow
+its own. The decision is :func:`pipeline.rerun.decide_for_record` on the digests, as an Arrow
 join: another model part renders again, another profile alone re-delivers, another review digest
 re-tags (the record is read then). A render the index holds without digests or not as done (a
 manifest row written before the digests, or "failed" by a job that archived the render but died
 before its merge; every record of a DAM without a manifest) costs one GET of its record, as does
-one the manifest does not hold (a record without a manifest row is what a killed job leaves, at
-most ``manifest_merge_rows`` renders or ``manifest_merge_s`` of work). A listing of the campaigns
-instead would cost a walk of every archived render's folder on a local DAM (117 s at 1M briefs).
+a listed record the manifest does not hold (what a job killed between its manifest merges leaves:
+found, it is not made twice). A render neither listed nor in the manifest is rendered. The
+listing is linear in the archived renders: on S3 one call per 1,000 objects, on a local DAM a walk
+of their folders (the larger cost there).
 
 Then ``verify``: ``sample`` (the default) checks a random sample of the kept renders' objects by
 size and SHA-256 and widens to all of them when any fails; ``full`` checks all; ``none`` trusts
@@ -66,24 +66,25 @@ class ArchiveIndex:
 
     manifest: pa.Table
     """render_id, status, fingerprint, review_digest of the manifest's rows"""
-    listed: set[str] | None
-    """render ids with a completion record under the planned campaigns, listed only when the DAM
-    has no readable manifest (None: the manifest is the index)"""
+    listed: set[str]
+    """render ids with a completion record under the planned campaigns (one listing each)"""
 
 
 def load_index(dam: DAM, campaign_ids: list[str]) -> ArchiveIndex:
-    """One GET of the manifest; without a readable one, one listing per campaign (S3: one call per
-    1,000 objects; a directory: a walk of the campaign's folders)."""
+    """One GET of the manifest and one listing per campaign (S3: one call per 1,000 objects; a
+    directory: a walk of the campaign's folders). The listing finds what the manifest cannot: the
+    records a killed job wrote after its last merge."""
     data = dam.get_bytes(MANIFEST_KEY)
+    manifest = _INDEX_SCHEMA.empty_table()
     if data is not None:
         try:
-            return ArchiveIndex(_manifest_index(data, campaign_ids), None)
+            manifest = _manifest_index(data, campaign_ids)
         except (pa.ArrowException, KeyError, ValueError) as exc:
             logger.warning("%s/%s is not a paddock manifest (%s); each listed render's record is read instead",
                            dam.uri, MANIFEST_KEY, str(exc).splitlines()[0][:200])
     listed = {key.rsplit("/", 1)[1][:-len(COMPLETION_SUFFIX)] for campaign in campaign_ids
               for key in dam.list_keys(prefix=campaign_prefix(campaign), suffix=COMPLETION_SUFFIX)}
-    return ArchiveIndex(_INDEX_SCHEMA.empty_table(), listed)
+    return ArchiveIndex(manifest, listed)
 
 
 def _manifest_index(data: bytes, campaign_ids: list[str]) -> pa.Table:
@@ -157,13 +158,9 @@ def _index_actions(digests: pa.Table, index: ArchiveIndex) -> pa.Table:
     decided from the digests as decide_for_record decides from the record."""
     manifest = index.manifest.append_column("indexed", pa.array([True] * index.manifest.num_rows, pa.bool_()))
     joined = digests.join(manifest, keys="render_id", join_type="left outer")
-    if index.listed is None:
-        # Not in the manifest is not "never archived": a job killed after archiving a render and
-        # before its next merge left the record alone. That render's record is read (one GET,
-        # against a render of minutes it saves); a render the index holds costs no call.
-        listed = pc.is_valid(joined["render_id"])
-    else:
-        listed = pc.is_in(joined["render_id"], value_set=pa.array(list(index.listed), pa.string()))
+    # Listed, or in the manifest (a row whose record is gone is found by verify, not by the listing).
+    listed = pc.or_(pc.fill_null(joined["indexed"], False),
+                    pc.is_in(joined["render_id"], value_set=pa.array(list(index.listed), pa.string())))
     recorded, planned = joined["fingerprint"], joined["planned_fingerprint"]
     same = pc.fill_null(pc.equal(planned, recorded), False)
     same_model = pc.fill_null(pc.equal(pc.utf8_slice_codeunits(planned, 0, 16),

@@ -127,6 +127,22 @@ def test_index_decides_redeliver_render_retag_and_unlisted(tmp_path):
     assert actions[ids[0]] == "render" and sum(a == "skip" for a in actions.values()) == 11
 
 
+def test_a_record_archived_after_the_last_manifest_merge_is_found_by_the_listing_not_made_again(tmp_path):
+    """A job killed between two manifest merges leaves records the manifest does not name."""
+    from pipeline.reports import read_dam_manifest, _manifest_bytes
+
+    dam = open_dam(str(tmp_path / "dam"))
+    planned = planned_requests(6)
+    archive_stand_ins(dam, planned, tmp_path / "files")
+    rows = read_dam_manifest(dam)
+    unmerged = sorted(rows)[:2]
+    dam.put_bytes(MANIFEST_KEY, _manifest_bytes([row for rid, row in rows.items() if rid not in unmerged]))
+
+    check = check_archived(dam, planned, MADE_WITH, PROFILE, THRESHOLDS, verify="none")
+    assert set(actions_of(check).values()) == {"skip"}, actions_of(check)
+    assert check.from_index == 4 and check.looked_up == 2 and set(check.records) == set(unmerged)
+
+
 def test_the_manifest_has_a_row_group_per_campaign_and_the_index_reads_only_the_planned_ones(tmp_path):
     import io
 
@@ -140,7 +156,7 @@ def test_the_manifest_has_a_row_group_per_campaign_and_the_index_reads_only_the_
               for i in range(manifest.num_row_groups)]
     assert [set(group) for group in groups] == [{"scale0"}, {"scale1"}, {"scale2"}]
     index = load_index(dam, ["scale1"])
-    assert index.listed is None  # with a manifest, nothing is listed
+    assert index.listed == set(planned.filter(pa.compute.equal(planned["campaign_id"], "scale1"))["render_id"].to_pylist())
     assert set(index.manifest["render_id"].to_pylist()) == set(planned.filter(pa.compute.equal(planned["campaign_id"], "scale1"))["render_id"]
                                      .to_pylist())
 
