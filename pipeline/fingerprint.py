@@ -51,7 +51,7 @@ class DeliveryFingerprint(ModelFingerprint):
 
     def digest(self) -> str:
         """``<model part>:<profile part>``, 16 hex digits each: what the DAM's manifest keeps, so
-        a re-run compares it (rerun.action_for_digest) without reading the completion record."""
+        a re-run compares it (pipeline.skipcheck's index actions) without reading the completion record."""
         model_part = self.model_dump_json(exclude={"profile"})
         profile_part = self.profile.model_dump_json()
         return f"{hashlib.sha256(model_part.encode()).hexdigest()[:16]}:{hashlib.sha256(profile_part.encode()).hexdigest()[:16]}"

@@ -1,6 +1,6 @@
 """What a re-run does with a render the DAM already holds: skip it, re-tag it, re-deliver it, or make it again.
 
-The completion record is the truth (pipeline/archive.py). :func:`decide_rerun` compares its
+The completion record is the truth (pipeline/archive.py). :func:`decide_for_record` compares its
 delivery fingerprint with this run's: another model, sampler, decoder or reference image
 means the render is made again; another channel profile alone means it is re-delivered
 (:class:`RedeliverClips`: its archived frames and 24-bit stem are mixed and encoded again,
@@ -40,10 +40,6 @@ RerunAction = Literal["render", "redeliver", "skip"]
 class ArchivedRender:
     action: RerunAction
     record: CompletionRecord | None = None
-
-
-def decide_rerun(dam: DAM, request: RenderRequest, fingerprint: DeliveryFingerprint) -> ArchivedRender:
-    return decide_for_record(find_archived(dam, request), fingerprint)
 
 
 def decide_for_record(record: CompletionRecord | None, fingerprint: DeliveryFingerprint) -> ArchivedRender:

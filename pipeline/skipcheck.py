@@ -33,7 +33,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipeline.archive import CompletionRecord, find_archived, find_record
+from pipeline.archive import CompletionRecord, find_archived, find_record, objects_intact
 from pipeline.dam import DAM, DAMError
 from pipeline.dam.keys import COMPLETION_SUFFIX, campaign_prefix
 from pipeline.fingerprint import DeliveryFingerprint, ModelFingerprint, fingerprint_for
@@ -65,7 +65,7 @@ class ArchiveIndex:
     """What the DAM says it holds, read without touching any render's objects."""
 
     manifest: pa.Table
-    """render_id, status, fingerprint, review_digest of the manifest's rows"""
+    """render_id, status, fingerprint, review_digest of the planned campaigns' manifest rows"""
     listed: set[str]
     """render ids with a completion record under the planned campaigns (one listing each)"""
 
@@ -154,8 +154,8 @@ def _planned_digests(planned: pa.Table, made_with: ModelFingerprint, profile: Ch
 
 
 def _index_actions(digests: pa.Table, index: ArchiveIndex) -> pa.Table:
-    """render_id, action: "render", "lookup" (read the record), "skip", "retag" or "redeliver",
-    decided from the digests as decide_for_record decides from the record."""
+    """render_id, action: "render", "lookup" (read the record; every re-delivery too), "skip" or
+    "retag", decided from the digests as decide_for_record decides from the record."""
     manifest = index.manifest.append_column("indexed", pa.array([True] * index.manifest.num_rows, pa.bool_()))
     joined = digests.join(manifest, keys="render_id", join_type="left outer")
     # Listed, or in the manifest (a row whose record is gone is found by verify, not by the listing).
@@ -172,7 +172,8 @@ def _index_actions(digests: pa.Table, index: ArchiveIndex) -> pa.Table:
     action = pc.case_when(pa.StructArray.from_arrays([pa.concat_arrays(c.chunks) if isinstance(c, pa.ChunkedArray)
                                                       else c for c in conditions],
                                                      names=[str(i) for i in range(len(conditions))]),
-                          "render", "lookup", "skip", "retag", "redeliver", "render")
+                          # a re-delivery reads the record first, to know its objects are still there
+                          "render", "lookup", "skip", "retag", "lookup", "render")
     return joined.select(["render_id", "resolution", "reference"]).append_column("action", action)
 
 
@@ -206,6 +207,8 @@ def check_archived(dam: DAM, planned: pa.Table, made_with: ModelFingerprint, pro
         def read(render_id: str) -> tuple[str, str, CompletionRecord | None]:
             record = find_record(dam, requests[render_id])
             decision = decide_for_record(record, fingerprint_of[render_id])
+            if decision.action == "redeliver" and not objects_intact(dam, record, verify=False):
+                return render_id, "render", None  # its frames or stem are gone: nothing to re-deliver from
             if decision.action != "skip":
                 return render_id, decision.action, None
             try:

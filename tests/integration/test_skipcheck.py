@@ -106,6 +106,14 @@ def test_index_decides_redeliver_render_retag_and_unlisted(tmp_path):
 
     broadcast = check_archived(dam, planned, MADE_WITH, CHANNEL_PROFILES["broadcast"], THRESHOLDS, verify="none")
     assert set(actions_of(broadcast).values()) == {"redeliver"}
+    # A re-delivery needs the archived objects: one whose file is gone is made again instead.
+    gone = dam.root / keys[ids[1]]["mp4"]
+    kept_bytes = gone.read_bytes()
+    gone.unlink()
+    broadcast = actions_of(check_archived(dam, planned, MADE_WITH, CHANNEL_PROFILES["broadcast"], THRESHOLDS,
+                                          verify="none"))
+    assert broadcast.pop(ids[1]) == "render" and set(broadcast.values()) == {"redeliver"}
+    gone.write_bytes(kept_bytes)  # the same bytes again (a full check re-hashes them and keeps the render)
     other = MADE_WITH.model_copy(update={"weights": {"random": "other weights"}})
     assert set(actions_of(check_archived(dam, planned, other, PROFILE, THRESHOLDS, verify="none")).values()) == {"render"}
 
