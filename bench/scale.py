@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from model.generator import GeneratorConfig  # noqa: E402
-from pipeline.archive import ArchivedObject, CompletionRecord  # noqa: E402
+from pipeline.archive import CompletionRecord  # noqa: E402
 from pipeline.dam.keys import completion_key, render_key  # noqa: E402
 from pipeline.fingerprint import fingerprint_for, model_fingerprint  # noqa: E402
 from pipeline.manifest import MANIFEST_ARROW_SCHEMA, ManifestRow  # noqa: E402
